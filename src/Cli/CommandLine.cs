@@ -1,0 +1,141 @@
+using IfcVdpa.IfcvfModel;
+using IfcVdpa.Pci;
+using IfcVdpa.Virtio;
+
+namespace IfcVdpa.Cli;
+
+/// <summary>Entry point of the `ifcvf` tool: iproute2 `vdpa`-style object/verb/keyword-value commands.</summary>
+public static class CommandLine
+{
+    public const string Usage = """
+        Usage: ifcvf [ -j ] OBJECT COMMAND [ ARGS ]
+
+        A userspace vDPA stack for Intel IFC VFs (virtio-net in hardware), with a software IFC VF.
+
+        Objects and commands:
+          sim dump [ transitional ] [ queues N ] [ layout pairs|compact ]
+                                     show a software IFC VF's PCI identity, BARs and capabilities
+                                     the way `lspci -vv` does
+          help                       this text
+
+        Options:
+          -j, --json                 JSON output (where supported)
+          -h, --help                 this text
+        """;
+
+    public static Task<int> RunAsync(string[] args, TextWriter stdout, TextWriter stderr)
+    {
+        var rest = new List<string>();
+        bool json = false;
+        foreach (var a in args)
+        {
+            switch (a)
+            {
+                case "-j" or "--json":
+                    json = true;
+                    break;
+                case "-h" or "--help" or "help":
+                    stdout.Write(Usage);
+                    return Task.FromResult(0);
+                default:
+                    rest.Add(a);
+                    break;
+            }
+        }
+        if (rest.Count == 0)
+        {
+            stdout.Write(Usage);
+            return Task.FromResult(0);
+        }
+        try
+        {
+            return Task.FromResult(Dispatch(rest, json, stdout));
+        }
+        catch (CliException e)
+        {
+            stderr.WriteLine($"ifcvf: {e.Message}");
+            return Task.FromResult(e.ExitCode);
+        }
+    }
+
+    private static int Dispatch(List<string> a, bool json, TextWriter stdout)
+    {
+        string obj = a[0];
+        string verb = a.Count > 1 ? a[1] : "";
+        var kv = new Keywords(a.Skip(2));
+        switch (obj, verb)
+        {
+            case ("sim", "dump"):
+                return SimDump(kv, json, stdout);
+            default:
+                throw new CliException($"unknown command \"{string.Join(' ', a.Take(2))}\"; try \"ifcvf help\"");
+        }
+    }
+
+    private static int SimDump(Keywords kv, bool json, TextWriter stdout)
+    {
+        var opts = new SoftIfcVfOptions
+        {
+            Address = "sim:00.0",
+            Transitional = kv.Flag("transitional"),
+            QueuePairs = kv.Int("queues", 1),
+            LmLayout = kv.Get("layout") switch
+            {
+                null or "pairs" => LmLayout.PairBlocks,
+                "compact" => LmLayout.Compact,
+                var x => throw new CliException($"layout must be pairs or compact, not \"{x}\""),
+            },
+        };
+        kv.EnsureAllUsed();
+        try
+        {
+            opts.Validate();
+        }
+        catch (ArgumentException e)
+        {
+            throw new CliException(e.Message);
+        }
+        using var vf = new SoftIfcVf(opts);
+        if (json)
+        {
+            stdout.WriteLine(SimDumpJson(vf));
+        }
+        else
+        {
+            stdout.Write(LspciFormatter.Format(vf));
+        }
+        return 0;
+    }
+
+    private static string SimDumpJson(SoftIfcVf vf)
+    {
+        var w = new JsonText();
+        w.Begin();
+        w.Str("address", vf.Address);
+        w.Str("vendor", $"{vf.ReadConfig16(PciConfig.VendorId):x4}");
+        w.Str("device", $"{vf.ReadConfig16(PciConfig.DeviceId):x4}");
+        w.Str("subsystem_vendor", $"{vf.ReadConfig16(PciConfig.SubsystemVendorId):x4}");
+        w.Str("subsystem_device", $"{vf.ReadConfig16(PciConfig.SubsystemId):x4}");
+        w.Num("num_queues", vf.NumQueues);
+        w.Num("msix_vectors", vf.MsixVectorCount);
+        w.Str("device_features", $"0x{vf.DeviceFeatures:x}");
+        w.BeginArray("bars");
+        foreach (var b in vf.Bars)
+        {
+            w.BeginObject();
+            w.Num("index", b.Index);
+            w.Num("size", (long)b.Size);
+            w.Bool("64bit", b.Is64Bit);
+            w.EndObject();
+        }
+        w.EndArray();
+        w.End();
+        return w.ToString();
+    }
+}
+
+/// <summary>A user error: one clear line and a non-zero exit.</summary>
+public sealed class CliException(string message, int exitCode = 1) : Exception(message)
+{
+    public int ExitCode { get; } = exitCode;
+}

@@ -1,0 +1,125 @@
+namespace IfcVdpa.Interop.Primitives;
+
+/// <summary>
+/// The device's view of memory: IOVA ranges translated to host addresses, like an IOMMU domain.
+/// A device model reads and writes guest memory only through <see cref="TryTranslate"/>, which
+/// returns a span that lies entirely inside one mapped range or nothing at all.
+///
+/// Safety contract: a caller of <see cref="Map"/> guarantees that [host, host+size) stays readable
+/// (and writable when <c>writable</c>) until the matching <see cref="Unmap"/> or <see cref="Clear"/>
+/// returns, and that no device is processing queues through this map when it removes a range.
+/// Readers never lock: updates publish a new immutable entry array.
+/// </summary>
+public sealed unsafe class IovaMap
+{
+    public readonly record struct Entry(ulong Iova, ulong Size, nint Host, bool Writable)
+    {
+        public ulong Last => Iova + Size - 1;
+    }
+
+    private readonly Lock _writeLock = new();
+    private Entry[] _entries = [];
+
+    /// <summary>Largest number of ranges accepted (vdpa_sim uses 2048 IOTLB entries).</summary>
+    public const int MaxEntries = 2048;
+
+    public int Count => Volatile.Read(ref _entries).Length;
+
+    public IReadOnlyList<Entry> Entries => Volatile.Read(ref _entries);
+
+    /// <summary>Adds a range. Zero size, wrap-around and overlap with an existing range are refused.</summary>
+    public void Map(ulong iova, ulong size, nint host, bool writable)
+    {
+        if (size == 0)
+        {
+            throw new ArgumentException("DMA map of zero bytes");
+        }
+        if (iova + size - 1 < iova)
+        {
+            throw new ArgumentException($"DMA map [0x{iova:x}, +0x{size:x}) wraps around the IOVA space");
+        }
+        if (host == 0)
+        {
+            throw new ArgumentException("DMA map to a null host address");
+        }
+        lock (_writeLock)
+        {
+            var old = _entries;
+            if (old.Length >= MaxEntries)
+            {
+                throw new InvalidOperationException($"DMA map is full ({MaxEntries} ranges)");
+            }
+            var e = new Entry(iova, size, host, writable);
+            int at = 0;
+            foreach (var x in old)
+            {
+                if (e.Iova <= x.Last && x.Iova <= e.Last)
+                {
+                    throw new ArgumentException($"DMA map [0x{iova:x}, +0x{size:x}) overlaps [0x{x.Iova:x}, +0x{x.Size:x})");
+                }
+                if (x.Iova < e.Iova)
+                {
+                    at++;
+                }
+            }
+            var next = new Entry[old.Length + 1];
+            Array.Copy(old, next, at);
+            next[at] = e;
+            Array.Copy(old, at, next, at + 1, old.Length - at);
+            Volatile.Write(ref _entries, next);
+        }
+    }
+
+    /// <summary>Removes the range that was mapped with exactly this IOVA and size.</summary>
+    public bool Unmap(ulong iova, ulong size)
+    {
+        lock (_writeLock)
+        {
+            var old = _entries;
+            int i = Array.FindIndex(old, x => x.Iova == iova && x.Size == size);
+            if (i < 0)
+            {
+                return false;
+            }
+            var next = new Entry[old.Length - 1];
+            Array.Copy(old, next, i);
+            Array.Copy(old, i + 1, next, i, old.Length - i - 1);
+            Volatile.Write(ref _entries, next);
+            return true;
+        }
+    }
+
+    public void Clear()
+    {
+        lock (_writeLock)
+        {
+            Volatile.Write(ref _entries, []);
+        }
+    }
+
+    /// <summary>
+    /// Translates [iova, iova+length) to host memory. Fails (returns false) when the range is not wholly
+    /// inside one mapped entry, when it wraps, or when <paramref name="write"/> is asked of a read-only entry.
+    /// </summary>
+    public bool TryTranslate(ulong iova, uint length, bool write, out Span<byte> span)
+    {
+        var entries = Volatile.Read(ref _entries);
+        // Few ranges in practice (guest RAM is 1-8 regions): a linear scan beats a binary search here.
+        for (int i = 0; i < entries.Length; i++)
+        {
+            ref readonly var e = ref entries[i];
+            ulong off = iova - e.Iova;
+            if (iova >= e.Iova && off < e.Size && length <= e.Size - off)
+            {
+                if (write && !e.Writable)
+                {
+                    break;
+                }
+                span = new Span<byte>((byte*)e.Host + off, (int)length);
+                return true;
+            }
+        }
+        span = default;
+        return false;
+    }
+}
