@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The one command that runs every test on a fresh Debian 12 machine: installs what the tests need
+# (apt packages, real peers), builds, runs all test projects. Exits non-zero on any failure.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+if [[ -x scripts/install-peers.sh ]]; then
+  scripts/install-peers.sh
+fi
+dotnet build IfcVdpa.slnx -c Release --nologo -v quiet
+status=0
+dotnet test IfcVdpa.slnx -c Release --no-build --nologo -v quiet --logger "console;verbosity=normal" 2>&1 | tee artifacts-test.log || status=$?
+# One plain summary line for CI readers.
+passed=$(grep -Eo 'Passed: +[0-9]+' artifacts-test.log | awk '{s+=$2} END {print s+0}')
+failed=$(grep -Eo 'Failed: +[0-9]+' artifacts-test.log | awk '{s+=$2} END {print s+0}')
+skipped=$(grep -Eo 'Skipped: +[0-9]+' artifacts-test.log | awk '{s+=$2} END {print s+0}')
+rm -f artifacts-test.log
+echo "tests: $passed passed, $failed failed, $skipped skipped"
+if [[ $status -ne 0 || $failed -ne 0 || $passed -eq 0 ]]; then
+  exit 1
+fi
