@@ -9,12 +9,14 @@ if [[ -x scripts/install-peers.sh ]]; then
 fi
 dotnet build IfcVdpa.slnx -c Release --nologo -v quiet
 status=0
-dotnet test IfcVdpa.slnx -c Release --no-build --nologo -v quiet --logger "console;verbosity=normal" 2>&1 | tee artifacts-test.log || status=$?
+log=$(mktemp)
+dotnet test IfcVdpa.slnx -c Release --no-build --nologo -v quiet --logger "console;verbosity=normal" 2>&1 | tee "$log" || status=$?
 # One plain summary line for CI readers.
-passed=$(grep -Eo 'Passed: +[0-9]+' artifacts-test.log | awk '{s+=$2} END {print s+0}')
-failed=$(grep -Eo 'Failed: +[0-9]+' artifacts-test.log | awk '{s+=$2} END {print s+0}')
-skipped=$(grep -Eo 'Skipped: +[0-9]+' artifacts-test.log | awk '{s+=$2} END {print s+0}')
-rm -f artifacts-test.log
+count() { { grep -Eo "^ +$1: +[0-9]+" "$log" || true; } | awk '{s+=$2} END {print s+0}'; }
+passed=$(count Passed)
+failed=$(count Failed)
+skipped=$(count Skipped)
+rm -f "$log"
 echo "tests: $passed passed, $failed failed, $skipped skipped"
 if [[ $status -ne 0 || $failed -ne 0 || $passed -eq 0 ]]; then
   exit 1
