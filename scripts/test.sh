@@ -4,6 +4,11 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+# Host tools the namespace tests use (ping, ip); the peers script installs DPDK/QEMU.
+if ! command -v ping >/dev/null || ! command -v ip >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq iputils-ping iproute2 >/dev/null
+fi
 if [[ -x scripts/install-peers.sh ]]; then
   scripts/install-peers.sh
 fi

@@ -16,10 +16,34 @@ public static class CommandLine
           sim dump [ transitional ] [ queues N ] [ layout pairs|compact ]
                                      show a software IFC VF's PCI identity, BARs and capabilities
                                      the way `lspci -vv` does
+          pci list | bind BDF | unbind BDF | show BDF
+                                     virtio/IFC functions, vfio-pci binding (previous driver restored)
+          daemon [ --allow-uid UID ]... [ sim N ] [ vfio BDF ]... [ generic ]
+                                     run the daemon in the foreground (control socket mode 0600);
+                                     vfio BDF adopts a vfio-pci function as mgmtdev pci/BDF
+          sim add [ count N ] [ mac M ] [ queues N ] [ msix_vectors N ] [ backend loopback|pair|tap:NAME|pcap:FILE ]
+                                     create software IFC VFs (management devices sim/ifcvfN); the
+                                     backend is their "wire" (pair: VFs wired two by two)
+          sim del NAME               delete a software VF (and its vDPA device)
+          mgmtdev show [ NAME ]      management devices (VFs): classes, max vqs, features
+          dev add name NAME mgmtdev MGMTDEV [ mac M ] [ mtu N ] [ max_vqp N ] [ device_features HEX ]
+          dev del NAME
+          dev show [ NAME ]
+          dev config show [ NAME ]
+          dev vstats show NAME [ qidx Q ]
+          dev attach NAME virtio tap TAPNAME [ queues N ]
+                                     the host uses the device as its own NIC through TAP TAPNAME
+          dev detach NAME            detach the device's consumer
+          serve --socket PATH [ --backend loopback|tap:NAME|pcap:FILE ] [ --queues N ] [ --mac M ] [ --mtu N ]
+                [ --client ] [ --poll | --event ] [ --stats-period S ] [ --socket-mode OCTAL ]
+                                     vhost-user back-end (QEMU, DPDK virtio-user) on a software IFC VF
+                                     until Ctrl-C; -j or --stats-period print per-queue counters
           help                       this text
 
         Options:
           -j, --json                 JSON output (where supported)
+          --control PATH             daemon control socket (default: $IFCVF_CONTROL, else
+                                     $XDG_RUNTIME_DIR/ifcvf/ifcvfd.sock, else /run/ifcvf/ifcvfd.sock)
           -h, --help                 this text
         """;
 
@@ -27,10 +51,18 @@ public static class CommandLine
     {
         var rest = new List<string>();
         bool json = false;
-        foreach (var a in args)
+        string? control = null;
+        for (int i = 0; i < args.Length; i++)
         {
+            string a = args[i];
             switch (a)
             {
+                case "--control" when i + 1 < args.Length:
+                    control = args[++i];
+                    break;
+                case "--control":
+                    stderr.WriteLine("ifcvf: --control needs a socket path");
+                    return Task.FromResult(1);
                 case "-j" or "--json":
                     json = true;
                     break;
@@ -49,7 +81,7 @@ public static class CommandLine
         }
         try
         {
-            return Task.FromResult(Dispatch(rest, json, stdout));
+            return Task.FromResult(Dispatch(rest, json, stdout, new CliContext(json, stdout, stderr, control)));
         }
         catch (CliException e)
         {
@@ -58,15 +90,29 @@ public static class CommandLine
         }
     }
 
-    private static int Dispatch(List<string> a, bool json, TextWriter stdout)
+    private static int Dispatch(List<string> a, bool json, TextWriter stdout, CliContext ctx)
     {
         string obj = a[0];
         string verb = a.Count > 1 ? a[1] : "";
         var kv = new Keywords(a.Skip(2));
         switch (obj, verb)
         {
+            case ("pci", _):
+                return PciCommand.Run(verb, kv, json, stdout);
+            case ("selftest", _):
+                return SelfTestCommand.Run(verb, kv, stdout);
             case ("sim", "dump"):
                 return SimDump(kv, json, stdout);
+            case ("sim", _):
+                return SimCommand.Run(ctx, verb, a.Skip(2));
+            case ("serve", _):
+                return ServeCommand.Run(ctx, a.Skip(1).ToList());
+            case ("daemon", _):
+                return DaemonCommand.Run(ctx, a.Skip(1));
+            case ("mgmtdev", _):
+                return MgmtdevCommand.Run(ctx, verb, a.Skip(2));
+            case ("dev", _):
+                return DevCommand.Run(ctx, verb, a.Skip(2).ToList());
             default:
                 throw new CliException($"unknown command \"{string.Join(' ', a.Take(2))}\"; try \"ifcvf help\"");
         }

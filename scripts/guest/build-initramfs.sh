@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Builds the test guest's initramfs: static busybox, scripts/guest/init as /init and the virtio-net
+# driver modules from an extracted Debian cloud kernel.
+# Usage: build-initramfs.sh KERNEL_DIR OUT_DIR    (KERNEL_DIR holds boot/vmlinuz-* and lib/modules/)
+# Writes OUT_DIR/vmlinuz and OUT_DIR/initrd.gz; does nothing when they are newer than their inputs.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+kdir="${1:?kernel dir}"
+out="${2:?output dir}"
+modules=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover
+         net_failover virtio_net)
+
+vmlinuz="$(compgen -G "$kdir/boot/vmlinuz-*" | sort | tail -n1)"
+[[ -n "$vmlinuz" ]] || { echo "build-initramfs: no kernel in $kdir/boot" >&2; exit 1; }
+kver="${vmlinuz##*/vmlinuz-}"
+moddir="$kdir/lib/modules/$kver"
+busybox=/bin/busybox
+
+if [[ -f "$out/initrd.gz" && -f "$out/vmlinuz" && "$out/initrd.gz" -nt "$here/init" \
+      && "$out/initrd.gz" -nt "${BASH_SOURCE[0]}" && "$out/initrd.gz" -nt "$vmlinuz" \
+      && "$out/initrd.gz" -nt "$busybox" ]]; then
+  exit 0
+fi
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work"/{bin,dev,proc,sys,tmp,lib/modules}
+cp "$busybox" "$work/bin/busybox"
+for applet in $("$busybox" --list); do
+  [[ "$applet" == busybox ]] || ln -s busybox "$work/bin/$applet"
+done
+for m in "${modules[@]}"; do
+  f="$(find "$moddir" -name "$m.ko" -o -name "$m.ko.xz" -o -name "$m.ko.zst" -o -name "$m.ko.gz" | head -n1)"
+  [[ -n "$f" ]] || { echo "build-initramfs: module $m not found under $moddir" >&2; exit 1; }
+  case "$f" in
+    *.ko) cp "$f" "$work/lib/modules/$m.ko" ;;
+    *.ko.xz) xz -dc "$f" >"$work/lib/modules/$m.ko" ;;
+    *.ko.gz) gzip -dc "$f" >"$work/lib/modules/$m.ko" ;;
+    *.ko.zst) zstd -dc "$f" >"$work/lib/modules/$m.ko" ;;
+  esac
+done
+install -m 0755 "$here/init" "$work/init"
+mkdir -p "$out"
+(cd "$work" && find . -print0 | cpio --null -o -H newc --quiet) | gzip -6 >"$out/initrd.gz.tmp"
+cp "$vmlinuz" "$out/vmlinuz.tmp"
+mv "$out/vmlinuz.tmp" "$out/vmlinuz"
+mv "$out/initrd.gz.tmp" "$out/initrd.gz"
+echo "build-initramfs: $out/initrd.gz ($kver, $(stat -c %s "$out/initrd.gz") bytes)"

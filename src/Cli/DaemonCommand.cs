@@ -1,0 +1,95 @@
+using System.Globalization;
+using System.Runtime.InteropServices;
+using IfcVdpa.Daemon;
+
+namespace IfcVdpa.Cli;
+
+/// <summary>
+/// `ifcvf daemon [--allow-uid N]... [sim N] [vfio BDF]... [generic]`: runs the daemon in the foreground
+/// until SIGINT/SIGTERM. `vfio BDF` adopts a function bound to vfio-pci as management device pci/BDF
+/// (`generic` also accepts plain virtio-net functions, like DPDK's vdpa=1).
+/// </summary>
+public static class DaemonCommand
+{
+    public static int Run(CliContext ctx, IEnumerable<string> args)
+    {
+        ArgumentNullException.ThrowIfNull(ctx);
+        var kv = new Keywords(args);
+        var allow = new List<uint>();
+        while (kv.Get("--allow-uid") is { } u)
+        {
+            if (!uint.TryParse(u, NumberStyles.None, CultureInfo.InvariantCulture, out uint uid))
+            {
+                throw new CliException($"--allow-uid needs a numeric uid, not \"{u}\"");
+            }
+            allow.Add(uid);
+        }
+        int sims = kv.Int("sim", 0);
+        var vfio = new List<string>();
+        while (kv.Get("vfio") is { } bdf)
+        {
+            vfio.Add(bdf);
+        }
+        bool generic = kv.Flag("generic");
+        kv.EnsureAllUsed();
+        if (sims is < 0 or > DeviceRegistry.MaxSoftwareVfs)
+        {
+            throw new CliException($"sim must be 0..{DeviceRegistry.MaxSoftwareVfs}");
+        }
+        using var stop = new CancellationTokenSource();
+        void OnSignal(PosixSignalContext c)
+        {
+            c.Cancel = true;
+            stop.Cancel();
+        }
+        using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
+        using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
+        DaemonHost host;
+        try
+        {
+            host = new DaemonHost(new DaemonOptions { ControlPath = ctx.ResolveControlPath(), AllowUids = allow, SoftwareVfs = sims });
+        }
+        catch (Exception e) when (e is ArgumentException or RegistryException)
+        {
+            throw new CliException(e.Message);
+        }
+        using (host)
+        {
+            foreach (var bdf in vfio)
+            {
+                AdoptVfio(host, bdf, generic);
+            }
+            try
+            {
+                host.Run(stop.Token);
+            }
+            catch (Exception e) when (e is InvalidOperationException or IOException or UnauthorizedAccessException or System.Net.Sockets.SocketException)
+            {
+                throw new CliException($"cannot start the daemon: {e.Message}");
+            }
+        }
+        return 0;
+    }
+
+    private static void AdoptVfio(DaemonHost host, string bdf, bool generic)
+    {
+        IfcVdpa.Vfio.VfioPciFunction fn;
+        try
+        {
+            fn = IfcVdpa.Vfio.VfioPciFunction.Open(bdf);
+        }
+        catch (Exception e) when (e is IfcVdpa.Vfio.VfioException or ArgumentException or IOException)
+        {
+            throw new CliException($"vfio {bdf}: {e.Message}");
+        }
+        try
+        {
+            host.Registry.AddPciFunction(fn, ownsFunction: true, acceptGenericVirtioNet: generic);
+        }
+        catch (Exception e) when (e is IfcVdpa.Ifcvf.IfcvfProbeException or RegistryException)
+        {
+            fn.Dispose();
+            throw new CliException($"vfio {bdf}: {e.Message}");
+        }
+    }
+}

@@ -1,0 +1,236 @@
+using System.Globalization;
+using System.Runtime.InteropServices;
+using IfcVdpa.Ifcvf;
+using IfcVdpa.IfcvfModel;
+using IfcVdpa.IfcvfModel.Backends;
+using IfcVdpa.IfcvfModel.Datapath;
+using IfcVdpa.VhostUser;
+
+namespace IfcVdpa.Cli;
+
+/// <summary>
+/// `ifcvf serve`: one software IFC VF (datapath engine + network backend), probed by the ifcvf driver
+/// into a vDPA device, served to one vhost-user front-end at a time (QEMU, DPDK virtio-user) until
+/// SIGINT/SIGTERM. With -j or --stats-period it prints per-queue counters periodically.
+/// </summary>
+public static class ServeCommand
+{
+    private sealed record Args
+    {
+        public string? Socket { get; set; }
+        public string Backend { get; set; } = "loopback";
+        public int Queues { get; set; } = 1;
+        public byte[]? Mac { get; set; }
+        public ushort? Mtu { get; set; }
+        public bool Client { get; set; }
+        public EngineMode Mode { get; set; } = EngineMode.Event;
+        public double? StatsPeriod { get; set; }
+        public uint SocketMode { get; set; } = 0x180;
+    }
+
+    public static int Run(CliContext ctx, IReadOnlyList<string> argv) => Run(ctx, argv, CancellationToken.None);
+
+    /// <summary>Serves until SIGINT/SIGTERM or <paramref name="stop"/> (for in-process callers and tests).</summary>
+    public static int Run(CliContext ctx, IReadOnlyList<string> argv, CancellationToken stop)
+    {
+        var a = Parse(argv);
+        var vfOptions = new SoftIfcVfOptions
+        {
+            Address = "sim:00.0",
+            QueuePairs = a.Queues,
+            Mac = a.Mac ?? new SoftIfcVfOptions().Mac,
+            Mtu = a.Mtu ?? 1500,
+        };
+        try
+        {
+            vfOptions.Validate();
+        }
+        catch (ArgumentException e)
+        {
+            throw new CliException(e.Message);
+        }
+        var log = new Action<string>(s => ctx.Err.WriteLine($"{DateTime.Now:HH:mm:ss.fff} {s}"));
+        NetBackend backend;
+        try
+        {
+            backend = NetBackend.Parse(a.Backend);
+        }
+        catch (Exception e) when (e is ArgumentException or IOException or UnauthorizedAccessException)
+        {
+            throw new CliException($"backend {a.Backend}: {e.Message}");
+        }
+        using var engine = new VirtioNetEngine(backend, new EngineOptions { Mode = a.Mode, Log = log });
+        using var vf = new SoftIfcVf(vfOptions);
+        vf.AttachEngine(engine);
+        using var adapter = IfcvfAdapter.Probe(vf, new IfcvfAdapterOptions { Name = "vdpa0" });
+        var options = new VhostUserBackendOptions
+        {
+            SocketPath = a.Socket!,
+            Client = a.Client,
+            SocketMode = a.SocketMode,
+            Session = new VhostUserSessionOptions { Log = log, Name = a.Socket! },
+        };
+        using var server = new VhostUserBackend(adapter, options);
+        try
+        {
+            server.Start();
+        }
+        catch (Exception e) when (e is IOException or ArgumentException or UnauthorizedAccessException)
+        {
+            throw new CliException($"cannot serve on {a.Socket}: {e.Message}");
+        }
+        log($"serving {adapter.Name} ({vf.Address}, {a.Queues} queue pair(s), backend {backend}, {a.Mode} mode) on {a.Socket}{(a.Client ? " as a client" : "")}");
+
+        using var done = new ManualResetEventSlim();
+        void OnSignal(PosixSignalContext c)
+        {
+            c.Cancel = true;
+            done.Set();
+        }
+        using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
+        using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
+        using var onStop = stop.Register(done.Set);
+        double? period = a.StatsPeriod ?? (ctx.Json ? 1.0 : null);
+        int waitMs = period is { } p ? (int)Math.Max(100, p * 1000) : -1;
+        while (!done.Wait(waitMs, CancellationToken.None))
+        {
+            PrintStats(ctx, adapter, server, a.Queues);
+        }
+        log(stop.IsCancellationRequested ? "stop requested: stopping" : "signal received: stopping");
+        server.Stop();
+        vf.AttachEngine(null);
+        if (period is not null)
+        {
+            PrintStats(ctx, adapter, server, a.Queues);
+        }
+        log($"stopped; {server.Connections} front-end connection(s) served, socket {(File.Exists(a.Socket) && !a.Client ? "still present" : "removed")}");
+        return 0;
+    }
+
+    private static void PrintStats(CliContext ctx, IfcvfAdapter dev, VhostUserBackend server, int pairs)
+    {
+        var s = server.Session;
+        if (ctx.Json)
+        {
+            var w = new JsonText();
+            w.Begin();
+            w.Num("time_ms", DateTimeOffset.UtcNow.ToUnixTimeMilliseconds());
+            w.Bool("connected", s is not null);
+            w.Bool("running", s?.Configured ?? false);
+            w.Num("connections", server.Connections);
+            w.BeginArray("queues");
+            for (int q = 0; q < pairs * 2; q++)
+            {
+                var st = dev.GetVqStats(q);
+                w.BeginObject();
+                w.Num("qidx", q);
+                w.Str("type", q % 2 == 0 ? "rx" : "tx");
+                w.Num("packets", st.Packets);
+                w.Num("bytes", st.Bytes);
+                w.Num("kicks", st.Kicks);
+                w.Num("interrupts", st.Interrupts);
+                w.Num("errors", st.Errors);
+                w.Num("drops", st.Drops);
+                w.EndObject();
+            }
+            w.EndArray();
+            w.End();
+            ctx.Out.WriteLine(w.ToString());
+        }
+        else
+        {
+            var line = new System.Text.StringBuilder();
+            line.Append(CultureInfo.InvariantCulture, $"{DateTime.Now:HH:mm:ss} {(s?.Configured == true ? "running" : s is not null ? "connected" : "idle")}");
+            for (int q = 0; q < pairs * 2; q++)
+            {
+                var st = dev.GetVqStats(q);
+                line.Append(CultureInfo.InvariantCulture,
+                    $" | q{q} {(q % 2 == 0 ? "rx" : "tx")} pkts {st.Packets} bytes {st.Bytes} kicks {st.Kicks} irqs {st.Interrupts} err {st.Errors} drop {st.Drops}");
+            }
+            ctx.Out.WriteLine(line.ToString());
+        }
+        ctx.Out.Flush();
+    }
+
+    private static Args Parse(IReadOnlyList<string> argv)
+    {
+        var a = new Args();
+        for (int i = 0; i < argv.Count; i++)
+        {
+            string k = argv[i];
+            string Value() => i + 1 < argv.Count ? argv[++i] : throw new CliException($"{k} needs a value");
+            switch (k)
+            {
+                case "--socket" or "socket":
+                    a.Socket = Value();
+                    break;
+                case "--backend" or "backend":
+                    a.Backend = Value();
+                    break;
+                case "--queues" or "queues":
+                    a.Queues = int.TryParse(Value(), CultureInfo.InvariantCulture, out int q) && q is >= 1 and <= 16
+                        ? q : throw new CliException("--queues must be 1..16");
+                    break;
+                case "--mac" or "mac":
+                    a.Mac = ParseMac(Value());
+                    break;
+                case "--mtu" or "mtu":
+                    a.Mtu = ushort.TryParse(Value(), CultureInfo.InvariantCulture, out ushort m) && m >= 68
+                        ? m : throw new CliException("--mtu must be 68..65535");
+                    break;
+                case "--client" or "client":
+                    a.Client = true;
+                    break;
+                case "--poll":
+                    a.Mode = EngineMode.Poll;
+                    break;
+                case "--event":
+                    a.Mode = EngineMode.Event;
+                    break;
+                case "--stats-period":
+                    a.StatsPeriod = double.TryParse(Value(), CultureInfo.InvariantCulture, out double s) && s > 0
+                        ? s : throw new CliException("--stats-period must be a positive number of seconds");
+                    break;
+                case "--socket-mode":
+                {
+                    string v = Value();
+                    try
+                    {
+                        a.SocketMode = Convert.ToUInt32(v, 8);
+                    }
+                    catch (FormatException)
+                    {
+                        throw new CliException($"--socket-mode must be octal (e.g. 0660), not \"{v}\"");
+                    }
+                    if (a.SocketMode > 0x1FF)
+                    {
+                        throw new CliException("--socket-mode must be at most 0777");
+                    }
+                    break;
+                }
+                default:
+                    throw new CliException($"serve: unknown argument \"{k}\"");
+            }
+        }
+        if (string.IsNullOrEmpty(a.Socket))
+        {
+            throw new CliException("serve needs --socket PATH");
+        }
+        return a;
+    }
+
+    private static byte[] ParseMac(string s)
+    {
+        var parts = s.Split(':');
+        var mac = new byte[6];
+        if (parts.Length != 6 || !parts.Select((p, i) => byte.TryParse(p, NumberStyles.HexNumber, CultureInfo.InvariantCulture, out mac[i]) && p.Length is 1 or 2).All(x => x))
+        {
+            throw new CliException($"bad MAC address \"{s}\" (expected xx:xx:xx:xx:xx:xx)");
+        }
+        if ((mac[0] & 1) != 0)
+        {
+            throw new CliException($"{s} is a multicast address");
+        }
+        return mac;
+    }
+}

@@ -1,0 +1,70 @@
+using System.Text.Json;
+using IfcVdpa.Daemon;
+
+namespace IfcVdpa.Cli;
+
+/// <summary>`ifcvf sim add [count N] [mac M] [queues N]` and `ifcvf sim del NAME` (software VFs in the daemon).</summary>
+public static class SimCommand
+{
+    public static int Run(CliContext ctx, string verb, IEnumerable<string> args)
+    {
+        ArgumentNullException.ThrowIfNull(ctx);
+        var kv = new Keywords(args);
+        switch (verb)
+        {
+            case "add":
+            {
+                int count = kv.Int("count", 1);
+                string? mac = kv.Get("mac");
+                int queues = kv.Int("queues", 1);
+                int vectors = kv.Int("msix_vectors", 0);
+                string? backend = kv.Get("backend");
+                kv.EnsureAllUsed();
+                if (mac is not null && ControlArgs.ParseMac(mac) is null)
+                {
+                    throw new CliException($"mac must look like 00:e0:ed:00:00:01, not \"{mac}\"");
+                }
+                var data = ctx.Request("sim add", w =>
+                {
+                    w.WriteNumber("count", count);
+                    w.WriteNumber("queues", queues);
+                    if (mac is not null)
+                    {
+                        w.WriteString("mac", mac);
+                    }
+                    if (vectors != 0)
+                    {
+                        w.WriteNumber("msix_vectors", vectors);
+                    }
+                    if (backend is not null)
+                    {
+                        w.WriteString("backend", backend);
+                    }
+                });
+                if (ctx.Json)
+                {
+                    ctx.PrintJson(data);
+                }
+                else
+                {
+                    MgmtdevCommand.PrintHuman(ctx.Out, data);
+                }
+                return 0;
+            }
+            case "del":
+            {
+                string name = kv.Positional() ?? throw new CliException("sim del needs a VF name (e.g. sim/ifcvf0)");
+                kv.EnsureAllUsed();
+                ctx.Request("sim del", w => w.WriteString("name", name));
+                return 0;
+            }
+            default:
+                throw new CliException($"unknown command \"sim {verb}\"; try \"ifcvf help\"");
+        }
+    }
+
+    internal static string Features(JsonElement o, string name) =>
+        o.TryGetProperty(name, out var f) && f.ValueKind == JsonValueKind.Array
+            ? string.Join(' ', f.EnumerateArray().Select(x => x.GetString()))
+            : "";
+}

@@ -1,0 +1,296 @@
+using System.Buffers.Binary;
+using System.Text.Json;
+using IfcVdpa.Ifcvf;
+using IfcVdpa.VirtioNet;
+using IfcVdpa.Virtio;
+
+namespace IfcVdpa.Daemon;
+
+/// <summary>
+/// The `vdpa`-style control commands on a <see cref="DeviceRegistry"/>. Replies have the shape of
+/// `vdpa -j` output (<c>{"dev":{"vdpa0":{…}}}</c>), so the CLI prints them as they are for -j.
+/// </summary>
+public static class ControlCommands
+{
+    public static void Register(ControlServer server, DeviceRegistry registry)
+    {
+        ArgumentNullException.ThrowIfNull(server);
+        ArgumentNullException.ThrowIfNull(registry);
+        server.Handle("ping", (a, w) =>
+        {
+            a.EnsureNoUnknown();
+            w.WriteNumber("pid", Environment.ProcessId);
+        });
+        server.Handle("sim add", (a, w) => SimAdd(registry, a, w));
+        server.Handle("sim del", (a, w) =>
+        {
+            string name = a.RequiredString("name");
+            a.EnsureNoUnknown();
+            var md = registry.FindManagementDevice(name);
+            if (md is null || md.BusName != "sim")
+            {
+                throw new ControlException($"software VF \"{name}\" not found");
+            }
+            registry.RemoveManagementDevice(md.Name);
+        });
+        server.Handle("mgmtdev show", (a, w) => MgmtdevShow(registry, a, w));
+        server.Handle("dev add", (a, w) => DevAdd(registry, a, w));
+        server.Handle("dev del", (a, w) =>
+        {
+            string name = a.RequiredString("name");
+            a.EnsureNoUnknown();
+            registry.DeleteDevice(name);
+        });
+        server.Handle("dev show", (a, w) => DevShow(registry, a, w));
+        server.Handle("dev attach", (a, w) => DevAttach(registry, a));
+        server.Handle("dev detach", (a, w) =>
+        {
+            string name = a.RequiredString("name");
+            a.EnsureNoUnknown();
+            if (!registry.DetachConsumer(name))
+            {
+                throw new ControlException($"vDPA device \"{name}\" has no consumer attached");
+            }
+        });
+        server.Handle("dev config show", (a, w) => DevConfigShow(registry, a, w));
+        server.Handle("dev vstats show", (a, w) => DevVstatsShow(registry, a, w));
+    }
+
+    /// <summary>dev attach NAME virtio tap TAPNAME [queues N]: the host uses the VF as its own NIC.</summary>
+    private static void DevAttach(DeviceRegistry registry, ControlArgs a)
+    {
+        string name = a.RequiredString("name");
+        string consumer = a.RequiredString("consumer");
+        string? tap = a.String("tap", 15);
+        int pairs = (int)(a.Integer("queues", 1, 32) ?? 1);
+        a.EnsureNoUnknown();
+        if (consumer != "virtio")
+        {
+            throw new ControlException($"consumer must be \"virtio\" here (vhost-user consumers use \"vhost add\"), not \"{consumer}\"");
+        }
+        if (tap is null || !DeviceRegistry.IsValidDeviceName(tap))
+        {
+            throw new ControlException("virtio consumer needs \"tap NAME\" (1-15 of A-Z a-z 0-9 _ . -)");
+        }
+        registry.AttachConsumer(name, "virtio", $"tap {tap}",
+            dev => new VirtioNetTap(dev, tap, new VirtioNetDriverOptions { QueuePairs = pairs }));
+    }
+
+    private static void SimAdd(DeviceRegistry registry, ControlArgs a, Utf8JsonWriter w)
+    {
+        int count = (int)(a.Integer("count", 1, DeviceRegistry.MaxSoftwareVfs) ?? 1);
+        byte[]? mac = a.Mac("mac");
+        int queues = (int)(a.Integer("queues", 1, 32) ?? 1);
+        int? vectors = (int?)a.Integer("msix_vectors", 1, 2048);
+        string backend = a.String("backend", 200) ?? "loopback";
+        a.EnsureNoUnknown();
+        var added = registry.AddSoftwareVfs(count, mac is null ? (ReadOnlyMemory<byte>?)null : mac, queues, vectors, backend);
+        w.WriteStartObject("mgmtdev");
+        foreach (var md in added)
+        {
+            WriteMgmtdev(md, w);
+        }
+        w.WriteEndObject();
+    }
+
+    private static void MgmtdevShow(DeviceRegistry registry, ControlArgs a, Utf8JsonWriter w)
+    {
+        string? name = a.String("name");
+        a.EnsureNoUnknown();
+        w.WriteStartObject("mgmtdev");
+        if (name is not null)
+        {
+            WriteMgmtdev(registry.FindManagementDevice(name) ?? throw new ControlException($"management device \"{name}\" not found"), w);
+        }
+        else
+        {
+            foreach (var md in registry.ManagementDevices)
+            {
+                WriteMgmtdev(md, w);
+            }
+        }
+        w.WriteEndObject();
+    }
+
+    private static void WriteMgmtdev(ManagementDevice md, Utf8JsonWriter w)
+    {
+        w.WriteStartObject(md.Name);
+        w.WriteString("address", md.Function.Address);
+        w.WriteStartArray("supported_classes");
+        w.WriteStringValue("net");
+        w.WriteEndArray();
+        w.WriteNumber("max_supported_vqs", md.MaxSupportedVqs);
+        w.WriteNumber("msix_vectors", md.Function.MsixVectorCount);
+        WriteFeatures(w, "dev_features", md.SupportedFeatures);
+        if (md.Device is { } d)
+        {
+            w.WriteString("dev", d.Name);
+        }
+        w.WriteEndObject();
+    }
+
+    private static void WriteFeatures(Utf8JsonWriter w, string name, ulong features)
+    {
+        w.WriteStartArray(name);
+        foreach (var n in VirtioFeature.Names(features))
+        {
+            w.WriteStringValue(n);
+        }
+        w.WriteEndArray();
+        w.WriteString(name + "_hex", $"0x{features:x}");
+    }
+
+    private static void DevAdd(DeviceRegistry registry, ControlArgs a, Utf8JsonWriter w)
+    {
+        string name = a.RequiredString("name", 32);
+        string mgmtdev = a.RequiredString("mgmtdev");
+        byte[]? mac = a.Mac("mac");
+        int? mtu = (int?)a.Integer("mtu", 68, 65535);
+        int? maxVqp = (int?)a.Integer("max_vqp", 1, 32768);
+        ulong? features = a.Hex64("device_features");
+        a.EnsureNoUnknown();
+        var dev = registry.AddDevice(mgmtdev, new VdpaProvisioning(name, mac is null ? (ReadOnlyMemory<byte>?)null : mac, (ushort?)mtu, (ushort?)maxVqp, features));
+        w.WriteStartObject("dev");
+        WriteDev(registry, dev, w);
+        w.WriteEndObject();
+    }
+
+    private static IEnumerable<IfcvfAdapter> Select(DeviceRegistry registry, string? name) =>
+        name is null ? registry.Devices : [registry.FindDevice(name) ?? throw new ControlException($"vDPA device \"{name}\" not found")];
+
+    private static void DevShow(DeviceRegistry registry, ControlArgs a, Utf8JsonWriter w)
+    {
+        string? name = a.String("name", 32);
+        a.EnsureNoUnknown();
+        w.WriteStartObject("dev");
+        foreach (var d in Select(registry, name))
+        {
+            WriteDev(registry, d, w);
+        }
+        w.WriteEndObject();
+    }
+
+    private static void WriteDev(DeviceRegistry registry, IfcvfAdapter d, Utf8JsonWriter w)
+    {
+        w.WriteStartObject(d.Name);
+        w.WriteString("type", "network");
+        w.WriteString("mgmtdev", registry.FindDeviceOwner(d.Name)?.Name ?? "?");
+        w.WriteNumber("vendor_id", d.GetVendorId());
+        w.WriteNumber("max_vqs", d.NumVqs);
+        w.WriteNumber("max_vq_size", d.GetVqNumMax());
+        w.WriteNumber("min_vq_size", d.GetVqNumMin());
+        byte status;
+        try
+        {
+            status = d.GetStatus();
+        }
+        catch (ObjectDisposedException)
+        {
+            status = 0;
+        }
+        w.WriteString("status", VirtioStatus.Describe(status));
+        w.WriteString("irq_mode", d.IrqMode.ToString());
+        if (registry.ConsumerOf(d.Name) is { } c)
+        {
+            w.WriteString("consumer", c.Kind);
+            w.WriteString("consumer_detail", c.Detail);
+        }
+        w.WriteNumber("dma_maps", d.DmaMapCount);
+        w.WriteEndObject();
+    }
+
+    private static void DevConfigShow(DeviceRegistry registry, ControlArgs a, Utf8JsonWriter w)
+    {
+        string? name = a.String("name", 32);
+        a.EnsureNoUnknown();
+        w.WriteStartObject("config");
+        Span<byte> full = stackalloc byte[VirtioNetConfig.Size];
+        foreach (var d in Select(registry, name))
+        {
+            full.Clear();
+            var cfg = full[..(int)Math.Min((uint)full.Length, d.GetConfigSize())];
+            d.GetConfig(0, cfg);
+            ulong features = d.GetDeviceFeatures();
+            w.WriteStartObject(d.Name);
+            if (VirtioFeature.Has(features, VirtioFeature.NET_F_MAC))
+            {
+                w.WriteString("mac", IfcvfAdapter.FormatMac(full[..6]));
+            }
+            ushort st = BinaryPrimitives.ReadUInt16LittleEndian(full[VirtioNetConfig.Status..]);
+            bool hasStatus = VirtioFeature.Has(features, VirtioFeature.NET_F_STATUS);
+            w.WriteString("link", !hasStatus || (st & VirtioNetConfig.S_LINK_UP) != 0 ? "up" : "down");
+            w.WriteBoolean("link_announce", hasStatus && (st & VirtioNetConfig.S_ANNOUNCE) != 0);
+            w.WriteNumber("max_vq_pairs", BinaryPrimitives.ReadUInt16LittleEndian(full[VirtioNetConfig.MaxVirtqueuePairs..]));
+            if (VirtioFeature.Has(features, VirtioFeature.NET_F_MTU))
+            {
+                w.WriteNumber("mtu", BinaryPrimitives.ReadUInt16LittleEndian(full[VirtioNetConfig.Mtu..]));
+            }
+            if ((d.GetStatus() & VirtioStatus.FEATURES_OK) != 0)
+            {
+                WriteFeatures(w, "negotiated_features", d.GetDriverFeatures());
+            }
+            WriteFeatures(w, "dev_features", features);
+            w.WriteEndObject();
+        }
+        w.WriteEndObject();
+    }
+
+    /// <summary>rx for even data queues, tx for odd ones, control_vq for the last of an odd count.</summary>
+    public static string QueueType(int qid, int numVqs) =>
+        numVqs % 2 == 1 && qid == numVqs - 1 ? "control_vq" : qid % 2 == 0 ? "rx" : "tx";
+
+    private static void DevVstatsShow(DeviceRegistry registry, ControlArgs a, Utf8JsonWriter w)
+    {
+        string name = a.RequiredString("name", 32);
+        int? qidx = (int?)a.Integer("qidx", 0, 65535);
+        a.EnsureNoUnknown();
+        var d = registry.FindDevice(name) ?? throw new ControlException($"vDPA device \"{name}\" not found");
+        if (qidx is int q && q >= d.NumVqs)
+        {
+            throw new ControlException($"{name}: queue index {q} out of range (device has {d.NumVqs} queues)");
+        }
+        w.WriteStartObject("vstats");
+        w.WriteStartObject(name);
+        if (qidx is int one)
+        {
+            WriteQueueStats(w, d, one);
+        }
+        else
+        {
+            long p = 0, b = 0, k = 0, i = 0, e = 0, dr = 0;
+            w.WriteStartArray("queues");
+            for (int qq = 0; qq < d.NumVqs; qq++)
+            {
+                w.WriteStartObject();
+                var s = WriteQueueStats(w, d, qq);
+                w.WriteEndObject();
+                p += s.Packets; b += s.Bytes; k += s.Kicks; i += s.Interrupts; e += s.Errors; dr += s.Drops;
+            }
+            w.WriteEndArray();
+            w.WriteStartObject("total");
+            WriteCounters(w, new Vdpa.VdpaVqStats(p, b, k, i, e, dr));
+            w.WriteEndObject();
+        }
+        w.WriteEndObject();
+        w.WriteEndObject();
+    }
+
+    private static Vdpa.VdpaVqStats WriteQueueStats(Utf8JsonWriter w, IfcvfAdapter d, int q)
+    {
+        var s = d.GetVqStats(q);
+        w.WriteNumber("queue_index", q);
+        w.WriteString("queue_type", QueueType(q, d.NumVqs));
+        WriteCounters(w, s);
+        return s;
+    }
+
+    private static void WriteCounters(Utf8JsonWriter w, Vdpa.VdpaVqStats s)
+    {
+        w.WriteNumber("packets", s.Packets);
+        w.WriteNumber("bytes", s.Bytes);
+        w.WriteNumber("kicks", s.Kicks);
+        w.WriteNumber("interrupts", s.Interrupts);
+        w.WriteNumber("errors", s.Errors);
+        w.WriteNumber("drops", s.Drops);
+    }
+}

@@ -1,0 +1,72 @@
+using IfcVdpa.Ifcvf;
+
+namespace IfcVdpa.Daemon;
+
+/// <summary>What a vDPA device is attached to: the "virtio" consumer (host NIC) or "vhost" (vhost-user).</summary>
+public sealed record ConsumerInfo(string Kind, string Detail, IDisposable Handle);
+
+/// <summary>One consumer per vDPA device: attaching a second one is a clear error.</summary>
+public sealed partial class DeviceRegistry
+{
+    private readonly Dictionary<string, ConsumerInfo> _consumers = [];
+
+    /// <summary>
+    /// Attaches a consumer built by <paramref name="create"/> to device <paramref name="devName"/>.
+    /// Fails if the device does not exist or already has a consumer.
+    /// </summary>
+    public ConsumerInfo AttachConsumer(string devName, string kind, string detail, Func<IfcvfAdapter, IDisposable> create)
+    {
+        ArgumentNullException.ThrowIfNull(create);
+        lock (_lock)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            var md = _mgmt.FirstOrDefault(m => m.Device?.Name == devName) ?? throw new RegistryException($"vDPA device \"{devName}\" not found");
+            if (_consumers.TryGetValue(devName, out var existing))
+            {
+                throw new RegistryException($"vDPA device \"{devName}\" is already attached to a {existing.Kind} consumer ({existing.Detail}); detach it first");
+            }
+            IDisposable handle;
+            try
+            {
+                handle = create(md.Device!);
+            }
+            catch (Exception e) when (e is InvalidOperationException or ArgumentException or IOException or IfcvfDeviceException)
+            {
+                throw new RegistryException($"{devName}: cannot attach {kind} consumer: {e.Message}");
+            }
+            var info = new ConsumerInfo(kind, detail, handle);
+            _consumers[devName] = info;
+            _log.Info("consumer attached", ("dev", devName), ("consumer", kind), ("detail", detail));
+            return info;
+        }
+    }
+
+    /// <summary>Detaches (and disposes) the device's consumer; false if it had none.</summary>
+    public bool DetachConsumer(string devName)
+    {
+        lock (_lock)
+        {
+            return DetachConsumerLocked(devName);
+        }
+    }
+
+    private bool DetachConsumerLocked(string devName)
+    {
+        if (!_consumers.Remove(devName, out var info))
+        {
+            return false;
+        }
+        info.Handle.Dispose();
+        _log.Info("consumer detached", ("dev", devName), ("consumer", info.Kind));
+        return true;
+    }
+
+    /// <summary>The device's consumer, or null.</summary>
+    public ConsumerInfo? ConsumerOf(string devName)
+    {
+        lock (_lock)
+        {
+            return _consumers.GetValueOrDefault(devName);
+        }
+    }
+}

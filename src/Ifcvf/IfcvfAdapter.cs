@@ -1,0 +1,673 @@
+using IfcVdpa.Pci;
+using IfcVdpa.Vdpa;
+using IfcVdpa.Virtio;
+using static IfcVdpa.Virtio.VirtioFeature;
+
+namespace IfcVdpa.Ifcvf;
+
+/// <summary>
+/// The IFC VF as a vDPA device (Linux ifcvf_main, "immediate" model of Linux ≥ 6.5): every vq op
+/// writes the registers at once through <see cref="IfcvfHw"/>; vq state lives in the BAR4
+/// live-migration block; interrupts are set up on entering DRIVER_OK and released on leaving it.
+/// Control ops are serialised by one lock (the register file has a queue_select); <see cref="KickVq"/>
+/// and the interrupt handlers take no lock.
+/// </summary>
+/// <remarks>
+/// Ops table (vdpa_config_ops → here): get/set_status, reset, get_device_features, set/get_driver_features,
+/// get_vq_num_max/min, get_vq_size, set_vq_num, set_vq_address, set/get_vq_ready, set/get_vq_state (LM
+/// block), set_vq_cb, kick_vq, get_vq_notification, get_generation, get_device_id, get_vendor_id,
+/// get_vq_align, get_config_size, get/set_config, set_config_cb, dma_map/unmap (to the PCI function's
+/// IOMMU domain), vendor vq stats. Not supported, with the reason: suspend/resume (the IFC VF has no
+/// device-wide stop that keeps state: disable queues one by one with SetVqReady(false), which stores
+/// their ring state in BAR4).
+/// </remarks>
+public sealed partial class IfcvfAdapter : IVdpaDevice, IDisposable
+{
+    /// <summary>IFCVF_MIN_VQ_SIZE.</summary>
+    public const ushort MinVqSize = 64;
+
+    /// <summary>get_vq_align: PAGE_SIZE.</summary>
+    public const uint VqAlign = 4096;
+
+    /// <summary>VIRTIO_ID_NET.</summary>
+    public const uint VirtioIdNet = 1;
+
+    private const ushort IntelVendor = 0x8086;
+
+    private readonly Lock _ctl = new();
+    private readonly IfcvfHw _hw;
+    private readonly IPciFunction _pci;
+    private readonly bool _useLm;
+    private readonly ushort[] _maxSize;
+    private readonly ushort _maxVqNum;
+    private readonly ushort? _mtu;
+    private readonly ushort? _maxVqPairs;
+    private readonly long[] _kicks;
+    private readonly long[] _interrupts;
+    private readonly Dictionary<(ulong Iova, ulong Size), bool> _dmaMaps = [];
+    private bool _removed;
+
+    private IfcvfAdapter(IPciFunction pci, IfcvfHw hw, IfcvfAdapterOptions options, bool isIfc, ushort subsystemVendor)
+    {
+        _pci = pci;
+        _hw = hw;
+        Name = options.Name;
+        IsIfc = isIfc;
+        SubsystemVendorId = subsystemVendor;
+        RequireAccessPlatform = options.RequireAccessPlatform;
+        // A plain virtio-net function has no IFC live-migration block: BAR4 (if any) is something else.
+        _useLm = isIfc && hw.HasLm;
+        NumVqs = hw.NumQueues;
+        if (NumVqs < 2)
+        {
+            throw new IfcvfProbeException($"{pci.Address}: {NumVqs} virtqueue(s); a virtio-net device needs at least one RX/TX pair");
+        }
+        // Start from a clean device: whatever a previous owner left running stops here.
+        hw.SetConfigVector(VirtioPci.NoVector);
+        hw.Reset();
+        _maxSize = new ushort[NumVqs];
+        for (int q = 0; q < NumVqs; q++)
+        {
+            _maxSize[q] = hw.GetVqMaxSize(q);
+            _maxVqNum = Math.Max(_maxVqNum, _maxSize[q]);
+        }
+        if (_maxVqNum == 0)
+        {
+            throw new IfcvfProbeException($"{pci.Address}: every queue reports size 0 (no usable virtqueue)");
+        }
+        _kicks = new long[NumVqs];
+        _interrupts = new long[NumVqs];
+        _vqCallbacks = new VdpaCallback?[NumVqs];
+        HardwareFeatures = hw.GetDeviceFeatures();
+        DeviceFeatures = HardwareFeatures;
+        Provision(options, out _mtu, out _maxVqPairs);
+    }
+
+    /// <summary>Probes a PCI function: identity check, capability walk, reset, queue geometry, provisioning.</summary>
+    /// <exception cref="IfcvfProbeException">Not an IFC VF (or not a usable one).</exception>
+    /// <exception cref="ArgumentException">A provisioning attribute the VF cannot honour.</exception>
+    public static IfcvfAdapter Probe(IPciFunction pci, IfcvfAdapterOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(pci);
+        options ??= new IfcvfAdapterOptions();
+        var (isIfc, subVendor) = CheckIdentity(pci, options.AcceptGenericVirtioNet);
+        var hw = IfcvfHw.Init(pci, options.Hw);
+        return new IfcvfAdapter(pci, hw, options, isIfc, subVendor);
+    }
+
+    /// <summary>
+    /// The PCI ID table (ifcvf_pci_ids): N3000 1AF4:1041 sub 8086:001A, C5000X-PL net 1AF4:1000 sub
+    /// 8086:0001 (driven in modern mode only); optionally any modern virtio-net 1AF4:1041.
+    /// </summary>
+    public static (bool IsIfc, ushort SubsystemVendor) CheckIdentity(IPciFunction pci, bool acceptGenericVirtioNet)
+    {
+        ArgumentNullException.ThrowIfNull(pci);
+        ushort vendor = pci.ReadConfig16(PciConfig.VendorId);
+        ushort device = pci.ReadConfig16(PciConfig.DeviceId);
+        ushort subVendor = pci.ReadConfig16(PciConfig.SubsystemVendorId);
+        ushort subDevice = pci.ReadConfig16(PciConfig.SubsystemId);
+        string id = $"{vendor:x4}:{device:x4} subsystem {subVendor:x4}:{subDevice:x4}";
+        if (vendor != VirtioPci.VendorId)
+        {
+            throw new IfcvfProbeException($"{pci.Address}: {id} is not a virtio function (vendor must be 1af4)");
+        }
+        switch (device, subVendor, subDevice)
+        {
+            case (VirtioPci.ModernNetDeviceId, IntelVendor, 0x001A):
+            case (VirtioPci.TransitionalNetDeviceId, IntelVendor, 0x0001):
+                return (true, subVendor);
+            case (0x1001 or 0x1042, IntelVendor, 0x0002 or 0x0000):
+                throw new IfcvfProbeException($"{pci.Address}: {id} is an IFC virtio-blk VF; only the net VF is supported");
+        }
+        if (device == VirtioPci.ModernNetDeviceId)
+        {
+            if (acceptGenericVirtioNet)
+            {
+                return (false, subVendor);
+            }
+            throw new IfcvfProbeException($"{pci.Address}: {id} is a generic virtio-net function, not an IFC VF (accept it with the generic-virtio-net option, like DPDK's vdpa=1)");
+        }
+        throw new IfcvfProbeException($"{pci.Address}: {id} is not an IFC VF (expected 1af4:1041 subsystem 8086:001a or 1af4:1000 subsystem 8086:0001)");
+    }
+
+    private void Provision(IfcvfAdapterOptions o, out ushort? mtu, out ushort? maxVqPairs)
+    {
+        mtu = null;
+        maxVqPairs = null;
+        if (o.DeviceFeatures is ulong want)
+        {
+            ulong extra = want & ~HardwareFeatures;
+            if (extra != 0)
+            {
+                throw new ArgumentException($"device_features 0x{want:x} are not a subset of what {_pci.Address} offers (0x{HardwareFeatures:x}): {string.Join(' ', Names(extra))} not supported");
+            }
+            if (!Has(want, F_VERSION_1))
+            {
+                throw new ArgumentException($"device_features 0x{want:x} lack VERSION_1: the IFC VF is a modern (virtio 1.x) device only");
+            }
+            DeviceFeatures = want;
+        }
+        int hwPairs = NumVqs / 2;
+        bool hasCvq = NumVqs % 2 == 1;
+        if (o.MaxVqPairs is ushort pairs)
+        {
+            if (pairs < 1 || pairs > hwPairs)
+            {
+                throw new ArgumentException($"max_vqp {pairs} out of range: {_pci.Address} has {hwPairs} queue pair(s)");
+            }
+            if (pairs < hwPairs && hasCvq)
+            {
+                throw new ArgumentException($"max_vqp {pairs} below the VF's {hwPairs}: its control queue sits at index {2 * hwPairs}, so the pair count is fixed by hardware");
+            }
+            maxVqPairs = pairs;
+        }
+        if (o.Mtu is ushort m)
+        {
+            if (!Has(DeviceFeatures, NET_F_MTU))
+            {
+                throw new ArgumentException("mtu cannot be provisioned: the device features lack MTU");
+            }
+            Span<byte> b = stackalloc byte[2];
+            _hw.ReadDeviceConfig(VirtioNetConfig.Mtu, b);
+            ushort hwMtu = (ushort)(b[0] | (b[1] << 8));
+            if (m < 68 || m > hwMtu)
+            {
+                throw new ArgumentException($"mtu {m} out of range: {_pci.Address} supports 68..{hwMtu}");
+            }
+            mtu = m;
+        }
+        if (o.Mac is { } macMem)
+        {
+            var mac = macMem.Span;
+            if (mac.Length != 6)
+            {
+                throw new ArgumentException($"mac must be 6 bytes, not {mac.Length}");
+            }
+            if ((mac[0] & 1) != 0 || !mac.ContainsAnyExcept((byte)0))
+            {
+                throw new ArgumentException($"mac {FormatMac(mac)} is not a unicast address");
+            }
+            if (!Has(DeviceFeatures, NET_F_MAC))
+            {
+                throw new ArgumentException("mac cannot be provisioned: the device features lack MAC");
+            }
+            _hw.WriteDeviceConfig(VirtioNetConfig.Mac, mac);
+            Span<byte> back = stackalloc byte[6];
+            _hw.ReadDeviceConfig(VirtioNetConfig.Mac, back);
+            if (!back.SequenceEqual(mac))
+            {
+                throw new IfcvfDeviceException($"{_pci.Address}: the VF did not take mac {FormatMac(mac)} (reads {FormatMac(back)})");
+            }
+        }
+    }
+
+    public static string FormatMac(ReadOnlySpan<byte> mac) =>
+        mac.Length == 6 ? $"{mac[0]:x2}:{mac[1]:x2}:{mac[2]:x2}:{mac[3]:x2}:{mac[4]:x2}:{mac[5]:x2}" : $"<{mac.Length} bytes>";
+
+    // ---- identity and properties ---------------------------------------------------------------
+
+    public string Name { get; }
+
+    public int NumVqs { get; }
+
+    /// <summary>True for an IFC VF; false for a generic virtio-net accepted with the vdpa=1-style option.</summary>
+    public bool IsIfc { get; }
+
+    /// <summary>Whether vq state is served from the BAR4 live-migration block.</summary>
+    public bool HasLiveMigrationBlock => _useLm;
+
+    public ushort SubsystemVendorId { get; }
+
+    /// <summary>Everything the VF offers (the management device's supported features).</summary>
+    public ulong HardwareFeatures { get; }
+
+    /// <summary>What this vDPA device offers: the provisioned device_features (default: all of the VF's).</summary>
+    public ulong DeviceFeatures { get; private set; }
+
+    /// <summary>Kernel-style interface: driver features must include ACCESS_PLATFORM (the vhost-user consumer clears this).</summary>
+    public bool RequireAccessPlatform { get; set; }
+
+    public IPciFunction Function => _pci;
+
+    public IfcvfHw Hw => _hw;
+
+    public uint GetDeviceId() => VirtioIdNet;
+
+    public uint GetVendorId() => SubsystemVendorId;
+
+    public uint GetVqAlign() => VqAlign;
+
+    // ---- features ------------------------------------------------------------------------------
+
+    public ulong GetDeviceFeatures() => DeviceFeatures;
+
+    public void SetDriverFeatures(ulong features)
+    {
+        lock (_ctl)
+        {
+            ThrowIfRemoved();
+            if ((_hw.GetStatus() & VirtioStatus.FEATURES_OK) != 0)
+            {
+                throw new InvalidOperationException($"{Name}: driver features are frozen once FEATURES_OK is set (reset first)");
+            }
+            if (features != 0)
+            {
+                if (!Has(features, F_VERSION_1))
+                {
+                    throw new ArgumentException($"{Name}: driver features 0x{features:x} lack VERSION_1: the IFC VF is a modern (virtio 1.x) device only");
+                }
+                if (RequireAccessPlatform && !Has(features, F_ACCESS_PLATFORM))
+                {
+                    throw new ArgumentException($"{Name}: driver features 0x{features:x} lack ACCESS_PLATFORM, which vDPA requires (the device reaches memory only through its IOMMU domain)");
+                }
+                ulong extra = features & ~DeviceFeatures;
+                if (extra != 0)
+                {
+                    throw new ArgumentException($"{Name}: driver features 0x{features:x} include bits the device does not offer: {string.Join(' ', Names(extra))}");
+                }
+            }
+            _hw.SetDriverFeatures(features);
+        }
+    }
+
+    public ulong GetDriverFeatures()
+    {
+        lock (_ctl)
+        {
+            ThrowIfRemoved();
+            return _hw.GetDriverFeatures();
+        }
+    }
+
+    // ---- status --------------------------------------------------------------------------------
+
+    public byte GetStatus()
+    {
+        lock (_ctl)
+        {
+            ThrowIfRemoved();
+            return _hw.GetStatus();
+        }
+    }
+
+    /// <summary>
+    /// set_status: an unchanged status is a no-op; 0 is a reset; entering DRIVER_OK sets up the interrupts
+    /// first (if that fails the status is not written); leaving DRIVER_OK releases them. The status byte
+    /// itself goes to the device unchanged, which validates FEATURES_OK on its own.
+    /// </summary>
+    public void SetStatus(byte status)
+    {
+        lock (_ctl)
+        {
+            ThrowIfRemoved();
+            byte old = _hw.GetStatus();
+            if (status == old)
+            {
+                return;
+            }
+            if (status == 0)
+            {
+                ResetLocked();
+                return;
+            }
+            bool hadOk = (old & VirtioStatus.DRIVER_OK) != 0;
+            bool wantOk = (status & VirtioStatus.DRIVER_OK) != 0;
+            if (wantOk && !hadOk)
+            {
+                RequestIrqs();
+            }
+            else if (!wantOk && hadOk)
+            {
+                QuiesceIrqs();
+            }
+            _hw.SetStatus(status);
+        }
+    }
+
+    /// <summary>
+    /// reset: quiesce interrupts (every vector NO_VECTOR, MSI-X disabled, callbacks cleared as Linux does),
+    /// then reset the device and wait (bounded) until it reads 0.
+    /// </summary>
+    public void Reset()
+    {
+        lock (_ctl)
+        {
+            ThrowIfRemoved();
+            ResetLocked();
+        }
+    }
+
+    private void ResetLocked()
+    {
+        QuiesceIrqs();
+        for (int q = 0; q < NumVqs; q++)
+        {
+            Volatile.Write(ref _vqCallbacks[q], null);
+        }
+        Volatile.Write(ref _configCallback, null);
+        _hw.Reset();
+    }
+
+    public void Suspend() =>
+        throw new NotSupportedException($"{Name}: the IFC VF cannot suspend the whole device; disable queues one by one (SetVqReady false) to stop them and save their ring state");
+
+    public void Resume() =>
+        throw new NotSupportedException($"{Name}: the IFC VF has no suspend, so nothing to resume; re-enable queues with SetVqReady true");
+
+    // ---- virtqueues ----------------------------------------------------------------------------
+
+    /// <summary>The largest non-zero queue_size any queue reported after reset.</summary>
+    public ushort GetVqNumMax() => _maxVqNum;
+
+    public ushort GetVqNumMin() => Math.Min(MinVqSize, _maxVqNum);
+
+    /// <summary>The queue's current size register (0 for a queue that does not exist).</summary>
+    public ushort GetVqSize(int qid)
+    {
+        if ((uint)qid >= (uint)NumVqs)
+        {
+            return 0;
+        }
+        lock (_ctl)
+        {
+            ThrowIfRemoved();
+            return _hw.GetVqNum(qid);
+        }
+    }
+
+    public void SetVqNum(int qid, uint num)
+    {
+        lock (_ctl)
+        {
+            ThrowIfRemoved();
+            CheckQueue(qid);
+            if (num == 0 || num > _maxSize[qid] || (num & (num - 1)) != 0)
+            {
+                throw new ArgumentOutOfRangeException(nameof(num), $"{Name}: queue {qid} size {num} must be a power of two in 1..{_maxSize[qid]}");
+            }
+            RequireDisabled(qid, "change its size");
+            _hw.SetVqNum(qid, (ushort)num);
+        }
+    }
+
+    public void SetVqAddress(int qid, ulong descArea, ulong driverArea, ulong deviceArea)
+    {
+        lock (_ctl)
+        {
+            ThrowIfRemoved();
+            CheckQueue(qid);
+            RequireDisabled(qid, "change its ring addresses");
+            _hw.SetVqAddress(qid, descArea, driverArea, deviceArea);
+        }
+    }
+
+    /// <summary>
+    /// set_vq_ready: true writes queue_enable 1 and checks the device took it; false disables the queue
+    /// and waits (bounded) until the device reports it stopped, its ring state then being in BAR4.
+    /// </summary>
+    public void SetVqReady(int qid, bool ready)
+    {
+        lock (_ctl)
+        {
+            ThrowIfRemoved();
+            CheckQueue(qid);
+            if (ready)
+            {
+                _hw.SetVqReady(qid, true);
+                if (!_hw.GetVqReady(qid))
+                {
+                    throw new IfcvfDeviceException($"{Name}: queue {qid} did not enable (size {_hw.GetVqNum(qid)} refused?)");
+                }
+            }
+            else if (_hw.GetVqReady(qid))
+            {
+                _hw.DisableVqAndWait(qid);
+            }
+        }
+    }
+
+    public bool GetVqReady(int qid)
+    {
+        lock (_ctl)
+        {
+            ThrowIfRemoved();
+            CheckQueue(qid);
+            return _hw.GetVqReady(qid);
+        }
+    }
+
+    /// <summary>set_vq_state: writes the queue's ring-state word in BAR4 (queue must be disabled).</summary>
+    public void SetVqState(int qid, VdpaVqState state)
+    {
+        lock (_ctl)
+        {
+            ThrowIfRemoved();
+            CheckQueue(qid);
+            if (!_useLm)
+            {
+                if (state.AvailIndex == 0 && state.UsedIndex == 0)
+                {
+                    return; // the state every queue starts from after reset
+                }
+                throw new NotSupportedException($"{Name}: set_vq_state needs the IFC live-migration block (BAR4), which this function does not have");
+            }
+            RequireDisabled(qid, "set its state");
+            _hw.SetVqState(qid, state.AvailIndex, state.UsedIndex);
+        }
+    }
+
+    /// <summary>get_vq_state: the queue's ring state from BAR4 (call before reset: reset loses it).</summary>
+    public VdpaVqState GetVqState(int qid)
+    {
+        lock (_ctl)
+        {
+            ThrowIfRemoved();
+            CheckQueue(qid);
+            if (!_useLm)
+            {
+                throw new NotSupportedException($"{Name}: get_vq_state needs the IFC live-migration block (BAR4), which this function does not have");
+            }
+            var (avail, used) = _hw.GetVqRingState(qid);
+            return new VdpaVqState(avail, used);
+        }
+    }
+
+    /// <summary>kick_vq: the 16-bit doorbell write. No lock: callable from a kick relay thread.</summary>
+    public void KickVq(int qid)
+    {
+        if ((uint)qid >= (uint)NumVqs)
+        {
+            ThrowBadQueue(qid);
+        }
+        Interlocked.Increment(ref _kicks[qid]);
+        _hw.NotifyQueue(qid);
+    }
+
+    public VdpaNotificationArea GetVqNotification(int qid)
+    {
+        CheckQueue(qid);
+        var (bar, offset, size) = _hw.GetVqNotification(qid);
+        return new VdpaNotificationArea(bar, offset, size);
+    }
+
+    private void CheckQueue(int qid)
+    {
+        if ((uint)qid >= (uint)NumVqs)
+        {
+            ThrowBadQueue(qid);
+        }
+    }
+
+    private void ThrowBadQueue(int qid) =>
+        throw new ArgumentOutOfRangeException(nameof(qid), $"{Name}: queue {qid} does not exist (device has {NumVqs})");
+
+    private void RequireDisabled(int qid, string what)
+    {
+        if (_hw.GetVqReady(qid))
+        {
+            throw new InvalidOperationException($"{Name}: queue {qid} is enabled; disable it before you {what}");
+        }
+    }
+
+    // ---- config space --------------------------------------------------------------------------
+
+    public uint GetGeneration()
+    {
+        lock (_ctl)
+        {
+            ThrowIfRemoved();
+            return _hw.GetConfigGeneration();
+        }
+    }
+
+    /// <summary>min(DEVICE_CFG capability length, sizeof(virtio_net_config)).</summary>
+    public uint GetConfigSize() => Math.Min(_hw.DeviceConfigSize, (uint)VirtioNetConfig.Size);
+
+    /// <summary>Byte-wise read inside the generation retry loop, with the provisioned mtu / max_vqp shown.</summary>
+    public void GetConfig(uint offset, Span<byte> buffer)
+    {
+        CheckConfigRange(offset, buffer.Length);
+        lock (_ctl)
+        {
+            ThrowIfRemoved();
+            _hw.ReadDeviceConfig(offset, buffer);
+        }
+        if (_mtu is ushort mtu)
+        {
+            Patch16(offset, buffer, VirtioNetConfig.Mtu, mtu);
+        }
+        if (_maxVqPairs is ushort pairs)
+        {
+            Patch16(offset, buffer, VirtioNetConfig.MaxVirtqueuePairs, pairs);
+        }
+    }
+
+    public void SetConfig(uint offset, ReadOnlySpan<byte> buffer)
+    {
+        CheckConfigRange(offset, buffer.Length);
+        lock (_ctl)
+        {
+            ThrowIfRemoved();
+            _hw.WriteDeviceConfig(offset, buffer);
+        }
+    }
+
+    private void CheckConfigRange(uint offset, int length)
+    {
+        if ((ulong)offset + (ulong)length > GetConfigSize())
+        {
+            throw new ArgumentOutOfRangeException(nameof(offset), $"{Name}: config [{offset}, +{length}) beyond the {GetConfigSize()}-byte config space");
+        }
+    }
+
+    private static void Patch16(uint offset, Span<byte> buffer, int field, ushort value)
+    {
+        for (int i = 0; i < 2; i++)
+        {
+            long pos = field + i - (long)offset;
+            if (pos >= 0 && pos < buffer.Length)
+            {
+                buffer[(int)pos] = (byte)(value >> (8 * i));
+            }
+        }
+    }
+
+    // ---- DMA -----------------------------------------------------------------------------------
+
+    public void DmaMap(ulong iova, ulong size, nint hostAddress, bool writable)
+    {
+        lock (_ctl)
+        {
+            ThrowIfRemoved();
+            _pci.DmaMap(iova, size, hostAddress, writable);
+            _dmaMaps[(iova, size)] = writable;
+        }
+    }
+
+    public void DmaUnmap(ulong iova, ulong size)
+    {
+        lock (_ctl)
+        {
+            ThrowIfRemoved();
+            _pci.DmaUnmap(iova, size);
+            _dmaMaps.Remove((iova, size));
+        }
+    }
+
+    /// <summary>DMA mappings installed through this device and not yet removed.</summary>
+    public int DmaMapCount
+    {
+        get { lock (_ctl) { return _dmaMaps.Count; } }
+    }
+
+    // ---- statistics ----------------------------------------------------------------------------
+
+    /// <summary>
+    /// Vendor vq stats: the function's own datapath counters when it keeps them (<see cref="IQueueStatsSource"/>),
+    /// else the kicks this adapter issued and the interrupts it handled in-process (an interrupt that goes
+    /// straight to an eventfd is not seen, so it is not counted).
+    /// </summary>
+    public VdpaVqStats GetVqStats(int qid)
+    {
+        CheckQueue(qid);
+        if (_pci is IQueueStatsSource source)
+        {
+            var c = source.GetQueueCounters(qid);
+            return new VdpaVqStats(c.Packets, c.Bytes, c.Kicks, c.Interrupts, c.Errors, c.Drops);
+        }
+        return new VdpaVqStats(0, 0, Interlocked.Read(ref _kicks[qid]), Interlocked.Read(ref _interrupts[qid]), 0, 0);
+    }
+
+    /// <summary>Kicks issued through <see cref="KickVq"/>.</summary>
+    public long GetKickCount(int qid)
+    {
+        CheckQueue(qid);
+        return Interlocked.Read(ref _kicks[qid]);
+    }
+
+    // ---- removal -------------------------------------------------------------------------------
+
+    /// <summary>
+    /// Removes the device (dev del): quiesces interrupts, resets the VF (which stops its datapath) and
+    /// removes every DMA mapping made through it. The PCI function itself stays with its owner.
+    /// </summary>
+    public void Dispose()
+    {
+        lock (_ctl)
+        {
+            if (_removed)
+            {
+                return;
+            }
+            _removed = true;
+            Exception? failure = null;
+            try
+            {
+                ResetLocked();
+            }
+            catch (IfcvfDeviceException e)
+            {
+                failure = e; // a dead device: still release what we own
+                QuiesceIrqsBestEffort();
+            }
+            foreach (var (iova, size) in _dmaMaps.Keys)
+            {
+                try
+                {
+                    _pci.DmaUnmap(iova, size);
+                }
+                catch (ArgumentException)
+                {
+                    // already gone from the function's domain; nothing left to release
+                }
+            }
+            _dmaMaps.Clear();
+            if (failure is not null)
+            {
+                throw new IfcvfDeviceException($"{Name}: removed, but the device did not reset: {failure.Message}");
+            }
+        }
+    }
+
+    private void ThrowIfRemoved() => ObjectDisposedException.ThrowIf(_removed, this);
+}

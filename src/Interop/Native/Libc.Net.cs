@@ -1,0 +1,37 @@
+using System.Runtime.InteropServices;
+
+namespace IfcVdpa.Interop.Native;
+
+/// <summary>TUN/TAP (linux/if_tun.h), open(2), ioctl(2) and sched_setaffinity(2).</summary>
+internal static partial class Libc
+{
+    public const int O_RDWR = 0x2;
+    public const int O_NONBLOCK = 0x800;
+    public const int O_CLOEXEC = 0x80000;
+
+    // linux/if_tun.h
+    public const uint TUNSETIFF = 0x400454ca;
+    public const uint TUNSETVNETHDRSZ = 0x400454d8;
+    public const uint TUNSETOFFLOAD = 0x400454d0;
+    public const short IFF_TAP = 0x0002;
+    public const short IFF_NO_PI = 0x1000;
+    public const short IFF_VNET_HDR = 0x4000;
+    public const int IFNAMSIZ = 16;
+
+    /// <summary>struct ifreq as TUNSETIFF reads it: the name, then ifr_flags; 40 bytes in all.</summary>
+    [StructLayout(LayoutKind.Sequential, Size = 40)]
+    public unsafe struct IfReq
+    {
+        public fixed byte Name[IFNAMSIZ];
+        public short Flags;
+    }
+
+    [LibraryImport(Lib, EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int open(string path, int flags);
+
+    [LibraryImport(Lib, SetLastError = true)]
+    public static unsafe partial int ioctl(int fd, nuint request, void* arg);
+
+    [LibraryImport(Lib, SetLastError = true)]
+    public static unsafe partial int sched_setaffinity(int pid, nuint cpusetsize, ulong* mask);
+}

@@ -1,0 +1,137 @@
+using System.Text;
+using IfcVdpa.Interop.Native;
+
+namespace IfcVdpa.Interop.Primitives;
+
+/// <summary>
+/// A Linux TAP interface opened through /dev/net/tun (TUNSETIFF with IFF_TAP | IFF_NO_PI, optionally
+/// IFF_VNET_HDR with a 12-byte virtio-net header in front of every frame). The descriptor is
+/// non-blocking: <see cref="Read"/> returns 0 when no frame is waiting.
+/// Safety contract: reads and writes go through the spans given, bounded by their lengths.
+/// </summary>
+public sealed unsafe class TapDevice : IDisposable
+{
+    private readonly SafeFd _fd;
+
+    private TapDevice(SafeFd fd, string name, bool vnetHeader)
+    {
+        _fd = fd;
+        Name = name;
+        VnetHeader = vnetHeader;
+    }
+
+    /// <summary>The interface name the kernel gave (the requested one, or tapN for an empty request).</summary>
+    public string Name { get; }
+
+    /// <summary>Whether frames carry a virtio-net header (12 bytes, VERSION_1 layout).</summary>
+    public bool VnetHeader { get; }
+
+    public int Fd => _fd.Fd;
+
+    /// <summary>Creates (or attaches to) the TAP interface <paramref name="name"/>. Needs CAP_NET_ADMIN.</summary>
+    public static TapDevice Open(string name, bool vnetHeader)
+    {
+        byte[] nameBytes = Encoding.ASCII.GetBytes(name);
+        if (nameBytes.Length >= Libc.IFNAMSIZ)
+        {
+            throw new ArgumentException($"interface name '{name}' is longer than {Libc.IFNAMSIZ - 1} bytes");
+        }
+        int fd = Libc.open("/dev/net/tun", Libc.O_RDWR | Libc.O_NONBLOCK | Libc.O_CLOEXEC);
+        if (fd < 0)
+        {
+            throw Errno.Exception("open(/dev/net/tun)");
+        }
+        var safe = new SafeFd(fd);
+        var req = default(Libc.IfReq);
+        for (int i = 0; i < nameBytes.Length; i++)
+        {
+            req.Name[i] = nameBytes[i];
+        }
+        req.Flags = (short)(Libc.IFF_TAP | Libc.IFF_NO_PI | (vnetHeader ? Libc.IFF_VNET_HDR : 0));
+        if (Libc.ioctl(fd, Libc.TUNSETIFF, &req) != 0)
+        {
+            var ex = Errno.Exception($"TUNSETIFF({name})");
+            safe.Dispose();
+            throw ex;
+        }
+        if (vnetHeader)
+        {
+            int hdr = 12;
+            if (Libc.ioctl(fd, Libc.TUNSETVNETHDRSZ, &hdr) != 0)
+            {
+                var ex = Errno.Exception("TUNSETVNETHDRSZ");
+                safe.Dispose();
+                throw ex;
+            }
+        }
+        int len = 0;
+        while (len < Libc.IFNAMSIZ && req.Name[len] != 0)
+        {
+            len++;
+        }
+        string actual = Encoding.ASCII.GetString(new ReadOnlySpan<byte>(req.Name, len));
+        return new TapDevice(safe, actual, vnetHeader);
+    }
+
+    /// <summary>Reads one frame. Returns its length, 0 if none is waiting, or -errno on failure.</summary>
+    public int Read(Span<byte> buffer)
+    {
+        fixed (byte* p = buffer)
+        {
+            nint n = Libc.read(_fd.Fd, p, (nuint)buffer.Length);
+            if (n >= 0)
+            {
+                return (int)n;
+            }
+            int e = Errno.Last;
+            return e == Libc.EAGAIN ? 0 : -e;
+        }
+    }
+
+    /// <summary>Writes one frame. Returns true if the kernel took all of it.</summary>
+    public bool Write(ReadOnlySpan<byte> frame)
+    {
+        fixed (byte* p = frame)
+        {
+            return Libc.write(_fd.Fd, p, (nuint)frame.Length) == frame.Length;
+        }
+    }
+
+    /// <summary>Waits until a frame is readable or the timeout passes.</summary>
+    public bool WaitReadable(int timeoutMs) => Poll.WaitReadable(_fd.Fd, timeoutMs);
+
+    public void Dispose() => _fd.Dispose();
+}
+
+/// <summary>sched_setaffinity(2) for the calling thread.</summary>
+public static class CpuAffinity
+{
+    /// <summary>Pins the calling OS thread to one CPU (0..1023). Returns false (errno kept) on failure.</summary>
+    public static unsafe bool PinCurrentThread(int cpu)
+    {
+        if (cpu is < 0 or >= 1024)
+        {
+            throw new ArgumentOutOfRangeException(nameof(cpu), "CPU must be 0..1023");
+        }
+        ulong* mask = stackalloc ulong[16];
+        for (int i = 0; i < 16; i++)
+        {
+            mask[i] = 0;
+        }
+        mask[cpu / 64] = 1UL << (cpu % 64);
+        return Libc.sched_setaffinity(0, 16 * sizeof(ulong), mask) == 0;
+    }
+}
+
+/// <summary>poll(2) over two descriptors (a wake-up eventfd and a data fd), for event-mode workers.</summary>
+public static class Poll2
+{
+    /// <summary>Waits until either descriptor is readable (fd2 &lt; 0: ignored) or the timeout (ms) passes.</summary>
+    public static unsafe void WaitEither(int fd1, int fd2, int timeoutMs)
+    {
+        var p = stackalloc Libc.PollFd[2];
+        p[0] = new Libc.PollFd { Fd = fd1, Events = Libc.POLLIN };
+        p[1] = new Libc.PollFd { Fd = fd2, Events = Libc.POLLIN };
+        Libc.poll(p, fd2 >= 0 ? 2u : 1u, timeoutMs); // EINTR or timeout: the caller re-checks its work anyway
+    }
+}

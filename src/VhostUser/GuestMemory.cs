@@ -1,0 +1,184 @@
+using IfcVdpa.Interop.Primitives;
+
+namespace IfcVdpa.VhostUser;
+
+/// <summary>A front-end's memory-table request was invalid (reported to the front-end, the connection survives when it can).</summary>
+public sealed class VhostUserRequestException(string message) : Exception(message);
+
+/// <summary>
+/// One front-end memory region mapped into this process: guest-physical range, the front-end's virtual
+/// address of it, and where it lives here. The fd is mapped from its offset rounded down to the file's
+/// block size (hugetlbfs needs huge-page-aligned offsets), and <see cref="Host"/> points at mmap_offset.
+/// </summary>
+public sealed class GuestMemoryRegion : IDisposable
+{
+    private readonly MappedMemory _mapping;
+    private readonly ulong _skew;
+
+    private GuestMemoryRegion(MemoryRegionDesc desc, MappedMemory mapping, ulong skew)
+    {
+        Desc = desc;
+        _mapping = mapping;
+        _skew = skew;
+    }
+
+    public MemoryRegionDesc Desc { get; }
+
+    public ulong GuestPhysAddr => Desc.GuestPhysAddr;
+
+    public ulong Size => Desc.Size;
+
+    public ulong UserAddr => Desc.UserAddr;
+
+    /// <summary>Local address of guest-physical <see cref="GuestPhysAddr"/>.</summary>
+    public nint Host => _mapping.Address + (nint)_skew;
+
+    /// <summary>A bounds-checked view of [gpa, gpa+length) when it lies inside this region.</summary>
+    public Span<byte> Span(ulong offsetInRegion, int length) => _mapping.Span(_skew + offsetInRegion, length);
+
+    /// <summary>Validates the region against its descriptor's file and maps it.</summary>
+    public static GuestMemoryRegion Map(MemoryRegionDesc d, SafeFd fd)
+    {
+        if (d.Size == 0)
+        {
+            throw new VhostUserRequestException($"region at GPA 0x{d.GuestPhysAddr:x} has size 0");
+        }
+        if (d.GuestPhysAddr + d.Size - 1 < d.GuestPhysAddr || d.UserAddr + d.Size - 1 < d.UserAddr ||
+            d.MmapOffset + d.Size - 1 < d.MmapOffset)
+        {
+            throw new VhostUserRequestException(
+                $"region GPA 0x{d.GuestPhysAddr:x} VA 0x{d.UserAddr:x} offset 0x{d.MmapOffset:x} size 0x{d.Size:x} wraps around");
+        }
+        FileStatus st;
+        try
+        {
+            st = FileStatus.OfFd(fd.Fd);
+        }
+        catch (IOException e)
+        {
+            throw new VhostUserRequestException($"region fd: {e.Message}");
+        }
+        if (!st.IsRegular)
+        {
+            throw new VhostUserRequestException($"region fd is not a memory file (mode 0x{st.Mode:x})");
+        }
+        if (d.MmapOffset + d.Size > st.Size)
+        {
+            throw new VhostUserRequestException(
+                $"region [offset 0x{d.MmapOffset:x}, +0x{d.Size:x}) lies beyond its 0x{st.Size:x}-byte file");
+        }
+        ulong block = st.BlockSize is >= 4096 and <= (1u << 30) && (st.BlockSize & (st.BlockSize - 1)) == 0 ? st.BlockSize : 4096;
+        ulong start = d.MmapOffset & ~(block - 1);
+        ulong skew = d.MmapOffset - start;
+        MappedMemory m;
+        try
+        {
+            m = MappedMemory.MapFd(fd.Fd, d.Size + skew, start);
+        }
+        catch (Exception e) when (e is IOException or ArgumentException)
+        {
+            throw new VhostUserRequestException($"cannot map region: {e.Message}");
+        }
+        return new GuestMemoryRegion(d, m, skew);
+    }
+
+    public void Dispose() => _mapping.Dispose();
+}
+
+/// <summary>
+/// The front-end's memory table: regions in guest-physical space, each also known by the front-end's
+/// virtual address. Ring addresses arrive as front-end VAs and are translated to guest-physical (the
+/// IOVA the vDPA device uses); descriptors are already guest-physical.
+/// </summary>
+public sealed class GuestMemoryTable : IDisposable
+{
+    private readonly List<GuestMemoryRegion> _regions = [];
+
+    public IReadOnlyList<GuestMemoryRegion> Regions => _regions;
+
+    public int Count => _regions.Count;
+
+    /// <summary>Adds a region after checking it overlaps no other one (in GPA nor in VA space).</summary>
+    public void Add(GuestMemoryRegion r)
+    {
+        foreach (var x in _regions)
+        {
+            if (Overlaps(r.GuestPhysAddr, r.Size, x.GuestPhysAddr, x.Size))
+            {
+                throw new VhostUserRequestException(
+                    $"region GPA [0x{r.GuestPhysAddr:x}, +0x{r.Size:x}) overlaps [0x{x.GuestPhysAddr:x}, +0x{x.Size:x})");
+            }
+            if (Overlaps(r.UserAddr, r.Size, x.UserAddr, x.Size))
+            {
+                throw new VhostUserRequestException(
+                    $"region VA [0x{r.UserAddr:x}, +0x{r.Size:x}) overlaps [0x{x.UserAddr:x}, +0x{x.Size:x})");
+            }
+        }
+        _regions.Add(r);
+    }
+
+    /// <summary>Removes (without disposing) the region matching GPA, VA and size; null if none does.</summary>
+    public GuestMemoryRegion? Remove(MemoryRegionDesc d)
+    {
+        int i = _regions.FindIndex(x => x.GuestPhysAddr == d.GuestPhysAddr && x.UserAddr == d.UserAddr && x.Size == d.Size);
+        if (i < 0)
+        {
+            return null;
+        }
+        var r = _regions[i];
+        _regions.RemoveAt(i);
+        return r;
+    }
+
+    /// <summary>True when both tables describe the same layout (QEMU resends unchanged tables).</summary>
+    public bool SameLayout(IReadOnlyList<MemoryRegionDesc> other) =>
+        other.Count == _regions.Count && _regions.Select(r => r.Desc).Order(DescOrder.Instance).SequenceEqual(other.Order(DescOrder.Instance));
+
+    /// <summary>Front-end VA range -> guest-physical address; the whole range must lie in one region.</summary>
+    public bool TryVaToGpa(ulong va, ulong length, out ulong gpa)
+    {
+        foreach (var r in _regions)
+        {
+            if (va >= r.UserAddr && va - r.UserAddr < r.Size && length <= r.Size - (va - r.UserAddr))
+            {
+                gpa = r.GuestPhysAddr + (va - r.UserAddr);
+                return true;
+            }
+        }
+        gpa = 0;
+        return false;
+    }
+
+    /// <summary>Guest-physical range -> a local span; the whole range must lie in one region.</summary>
+    public bool TryGpaSpan(ulong gpa, int length, out Span<byte> span)
+    {
+        foreach (var r in _regions)
+        {
+            if (gpa >= r.GuestPhysAddr && gpa - r.GuestPhysAddr < r.Size && (ulong)length <= r.Size - (gpa - r.GuestPhysAddr))
+            {
+                span = r.Span(gpa - r.GuestPhysAddr, length);
+                return true;
+            }
+        }
+        span = default;
+        return false;
+    }
+
+    public void Dispose()
+    {
+        foreach (var r in _regions)
+        {
+            r.Dispose();
+        }
+        _regions.Clear();
+    }
+
+    private static bool Overlaps(ulong a, ulong aSize, ulong b, ulong bSize) => a <= b + bSize - 1 && b <= a + aSize - 1;
+
+    private sealed class DescOrder : IComparer<MemoryRegionDesc>
+    {
+        public static readonly DescOrder Instance = new();
+
+        public int Compare(MemoryRegionDesc x, MemoryRegionDesc y) => x.GuestPhysAddr.CompareTo(y.GuestPhysAddr);
+    }
+}
