@@ -7,11 +7,16 @@
 # Tx-pps) and an io loop started with --tx-first (rate = front-end Rx-pps). Each case runs RUNS
 # times per back-end; the median of the per-second rates (first second dropped) of each run, then
 # the median of the runs, is printed with the ratio serve/dpdk.
-# Usage: bench/vhost-loopback.sh [RUNS=3] [SECONDS=6]     (needs root and scripts/install-peers.sh)
+# Usage: bench/vhost-loopback.sh [RUNS=3] [SECONDS=8]     (needs root and scripts/install-peers.sh)
+# Environment: SIZES="64 1518", MODES="txonly io" restrict the cases; SERVE_CPUS=1 is serve's
+# taskset CPU list (empty: not pinned).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 runs="${1:-3}"
-secs="${2:-6}"
+sizes="${SIZES:-64 1518}"
+modes="${MODES:-txonly io}"
+serve_cpus="${SERVE_CPUS-1}"
+secs="${2:-8}"
 work="$(mktemp -d /tmp/ifcvf-bench.XXXXXX)"
 sock="$work/vhost.sock"
 be_pid=""
@@ -32,13 +37,21 @@ command -v dpdk-testpmd >/dev/null || { echo "dpdk-testpmd missing: run scripts/
 start_backend() { # $1 = serve|dpdk
   rm -f "$sock"
   if [[ $1 == serve ]]; then
-    taskset -c 1 "$root/ifcvf" serve --socket "$sock" --backend loopback --poll >"$work/be.log" 2>&1 &
+    local pin=()
+    [[ -n "$serve_cpus" ]] && pin=(taskset -c "$serve_cpus")
+    "${pin[@]}" "$root/ifcvf" serve --socket "$sock" --backend loopback --poll >"$work/be.log" 2>&1 &
   else
-    timeout -s KILL 120 dpdk-testpmd --lcores '0@0,1@1' --no-huge -m 1024 --no-pci --file-prefix=bench-be$$ \
-      --vdev "net_vhost0,iface=$sock,queues=1" -- --forward-mode=io --nb-cores=1 >"$work/be.log" 2>&1 &
+    # --stats-period keeps testpmd from reading stdin ("Press enter to exit"); the socket listens
+    # only once the port is started, so wait for the forwarding to start
+    timeout -s KILL 120 stdbuf -oL dpdk-testpmd --lcores '0@0,1@1' --no-huge -m 1024 --no-pci --file-prefix=bench-be$$ \
+      --vdev "net_vhost0,iface=$sock,queues=1" -- --forward-mode=io --nb-cores=1 --stats-period 3600 --disable-link-check \
+      >"$work/be.log" 2>&1 </dev/null &
   fi
   be_pid=$!
-  for _ in $(seq 100); do [[ -S "$sock" ]] && return 0; sleep 0.1; done
+  for _ in $(seq 100); do
+    if [[ -S "$sock" ]] && { [[ $1 == serve ]] || grep -q "start packet forwarding" "$work/be.log"; }; then return 0; fi
+    sleep 0.1
+  done
   echo "back-end $1 did not create $sock:" >&2; cat "$work/be.log" >&2; return 1
 }
 
@@ -46,7 +59,7 @@ start_backend() { # $1 = serve|dpdk
 run_frontend() { # $1 = txonly|io  $2 = size
   local extra=() field=Tx-pps
   if [[ $1 == io ]]; then extra=(--tx-first); field=Rx-pps; fi
-  timeout -k 3 -s INT "$secs" dpdk-testpmd --lcores '0@1,1@0' --no-huge -m 1024 --no-pci --file-prefix=bench-fe$$ \
+  timeout -k 3 -s INT "$secs" stdbuf -oL dpdk-testpmd --lcores '0@1,1@0' --no-huge -m 1024 --no-pci --file-prefix=bench-fe$$ \
     --vdev "net_virtio_user0,path=$sock,queues=1" -- --forward-mode="$1" --txpkts="$2" --nb-cores=1 \
     --stats-period 1 "${extra[@]}" >"$work/fe.log" 2>&1 </dev/null || true
   local rates
@@ -62,8 +75,8 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {if (NR==0
 
 declare -A result
 echo "vhost-user loopback, virtio-user front-end (1 queue pair, split ring, mrg_rxbuf on), $runs run(s) of ${secs}s per case"
-for size in 64 1518; do
-  for mode in txonly io; do
+for size in $sizes; do
+  for mode in $modes; do
     for be in serve dpdk; do
       samples=""
       for _ in $(seq "$runs"); do
@@ -77,8 +90,8 @@ for size in 64 1518; do
   done
 done
 printf '%-6s %-7s %14s %14s %7s\n' size mode serve-pps dpdk-pps ratio
-for size in 64 1518; do
-  for mode in txonly io; do
+for size in $sizes; do
+  for mode in $modes; do
     s="${result[$size,$mode,serve]}"; d="${result[$size,$mode,dpdk]}"
     ratio="$(awk -v s="$s" -v d="$d" 'BEGIN { if (d > 0) printf "%.2f", s / d; else print "n/a" }')"
     printf '%-6s %-7s %14s %14s %7s\n' "${size}B" "$mode" "$s" "$d" "$ratio"

@@ -34,8 +34,11 @@ public static class CommandLine
           dev attach NAME virtio tap TAPNAME [ queues N ]
                                      the host uses the device as its own NIC through TAP TAPNAME
           dev detach NAME            detach the device's consumer
+          vhost add NAME socket PATH [ client ]
+                                     serve the device's virtqueues to a vhost-user front-end (daemon mode)
+          vhost del NAME             stop serving it (the device is reset)
           serve --socket PATH [ --backend loopback|tap:NAME|pcap:FILE ] [ --queues N ] [ --mac M ] [ --mtu N ]
-                [ --client ] [ --poll | --event ] [ --stats-period S ] [ --socket-mode OCTAL ]
+                [ --client ] [ --poll | --event ] [ --packed ] [ --stats-period S ] [ --socket-mode OCTAL ]
                                      vhost-user back-end (QEMU, DPDK virtio-user) on a software IFC VF
                                      until Ctrl-C; -j or --stats-period print per-queue counters
           help                       this text
@@ -113,6 +116,8 @@ public static class CommandLine
                 return MgmtdevCommand.Run(ctx, verb, a.Skip(2));
             case ("dev", _):
                 return DevCommand.Run(ctx, verb, a.Skip(2).ToList());
+            case ("vhost", _):
+                return VhostCommand.Run(ctx, verb, a.Skip(2));
             default:
                 throw new CliException($"unknown command \"{string.Join(' ', a.Take(2))}\"; try \"ifcvf help\"");
         }

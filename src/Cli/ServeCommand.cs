@@ -26,6 +26,7 @@ public static class ServeCommand
         public EngineMode Mode { get; set; } = EngineMode.Event;
         public double? StatsPeriod { get; set; }
         public uint SocketMode { get; set; } = 0x180;
+        public bool PackedRings { get; set; }
     }
 
     public static int Run(CliContext ctx, IReadOnlyList<string> argv) => Run(ctx, argv, CancellationToken.None);
@@ -40,6 +41,7 @@ public static class ServeCommand
             QueuePairs = a.Queues,
             Mac = a.Mac ?? new SoftIfcVfOptions().Mac,
             Mtu = a.Mtu ?? 1500,
+            DeviceFeatures = SoftIfcVfOptions.DefaultFeatures | (a.PackedRings ? 1UL << Virtio.VirtioFeature.F_RING_PACKED : 0),
         };
         try
         {
@@ -183,6 +185,9 @@ public static class ServeCommand
                     break;
                 case "--poll":
                     a.Mode = EngineMode.Poll;
+                    break;
+                case "--packed":
+                    a.PackedRings = true; // the software VF also offers VIRTIO_F_RING_PACKED
                     break;
                 case "--event":
                     a.Mode = EngineMode.Event;

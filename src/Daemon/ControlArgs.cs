@@ -71,6 +71,20 @@ public sealed class ControlArgs
         return s;
     }
 
+    public bool? Bool(string name)
+    {
+        if (Find(name) is not { } v)
+        {
+            return null;
+        }
+        return v.ValueKind switch
+        {
+            JsonValueKind.True => true,
+            JsonValueKind.False => false,
+            _ => throw new ControlException($"argument \"{name}\" must be true or false"),
+        };
+    }
+
     public string RequiredString(string name, int maxLength = 64) =>
         String(name, maxLength) ?? throw new ControlException($"argument \"{name}\" is required");
 

@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.Text.Json;
 using IfcVdpa.Ifcvf;
+using IfcVdpa.VhostUser;
 using IfcVdpa.VirtioNet;
 using IfcVdpa.Virtio;
 
@@ -43,6 +44,17 @@ public static class ControlCommands
         });
         server.Handle("dev show", (a, w) => DevShow(registry, a, w));
         server.Handle("dev attach", (a, w) => DevAttach(registry, a));
+        server.Handle("vhost add", (a, w) => VhostAdd(registry, a));
+        server.Handle("vhost del", (a, w) =>
+        {
+            string name = a.RequiredString("name");
+            a.EnsureNoUnknown();
+            if (registry.ConsumerOf(name) is not { Kind: "vhost" })
+            {
+                throw new ControlException($"vDPA device \"{name}\" is not served over vhost-user");
+            }
+            registry.DetachConsumer(name);
+        });
         server.Handle("dev detach", (a, w) =>
         {
             string name = a.RequiredString("name");
@@ -74,6 +86,38 @@ public static class ControlCommands
         }
         registry.AttachConsumer(name, "virtio", $"tap {tap}",
             dev => new VirtioNetTap(dev, tap, new VirtioNetDriverOptions { QueuePairs = pairs }));
+    }
+
+    /// <summary>vhost add NAME socket PATH [client]: the device's virtqueues are handed to a vhost-user front-end.</summary>
+    private static void VhostAdd(DeviceRegistry registry, ControlArgs a)
+    {
+        string name = a.RequiredString("name");
+        string socket = a.RequiredString("socket", 107);
+        bool client = a.Bool("client") ?? false;
+        a.EnsureNoUnknown();
+        if (!Path.IsPathRooted(socket))
+        {
+            throw new ControlException($"socket must be an absolute path, not \"{socket}\"");
+        }
+        registry.AttachConsumer(name, "vhost", $"socket {socket}{(client ? " client" : "")}", dev =>
+        {
+            var backend = new VhostUserBackend(dev, new VhostUserBackendOptions
+            {
+                SocketPath = socket,
+                Client = client,
+                Session = new VhostUserSessionOptions { Name = name, Log = registry.LogLine },
+            });
+            try
+            {
+                backend.Start();
+            }
+            catch
+            {
+                backend.Dispose();
+                throw;
+            }
+            return backend;
+        });
     }
 
     private static void SimAdd(DeviceRegistry registry, ControlArgs a, Utf8JsonWriter w)

@@ -61,6 +61,9 @@ public sealed partial class DeviceRegistry
         return true;
     }
 
+    /// <summary>A free-text log line from a consumer (vhost-user session events).</summary>
+    public void LogLine(string line) => _log.Info(line);
+
     /// <summary>The device's consumer, or null.</summary>
     public ConsumerInfo? ConsumerOf(string devName)
     {

@@ -27,4 +27,17 @@ public sealed partial class SoftIfcVf : IQueueStatsSource
     internal bool TryEnterRegisters() => _regs.TryEnter();
 
     internal void ExitRegisters() => _regs.Exit();
+
+    /// <summary>
+    /// For the datapath: the dirty log as programmed (bitmap IOVA range), read without the register lock.
+    /// A driver programs base and end before it sets the control word, so a reader that sees logging
+    /// enabled sees the range too.
+    /// </summary>
+    internal bool TryGetDirtyLog(out ulong logBase, out ulong logEnd)
+    {
+        bool on = Volatile.Read(ref _lmCtrl) == IfcVdpa.Virtio.IfcLiveMigration.LoggingEnableVf;
+        logBase = Volatile.Read(ref _lmBase);
+        logEnd = Volatile.Read(ref _lmEnd);
+        return on;
+    }
 }

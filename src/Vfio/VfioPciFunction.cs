@@ -64,47 +64,58 @@ public sealed partial class VfioPciFunction : IPciFunction
         var cfg = VfioIoctl.GetRegionInfo(device, VfioAbi.VFIO_PCI_CONFIG_REGION_INDEX);
         _configOffset = (long)cfg.Offset;
         ConfigSize = cfg.Size >= 4096 ? 4096 : 256;
-        var bars = new List<PciBar>();
-        for (int i = 0; i < 6; i++)
+        try
         {
-            var r = VfioIoctl.GetRegionInfo(device, VfioAbi.VFIO_PCI_BAR0_REGION_INDEX + i);
-            uint reg = ReadConfig32(PciConfig.Bar0 + (4 * i));
-            if (r.Size == 0 || (reg & 1) != 0)
+            var bars = new List<PciBar>();
+            for (int i = 0; i < 6; i++)
             {
-                continue; // absent, the upper half of a 64-bit BAR, or an I/O BAR
-            }
-            bool is64 = (reg & 0x6) == PciConfig.BarMem64;
-            ulong addr = reg & ~0xFul;
-            if (is64 && i < 5)
-            {
-                addr |= (ulong)ReadConfig32(PciConfig.Bar0 + (4 * (i + 1))) << 32;
-            }
-            MappedMemory? map = null;
-            if (options.UseMmap && (r.Flags & VfioAbi.VFIO_REGION_INFO_FLAG_MMAP) != 0 && r.Size % PageSize == 0)
-            {
-                try
+                var r = VfioIoctl.GetRegionInfo(device, VfioAbi.VFIO_PCI_BAR0_REGION_INDEX + i);
+                uint reg = ReadConfig32(PciConfig.Bar0 + (4 * i));
+                if (r.Size == 0 || (reg & 1) != 0)
                 {
-                    map = MappedMemory.MapFd(device.Fd, r.Size, r.Offset);
+                    continue; // absent, the upper half of a 64-bit BAR, or an I/O BAR
                 }
-                catch (IOException)
+                bool is64 = (reg & 0x6) == PciConfig.BarMem64;
+                ulong addr = reg & ~0xFul;
+                if (is64 && i < 5)
                 {
-                    map = null; // the region refuses mmap after all (sparse areas): pread/pwrite it
+                    addr |= (ulong)ReadConfig32(PciConfig.Bar0 + (4 * (i + 1))) << 32;
+                }
+                MappedMemory? map = null;
+                if (options.UseMmap && (r.Flags & VfioAbi.VFIO_REGION_INFO_FLAG_MMAP) != 0 && r.Size % PageSize == 0)
+                {
+                    try
+                    {
+                        map = MappedMemory.MapFd(device.Fd, r.Size, r.Offset);
+                    }
+                    catch (IOException)
+                    {
+                        map = null; // the region refuses mmap after all (sparse areas): pread/pwrite it
+                    }
+                }
+                _bars[i] = new BarAccess(r.Size, (long)r.Offset, map);
+                bars.Add(new PciBar(i, r.Size, is64, (reg & PciConfig.BarPrefetch) != 0, addr));
+                if (is64)
+                {
+                    i++;
                 }
             }
-            _bars[i] = new BarAccess(r.Size, (long)r.Offset, map);
-            bars.Add(new PciBar(i, r.Size, is64, (reg & PciConfig.BarPrefetch) != 0, addr));
-            if (is64)
+            Bars = bars;
+            var msix = VfioIoctl.GetIrqInfo(device, VfioAbi.VFIO_PCI_MSIX_IRQ_INDEX);
+            MsixVectorCount = (msix.Flags & VfioAbi.VFIO_IRQ_INFO_EVENTFD) != 0 ? (int)msix.Count : 0;
+            if (options.EnableBusMaster)
             {
-                i++;
+                ushort cmd = ReadConfig16(PciConfig.Command);
+                WriteConfig16(PciConfig.Command, (ushort)(cmd | PciConfig.CommandMemory | PciConfig.CommandBusMaster));
             }
         }
-        Bars = bars;
-        var msix = VfioIoctl.GetIrqInfo(device, VfioAbi.VFIO_PCI_MSIX_IRQ_INDEX);
-        MsixVectorCount = (msix.Flags & VfioAbi.VFIO_IRQ_INFO_EVENTFD) != 0 ? (int)msix.Count : 0;
-        if (options.EnableBusMaster)
+        catch
         {
-            ushort cmd = ReadConfig16(PciConfig.Command);
-            WriteConfig16(PciConfig.Command, (ushort)(cmd | PciConfig.CommandMemory | PciConfig.CommandBusMaster));
+            foreach (var b in _bars)
+            {
+                b?.Map?.Dispose(); // the fds are closed by Open
+            }
+            throw;
         }
     }
 

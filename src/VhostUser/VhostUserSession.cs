@@ -142,12 +142,15 @@ public sealed class VhostUserSession : IDisposable
                     Log("stopping");
                     return;
                 }
-                if (extraAt >= 0 && poll.IsReadable(extraAt))
+                bool connReady = poll.IsReadable(0) || poll.IsBroken(0);
+                if (!connReady)
                 {
-                    onExtra?.Invoke();
-                }
-                if (!poll.IsReadable(0) && !poll.IsBroken(0))
-                {
+                    // Only another connection attempt is pending. The connection is looked at first, so a
+                    // front-end that closed just before its successor connected is not mistaken for busy.
+                    if (extraAt >= 0 && poll.IsReadable(extraAt))
+                    {
+                        onExtra?.Invoke();
+                    }
                     continue;
                 }
                 VhostUserMessage? m;
@@ -630,7 +633,7 @@ public sealed class VhostUserSession : IDisposable
         {
             throw new VhostUserRequestException($"ring {q} base 0x{s.Num:x} beyond a split ring's 16-bit index");
         }
-        if (packed && _rings[q].Num != 0 && ((s.Num & 0x7FFF) >= _rings[q].Num || ((s.Num >> 16) & 0x7FFF) >= _rings[q].Num))
+        if (packed && _rings[q].Num != 0 && ((s.Num & 0x7FFF) >= _rings[q].Num || (s.Num >> 16 != 0 && ((s.Num >> 16) & 0x7FFF) >= _rings[q].Num)))
         {
             throw new VhostUserRequestException($"ring {q} packed base 0x{s.Num:x} beyond the {_rings[q].Num}-entry ring");
         }
@@ -845,8 +848,9 @@ public sealed class VhostUserSession : IDisposable
     {
         bool eventIdx = AckedBit(VirtioFeature.F_RING_EVENT_IDX);
         ulong descLen = 16UL * num;
-        ulong availLen = 4 + (2UL * num) + (eventIdx ? 2UL : 0);
-        ulong usedLen = 4 + (8UL * num) + (eventIdx ? 2UL : 0);
+        // Split: avail and used rings; packed: the 4-byte driver and device event suppression areas.
+        ulong availLen = Packed ? 4 : 4 + (2UL * num) + (eventIdx ? 2UL : 0);
+        ulong usedLen = Packed ? 4 : 4 + (8UL * num) + (eventIdx ? 2UL : 0);
         gpa = default;
         if (!_memory.TryVaToGpa(a.Desc, descLen, out ulong desc))
         {
@@ -864,28 +868,49 @@ public sealed class VhostUserSession : IDisposable
         return null;
     }
 
+    private bool Packed => AckedBit(VirtioFeature.F_RING_PACKED);
+
     private void StartQueue(int q)
     {
         var r = _rings[q];
         var (desc, avail, used) = TranslateRing(q, r.Addr!.Value, r.Num);
-        ushort availBase = (ushort)r.Base;
-        ushort usedIdx = availBase;
-        if (_memory.TryGpaSpan(used + 2, 2, out var usedIdxSpan))
+        VdpaVqState state;
+        if (Packed)
         {
-            usedIdx = SharedIndex.Load16(usedIdxSpan, 0);
+            // Bits 0-15: avail position + wrap counter; 16-31: used (DPDK 22.11 sends 0 there: same as avail).
+            ushort a = (ushort)r.Base;
+            ushort u = r.Base >> 16 == 0 ? a : (ushort)(r.Base >> 16);
+            state = new VdpaVqState(a, u);
         }
-        if (usedIdx != availBase)
+        else
         {
-            // As DPDK does: in-flight buffers are lost, resume from the used index (TX resent, RX dropped).
-            Log($"ring {q}: base {availBase} differs from used->idx {usedIdx}; resuming from {usedIdx}");
-            availBase = usedIdx;
+            ushort availBase = (ushort)r.Base;
+            ushort usedIdx = availBase;
+            if (_memory.TryGpaSpan(used + 2, 2, out var usedIdxSpan))
+            {
+                usedIdx = SharedIndex.Load16(usedIdxSpan, 0);
+            }
+            if (usedIdx != availBase)
+            {
+                // As DPDK does: in-flight buffers are lost, resume from the used index (TX resent, RX dropped).
+                Log($"ring {q}: base {availBase} differs from used->idx {usedIdx}; resuming from {usedIdx}");
+                availBase = usedIdx;
+            }
+            state = new VdpaVqState(availBase, usedIdx);
         }
         _device.SetVqNum(q, r.Num);
         _device.SetVqAddress(q, desc, avail, used);
-        _device.SetVqState(q, new VdpaVqState(availBase, usedIdx));
+        _device.SetVqState(q, state);
         _device.SetVqCallback(q, r.Call is null ? null : VdpaCallback.ForEventFd(r.Call));
         _device.SetVqReady(q, true);
         r.Running = true;
+    }
+
+    /// <summary>The ring base as GET_VRING_BASE reports it, from the device's saved state.</summary>
+    private uint SavedBase(int q)
+    {
+        var st = _device.GetVqState(q);
+        return Packed ? st.AvailIndex | ((uint)st.UsedIndex << 16) : st.AvailIndex;
     }
 
     private void StopQueue(int q)
@@ -894,7 +919,7 @@ public sealed class VhostUserSession : IDisposable
         r.Running = false;
         UpdateRelay();
         _device.SetVqReady(q, false);
-        r.Base = _device.GetVqState(q).AvailIndex;
+        r.Base = SavedBase(q);
         _device.SetVqCallback(q, null);
     }
 
@@ -936,7 +961,7 @@ public sealed class VhostUserSession : IDisposable
                 try
                 {
                     _device.SetVqReady(q, false);
-                    _rings[q].Base = _device.GetVqState(q).AvailIndex;
+                    _rings[q].Base = SavedBase(q);
                 }
                 catch (Exception e) when (e is InvalidOperationException or ArgumentException or IOException or TimeoutException)
                 {

@@ -107,3 +107,42 @@ public class RingStateTests
         Assert.False(nic.NeedsReset);
     }
 }
+
+/// <summary>Dirty-page logging during live migration: pages the device wrote are marked.</summary>
+public class DirtyLogTests
+{
+    [Fact]
+    public void RxBufferPagesAreMarkedWhileLoggingIsOn()
+    {
+        using var nic = new TestNic(NetBackend.Loopback());
+        nic.Start(TestNic.BaseFeatures, queues: 2);
+        // Bitmap for IOVA 0 .. 4 GiB: 1 bit per 4 KiB page = 128 KiB.
+        ulong log = nic.Alloc(128 << 10, 4096);
+        nic.Hw.EnableDirtyLog(log, 128 << 10);
+        var rx = nic.Queues[0];
+        ulong rxBuf = rx.Alloc(2048);
+        rx.AddChain([(rxBuf, 2048, true)]);
+        nic.Hw.NotifyQueue(0);
+        ulong txBuf = nic.Queues[1].Buffer(new byte[12 + 64]);
+        nic.Queues[1].AddChain([(txBuf, 12 + 64, false)]);
+        nic.Hw.NotifyQueue(1);
+        Assert.NotEmpty(nic.ReceiveOne(0));
+        bool Dirty(ulong iova) => (nic.Mem(log + ((iova >> 12) >> 3), 1)[0] & (1 << (int)((iova >> 12) & 7))) != 0;
+        Assert.True(Dirty(rxBuf));
+        Assert.Equal(txBuf >> 12 == rxBuf >> 12, Dirty(txBuf)); // the device only read the TX buffer
+        int set = 0;
+        foreach (byte b in nic.Mem(log, 128 << 10))
+        {
+            set += System.Numerics.BitOperations.PopCount(b);
+        }
+        Assert.Equal((int)(((rxBuf + 12 + 64 - 1) >> 12) - (rxBuf >> 12) + 1), set);
+
+        // Logging off: nothing more is marked.
+        nic.Hw.DisableDirtyLog();
+        nic.Mem(log, 128 << 10).Clear();
+        nic.PostRx(0, 1);
+        nic.Send(1, TestNic.Frame(64, 2));
+        Assert.NotEmpty(nic.ReceiveOne(0));
+        Assert.DoesNotContain(nic.Mem(log, 128 << 10).ToArray(), b => b != 0);
+    }
+}

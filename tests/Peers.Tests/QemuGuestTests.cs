@@ -113,9 +113,7 @@ public class QemuGuestTests(ITestOutputHelper output)
                     Assert.True(c.FromFrontEnd[q] > 0, $"queue pair {q}: the guest sent nothing on TX queue {q} ({c})");
                     Assert.True(c.ToFrontEnd[q] > 0, $"queue pair {q}: nothing was delivered on RX queue {q} ({c})");
                 }
-                // at least the transfer's segments went each way
-                Assert.True(c.TotalFromFrontEnd > (4 << 20) / 1514, c.ToString());
-                Assert.True(c.TotalToFrontEnd > (3 << 20) / 1514, c.ToString());
+                // (packet counts depend on the offloads negotiated: the SHA-256 checks above prove the data)
             }
         }
         finally

@@ -80,8 +80,8 @@ public sealed class ServeBackend : IVhostBackend
     {
         PeerEnvironment.Require(PeerEnvironment.Ifcvf);
         var b = new ServeBackend(socket, backend, queues, extra ?? [], lifetime ?? TimeSpan.FromMinutes(5));
-        // the launcher may build the CLI first (a minute at most)
-        if (!PeerEnvironment.Eventually(() => File.Exists(socket) || b._process.HasExited, TimeSpan.FromSeconds(120)) || b._process.HasExited)
+        // the launcher may build the CLI first (in CI, while other test projects run)
+        if (!PeerEnvironment.Eventually(() => File.Exists(socket) || b._process.HasExited, TimeSpan.FromSeconds(240)) || b._process.HasExited)
         {
             string d = b.Describe();
             b.Dispose();
