@@ -29,7 +29,7 @@ cleanup() {
   fi
   be_pid=""
 }
-trap 'cleanup; rm -rf "$work"' EXIT
+trap 'cleanup; rm -rf "$work" /var/run/dpdk/bench-be$$ /var/run/dpdk/bench-fe$$' EXIT
 
 command -v dpdk-testpmd >/dev/null || { echo "dpdk-testpmd missing: run scripts/install-peers.sh" >&2; exit 1; }
 "$root/ifcvf" --help >/dev/null   # build the CLI once, before any timing

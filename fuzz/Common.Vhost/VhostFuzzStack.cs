@@ -32,11 +32,16 @@ public sealed class VhostFuzzStack : IDisposable
     private readonly List<SafeFd> _drainFds = [];
     private bool _closed;
 
-    public VhostFuzzStack()
+    public VhostFuzzStack(ulong extraDeviceFeatures = 0)
     {
         s_guest ??= MappedMemory.CreateShared("fuzz-guest", FileOffset + Size);
         s_guest.Span(0, (int)(FileOffset + Size)).Clear();
-        Vf = new SoftIfcVf(new SoftIfcVfOptions { Address = "sim:07.0", QueuePairs = 1 });
+        Vf = new SoftIfcVf(new SoftIfcVfOptions
+        {
+            Address = "sim:07.0",
+            QueuePairs = 1,
+            DeviceFeatures = SoftIfcVfOptions.DefaultFeatures | extraDeviceFeatures,
+        });
         Engine = new VirtioNetEngine(NetBackend.Loopback(), new EngineOptions { Mode = EngineMode.Manual, Log = _ => { } });
         Vf.AttachEngine(Engine);
         Adapter = IfcvfAdapter.Probe(Vf, new IfcvfAdapterOptions { Name = "vdpa-fuzz" });
@@ -348,7 +353,7 @@ public sealed class VhostInputBuilder
     }
 
     /// <summary>QEMU's bring-up order: memory, per ring NUM/BASE/ADDR/KICK/CALL/ENABLE, then DRIVER_OK.</summary>
-    public VhostInputBuilder BringUp(int rxBuffers = 8, uint num = Num, bool status = true)
+    public VhostInputBuilder BringUp(int rxBuffers = 8, uint num = Num, bool status = true, uint ringBase = 0)
     {
         MemTable(VhostFuzzStack.Region);
         for (int q = 0; q < 2; q++)
@@ -363,7 +368,7 @@ public sealed class VhostInputBuilder
             }
             var (d, a, u) = RingOffset(q);
             State(VhostUserRequest.SET_VRING_NUM, (uint)q, num);
-            State(VhostUserRequest.SET_VRING_BASE, (uint)q, 0);
+            State(VhostUserRequest.SET_VRING_BASE, (uint)q, ringBase);
             var p = new byte[40];
             new VringAddr((uint)q, 0, VhostFuzzStack.Va + d, VhostFuzzStack.Va + u, VhostFuzzStack.Va + a, 0).Write(p);
             Msg(VhostUserRequest.SET_VRING_ADDR, p);

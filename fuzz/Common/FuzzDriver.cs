@@ -10,7 +10,7 @@ namespace IfcVdpa.Fuzz;
 /// instrumented with the <c>sharpfuzz</c> tool by scripts/fuzz.sh), or once on standard input otherwise;</item>
 /// <item><c>--seeds DIR</c>: writes the seed corpus (built the way the unit tests drive the code);</item>
 /// <item><c>--replay PATH...</c>: runs each file (or every file of each folder) once, prints failures, exits 1 on any;</item>
-/// <item><c>--mutate SECONDS CORPUS</c>: the fallback when afl-fuzz is unavailable: an in-process byte-level
+/// <item><c>--mutate SECONDS CORPUS [CRASHDIR]</c>: the fallback when afl-fuzz is unavailable: an in-process byte-level
 /// mutation fuzzer (not coverage-guided) over the corpus for a bounded time.</item>
 /// </list>
 /// A target signals a bug by throwing; expected rejections of hostile input are caught inside the target.
@@ -41,7 +41,8 @@ public static class FuzzDriver
         }
         if (args.Length >= 3 && args[0] == "--mutate")
         {
-            return Mutate(double.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture), args[2], target);
+            return Mutate(double.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture), args[2],
+                args.Length >= 4 ? args[3] : Path.Combine(Path.GetTempPath(), "ifcvf-fuzz-crashes"), target);
         }
         Fuzzer.Run(stream =>
         {
@@ -82,7 +83,7 @@ public static class FuzzDriver
     }
 
     /// <summary>Fallback fuzzer: random byte-level mutations of corpus inputs for a bounded time.</summary>
-    private static int Mutate(double seconds, string corpus, Action<ReadOnlySpan<byte>> target)
+    private static int Mutate(double seconds, string corpus, string crashDir, Action<ReadOnlySpan<byte>> target)
     {
         var inputs = Files([corpus]).Select(File.ReadAllBytes).Where(b => b.Length > 0).ToList();
         if (inputs.Count == 0)
@@ -92,7 +93,6 @@ public static class FuzzDriver
         var rng = new Random(Environment.ProcessId ^ (int)Stopwatch.GetTimestamp());
         var sw = Stopwatch.StartNew();
         long execs = 0;
-        string crashDir = Path.Combine(corpus, "..", "mutate-crashes");
         while (sw.Elapsed.TotalSeconds < seconds)
         {
             var input = MutateOnce(inputs[rng.Next(inputs.Count)], inputs[rng.Next(inputs.Count)], rng);

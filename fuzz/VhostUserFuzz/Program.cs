@@ -74,6 +74,12 @@ internal static class VhostUserTarget
                     break;
             }
         }
+        if (Environment.GetEnvironmentVariable("FUZZ_DEBUG") is not null)
+        {
+            Console.WriteLine($"configured={stack.Session.Configured} messages={stack.Session.Messages} errors={stack.Session.Errors} open={stack.Open} " +
+                $"rx used={BinaryPrimitives.ReadUInt16LittleEndian(VhostFuzzStack.Guest(VhostInputBuilder.RingOffset(0).Used + 2, 2))} " +
+                $"tx used={BinaryPrimitives.ReadUInt16LittleEndian(VhostFuzzStack.Guest(VhostInputBuilder.RingOffset(1).Used + 2, 2))}");
+        }
     }
 
     public static IEnumerable<(string, byte[])> Seeds()
@@ -106,6 +112,6 @@ internal static class VhostUserTarget
         yield return ("config-status", new VhostInputBuilder().Negotiate().Msg(VhostUserRequest.GET_CONFIG, cfg)
             .Msg(VhostUserRequest.GET_STATUS, []).Msg(VhostUserRequest.GET_QUEUE_NUM, []).Msg(VhostUserRequest.GET_MAX_MEM_SLOTS, [])
             .U64(VhostUserRequest.NET_SET_MTU, 1500).U64(VhostUserRequest.SET_BACKEND_REQ_FD, 0, 4 << 3 | 1).ToArray());
-        yield return ("reset-owner", new VhostInputBuilder().Negotiate().BringUp().Msg(VhostUserRequest.RESET_OWNER, []).BringUp().Tx(0, 64).ToArray());
+        yield return ("reset-owner", new VhostInputBuilder().Negotiate().BringUp().Msg(VhostUserRequest.RESET_OWNER, []).U64(VhostUserRequest.SET_FEATURES, VhostInputBuilder.NetFeatures).BringUp().Tx(0, 64).ToArray());
     }
 }

@@ -38,7 +38,7 @@ public static class CommandLine
                                      serve the device's virtqueues to a vhost-user front-end (daemon mode)
           vhost del NAME             stop serving it (the device is reset)
           serve --socket PATH [ --backend loopback|tap:NAME|pcap:FILE ] [ --queues N ] [ --mac M ] [ --mtu N ]
-                [ --client ] [ --poll | --event ] [ --packed ] [ --stats-period S ] [ --socket-mode OCTAL ]
+                [ --client ] [ --poll | --event ] [ --split-only ] [ --stats-period S ] [ --socket-mode OCTAL ]
                                      vhost-user back-end (QEMU, DPDK virtio-user) on a software IFC VF
                                      until Ctrl-C; -j or --stats-period print per-queue counters
           help                       this text

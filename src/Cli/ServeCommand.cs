@@ -26,7 +26,7 @@ public static class ServeCommand
         public EngineMode Mode { get; set; } = EngineMode.Event;
         public double? StatsPeriod { get; set; }
         public uint SocketMode { get; set; } = 0x180;
-        public bool PackedRings { get; set; }
+        public bool PackedRings { get; set; } = true;
     }
 
     public static int Run(CliContext ctx, IReadOnlyList<string> argv) => Run(ctx, argv, CancellationToken.None);
@@ -187,7 +187,10 @@ public static class ServeCommand
                     a.Mode = EngineMode.Poll;
                     break;
                 case "--packed":
-                    a.PackedRings = true; // the software VF also offers VIRTIO_F_RING_PACKED
+                    a.PackedRings = true; // the default: the software VF offers VIRTIO_F_RING_PACKED, as DPDK's vhost does
+                    break;
+                case "--split-only":
+                    a.PackedRings = false; // offer split rings only
                     break;
                 case "--event":
                     a.Mode = EngineMode.Event;

@@ -24,6 +24,13 @@ public sealed class GuestMemoryRegion : IDisposable
 
     public MemoryRegionDesc Desc { get; }
 
+    /// <summary>
+    /// How many ADD_MEM_REG messages added this very region. QEMU keeps one vhost device per queue pair on
+    /// the same connection and each adds every region, so with MQ the same region arrives several times;
+    /// it is mapped once and removed when the last REM_MEM_REG for it arrives.
+    /// </summary>
+    public int References { get; set; } = 1;
+
     public ulong GuestPhysAddr => Desc.GuestPhysAddr;
 
     public ulong Size => Desc.Size;
@@ -97,6 +104,10 @@ public sealed class GuestMemoryTable : IDisposable
     public IReadOnlyList<GuestMemoryRegion> Regions => _regions;
 
     public int Count => _regions.Count;
+
+    /// <summary>The region with exactly this GPA, VA, size and file offset, if one is mapped.</summary>
+    public GuestMemoryRegion? FindIdentical(MemoryRegionDesc d) =>
+        _regions.Find(x => x.Desc == d);
 
     /// <summary>Adds a region after checking it overlaps no other one (in GPA nor in VA space).</summary>
     public void Add(GuestMemoryRegion r)

@@ -113,8 +113,9 @@ internal sealed class KickRelay : IDisposable
                     {
                         _device.KickVq(current[i].Qid);
                     }
-                    catch (Exception e) when (e is InvalidOperationException or ArgumentException or IOException)
+                    catch (Exception e) when (e is not OutOfMemoryException)
                     {
+                        // A device error must not kill the relay thread (and with it the process).
                         _log($"ring {current[i].Qid}: kick failed: {e.Message}");
                     }
                 }

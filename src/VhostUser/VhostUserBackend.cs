@@ -52,6 +52,7 @@ public sealed class VhostUserBackend : IDisposable
     /// <summary>Creates the socket (server mode, so errors surface here) and starts serving on a thread.</summary>
     public void Start()
     {
+        UnixSocket.CheckPath(_options.SocketPath);
         if (!_options.Client)
         {
             _listener = UnixSocket.Listen(_options.SocketPath, _options.SocketMode);

@@ -59,6 +59,7 @@ public sealed class VhostUserSession : IDisposable
     private GuestMemoryTable _memory = new();
     private KickRelay? _relay;
     private UnixSocket? _backendChannel;
+    private readonly Lock _backendLock = new(); // the config callback sends from the device's interrupt thread
     private bool _owner;
     private bool _featuresSet;
     private ulong _acked;
@@ -369,8 +370,11 @@ public sealed class VhostUserSession : IDisposable
                     fd.Dispose();
                     throw new VhostUserRequestException(e.Message);
                 }
-                _backendChannel?.Dispose();
-                _backendChannel = s;
+                lock (_backendLock)
+                {
+                    _backendChannel?.Dispose();
+                    _backendChannel = s;
+                }
                 return false;
             }
             case VhostUserRequest.GET_CONFIG:
@@ -537,11 +541,18 @@ public sealed class VhostUserSession : IDisposable
 
     private void AddMemReg(VhostUserMessage m)
     {
+        var d = MemoryRegionDesc.Read(m.Payload.AsSpan(8));
+        if (_memory.FindIdentical(d) is { } same)
+        {
+            // Another of the front-end's vhost devices (one per queue pair in QEMU) adds the same region.
+            same.References++;
+            Log($"region GPA 0x{d.GuestPhysAddr:x} size 0x{d.Size:x} added again ({same.References} references)");
+            return;
+        }
         if (_memory.Count >= _options.MaxMemSlots)
         {
             throw new VhostUserRequestException($"all {_options.MaxMemSlots} memory slots are in use");
         }
-        var d = MemoryRegionDesc.Read(m.Payload.AsSpan(8));
         var r = GuestMemoryRegion.Map(d, m.Fds[0]);
         try
         {
@@ -565,6 +576,13 @@ public sealed class VhostUserSession : IDisposable
         if (_memory.Regions.All(x => x.GuestPhysAddr != d.GuestPhysAddr || x.UserAddr != d.UserAddr || x.Size != d.Size))
         {
             throw new VhostUserRequestException($"no region at GPA 0x{d.GuestPhysAddr:x} VA 0x{d.UserAddr:x} size 0x{d.Size:x}");
+        }
+        var existing = _memory.Regions.First(x => x.GuestPhysAddr == d.GuestPhysAddr && x.UserAddr == d.UserAddr && x.Size == d.Size);
+        if (existing.References > 1)
+        {
+            existing.References--;
+            Log($"region GPA 0x{d.GuestPhysAddr:x} size 0x{d.Size:x} still referenced {existing.References} time(s)");
+            return;
         }
         // The device may be using the region: stop it, remove, restart with what is left.
         Deconfigure();
@@ -1005,16 +1023,14 @@ public sealed class VhostUserSession : IDisposable
 
     private void SendConfigChange()
     {
-        var ch = _backendChannel;
-        if (ch is null)
-        {
-            return;
-        }
         try
         {
             Span<byte> h = stackalloc byte[VhostUserWire.HeaderSize];
             VhostUserCodec.WriteHeader(h, (uint)VhostUserBackendRequest.CONFIG_CHANGE_MSG, VhostUserWire.FlagVersion, 0);
-            ch.Send(h);
+            lock (_backendLock)
+            {
+                _backendChannel?.Send(h);
+            }
         }
         catch (Exception e) when (e is IOException or ObjectDisposedException)
         {
@@ -1059,8 +1075,11 @@ public sealed class VhostUserSession : IDisposable
         ResetDevice(); // also when never configured: the next front-end starts from a reset device
         CloseRings();
         _memory.Dispose();
-        _backendChannel?.Dispose();
-        _backendChannel = null;
+        lock (_backendLock)
+        {
+            _backendChannel?.Dispose();
+            _backendChannel = null;
+        }
     }
 
     private static string FormatMac(ReadOnlySpan<byte> m) => $"{m[0]:x2}:{m[1]:x2}:{m[2]:x2}:{m[3]:x2}:{m[4]:x2}:{m[5]:x2}";

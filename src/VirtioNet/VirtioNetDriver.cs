@@ -237,7 +237,7 @@ public sealed class VirtioNetDriver : IDisposable
     public bool Send(ReadOnlySpan<byte> frame)
     {
         int pairs = ActiveQueuePairs;
-        var q = _tx[pairs == 1 ? 0 : FlowHash(frame) % pairs];
+        var q = _tx[FlowHash.Pair(frame, pairs)];
         lock (_txLock)
         {
             ReclaimTx(q);
@@ -273,22 +273,6 @@ public sealed class VirtioNetDriver : IDisposable
                 q.ReturnFree(id);
             }
         }
-    }
-
-    private static int FlowHash(ReadOnlySpan<byte> frame)
-    {
-        // IPv4 addresses and ports when present, else the destination MAC: stable per flow.
-        var key = frame.Length >= 38 ? frame.Slice(26, 12) : frame[..Math.Min(6, frame.Length)];
-        uint h = 2166136261;
-        foreach (byte b in key)
-        {
-            h = (h ^ b) * 16777619;
-        }
-        // FNV's low bits are a plain parity of the input's low bits: mix before taking a modulus.
-        h ^= h >> 15;
-        h *= 0x2C1B3C6D;
-        h ^= h >> 12;
-        return (int)(h & 0x7FFF_FFFF);
     }
 
     private void Run()

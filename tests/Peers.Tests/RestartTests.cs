@@ -55,6 +55,13 @@ public class RestartTests(ITestOutputHelper output)
             Assert.True(fds[^1] <= fds[Base], $"fd count grew: {string.Join(' ', fds)}");
             Assert.True(vsz[^1] - vsz[Base] < 512 * 1024, $"VmSize grew by {vsz[^1] - vsz[Base]} kB: {string.Join(' ', vsz)}");
             Assert.True(rss[^1] - rss[Base] < 48 * 1024, $"VmRSS grew by {rss[^1] - rss[Base]} kB: {string.Join(' ', rss)}");
+            if (backend is ServeBackend serve)
+            {
+                // Ctrl-C: a clean exit that removes the socket
+                Assert.True(serve.Interrupt(TimeSpan.FromSeconds(15)), "serve did not exit on SIGINT\n" + serve.Describe());
+                Assert.True(serve.Process.ExitCode == 0, $"serve exited with {serve.Process.ExitCode} on SIGINT\n{serve.Describe()}");
+                Assert.False(File.Exists(socket), "serve left its socket behind");
+            }
         }
         finally
         {

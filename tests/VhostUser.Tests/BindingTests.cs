@@ -209,6 +209,27 @@ public sealed class BindingTests : IDisposable
     }
 
     [Fact]
+    public void SameRegionAddedTwiceIsMappedOnceAndRemovedWithItsLastReference()
+    {
+        // QEMU with MQ: one vhost device per queue pair on the same connection, each adding every region.
+        _fe.Start(addMemReg: true);
+        var r = _fe.Mem.Region;
+        var firstHalf = r with { Size = r.Size / 2 };
+        Assert.Equal(0UL, _fe.Fe.AddMemReg(firstHalf, _fe.Mem.Fd));
+        Assert.Equal(2, _dev.Vf.DmaMapCount);
+        var f = VirtioNetFrontEnd.Frame(200, 9);
+        _fe.Send(1, f);
+        Assert.Equal(f, _fe.Receive(0, 1));
+        // The first removal only drops a reference: traffic still flows through that region.
+        Assert.Equal(0UL, _fe.Fe.RemMemReg(firstHalf));
+        Assert.Equal(2, _dev.Vf.DmaMapCount);
+        _fe.Send(1, f);
+        Assert.Equal(f, _fe.Receive(0, 1));
+        // A region that overlaps without being identical is still refused.
+        Assert.NotEqual(0UL, _fe.Fe.AddMemReg(firstHalf with { Size = r.Size / 4 }, _fe.Mem.Fd) ?? 0UL);
+    }
+
+    [Fact]
     public void GetVringBaseStopsTheRingAndReportsTheDeviceIndex()
     {
         _fe.Start();

@@ -116,6 +116,13 @@ public sealed class TestFrontEnd : IDisposable
         return Request(VhostUserRequest.ADD_MEM_REG, p, [fd]);
     }
 
+    public ulong? RemMemReg(MemoryRegionDesc d)
+    {
+        var p = new byte[40];
+        d.Write(p.AsSpan(8));
+        return Request(VhostUserRequest.REM_MEM_REG, p);
+    }
+
     /// <summary>True once the back-end has closed the connection (EOF within the timeout).</summary>
     public bool WaitClosed(int timeoutMs = 5000)
     {

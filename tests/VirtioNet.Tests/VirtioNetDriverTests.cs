@@ -114,6 +114,8 @@ public sealed class VirtioNetDriverTests : IDisposable
         for (int i = 0; i < 100; i++)
         {
             var f = Frame(db.Mac, da.Mac, 60, (byte)i);
+            f[12] = 0x08; // IPv4: the driver spreads flows over the TX queues by address/port hash
+            f[13] = 0x00;
             f[26] = (byte)i;
             while (!da.Send(f))
             {

@@ -30,6 +30,13 @@ namespace IfcVdpa.IfcvfModel.Datapath;
 // chain(s) of the same pair (MRG_RXBUF: several chains, num_buffers set). Used entries are written as
 // packets complete; the used index, avail_event and the interrupt are published once per burst.
 //
+// Packed rings (VIRTIO_F_RING_PACKED, when the VF offers it: SoftIfcVfOptions.DeviceFeatures) are handled
+// in VirtioNetEngine.Packed.cs; their ring state uses the vhost-user encoding (bits 0-14 position, bit 15
+// wrap counter; a fresh ring is 0x8000). RX without buffers (or, without MRG_RXBUF, with a chain too
+// small) drops the frame and counts it, consuming nothing. While the driver has dirty logging on (BAR4
+// LM block), pages of RX buffers the device wrote are marked in the bitmap (the driver marks used rings).
+// Loopback costs two copies per packet (TX gather into staging, scatter into RX); see bench/Micro.
+//
 // Concurrency: one worker per engine (= per VF). Each queue has a state word (Stopped/Idle/Busy/
 // StopRequested); StopQueue waits until the worker is out of the queue, so afterwards the rings are
 // never touched and (last_avail, last_used) are exact. The worker never blocks on the register lock
@@ -940,48 +947,107 @@ public sealed partial class VirtioNetEngine : IVirtqueueEngine, IQueueStatsSourc
         return done;
     }
 
+    /// <summary>
+    /// Frames from the TAP go to the RX queue of the pair their flow hashes to (<see cref="FlowHash"/>), so
+    /// a multiqueue guest sees traffic on every pair. The current RX ring stays acquired while consecutive
+    /// frames hash to it; used entries are published once per run of frames.
+    /// </summary>
     private int ProcessTapInbound(SoftIfcVf dev)
     {
-        var rx = _queues[0];
-        if (rx is null || !rx.TryAcquire())
-        {
-            return 0;
-        }
+        var tap = _backend.TapDevice!;
+        int active = SteeringPairs();
         int done = 0;
+        Virtqueue? cur = null;
+        RingView rv = default;
+        ushort oldUsed = 0;
         try
         {
-            if (!rx.Failed && RingView.TryCreate(_dma!, rx, out var rv))
+            while (done < _burst)
             {
-                ushort oldUsed = rx.UsedMark;
-                var tap = _backend.TapDevice!;
-                while (done < _burst && !rx.Failed)
+                int n = tap.Read(_tapIn);
+                if (n <= 0)
                 {
-                    int n = tap.Read(_tapIn);
-                    if (n <= 0)
-                    {
-                        break;
-                    }
-                    done++;
-                    if (n >= Hdr)
-                    {
-                        DeliverRx(dev, rx, ref rv, _tapIn.AsSpan(0, n));
-                    }
+                    break;
                 }
-                if (rx.UsedMark != oldUsed)
+                done++;
+                if (n < Hdr)
                 {
-                    Publish(dev, rx, ref rv, oldUsed);
+                    continue;
+                }
+                var rx = _queues[2 * FlowHash.Pair(_tapIn.AsSpan(Hdr, n - Hdr), active)];
+                if (rx is null || Volatile.Read(ref rx.State) == Virtqueue.Stopped)
+                {
+                    rx = _queues[0]; // that pair's RX ring is not running (e.g. the guest uses fewer pairs)
+                }
+                if (rx != cur)
+                {
+                    if (cur is not null)
+                    {
+                        FinishTapRun(dev, cur, ref rv, oldUsed);
+                        cur = null;
+                    }
+                    if (rx is null || !rx.TryAcquire())
+                    {
+                        // No RX ring running there: the frame is dropped (reading it keeps an event-mode worker from spinning).
+                        Interlocked.Increment(ref _inboundDrops);
+                        continue;
+                    }
+                    if (rx.Failed || !RingView.TryCreate(_dma!, rx, out rv))
+                    {
+                        if (!rx.Failed)
+                        {
+                            Fail(dev, rx, "ring areas outside the DMA map");
+                        }
+                        rx.Release();
+                        Interlocked.Increment(ref _inboundDrops);
+                        continue;
+                    }
+                    cur = rx;
+                    oldUsed = rx.UsedMark;
+                }
+                if (cur is { Failed: false })
+                {
+                    DeliverRx(dev, cur, ref rv, _tapIn.AsSpan(0, n));
                 }
             }
-            else if (!rx.Failed)
+        }
+        finally
+        {
+            if (cur is not null)
             {
-                Fail(dev, rx, "ring areas outside the DMA map");
+                FinishTapRun(dev, cur, ref rv, oldUsed);
+            }
+        }
+        return done;
+    }
+
+    /// <summary>
+    /// Pairs to spread received traffic over: what the driver set with CTRL_MQ_VQ_PAIRS_SET when the device
+    /// runs its control queue; otherwise (vhost-user, where QEMU keeps the control queue and switches pairs
+    /// with SET_VRING_ENABLE) every pair, unused ones falling back to pair 0.
+    /// </summary>
+    private int SteeringPairs()
+    {
+        if (_ctrl >= 0 && _queues[_ctrl] is { } c && Volatile.Read(ref c.State) != Virtqueue.Stopped)
+        {
+            return Volatile.Read(ref _activePairs);
+        }
+        return _pairs;
+    }
+
+    private void FinishTapRun(SoftIfcVf dev, Virtqueue rx, scoped ref RingView rv, ushort oldUsed)
+    {
+        try
+        {
+            if (rx.UsedMark != oldUsed)
+            {
+                Publish(dev, rx, ref rv, oldUsed);
             }
         }
         finally
         {
             rx.Release();
         }
-        return done;
     }
 
     /// <summary>

@@ -307,6 +307,9 @@ public sealed unsafe class UnixSocket : IDisposable
         }
     }
 
+    /// <summary>Throws <see cref="ArgumentException"/> if <paramref name="path"/> cannot be a socket address.</summary>
+    public static void CheckPath(string path) => MakeAddress(path);
+
     private static SafeFd NewSocket()
     {
         int fd = LibcSocket.socket(LibcSocket.AF_UNIX, LibcSocket.SOCK_STREAM | LibcSocket.SOCK_CLOEXEC, 0);

@@ -14,6 +14,7 @@ public sealed class PeerProcess : IDisposable
 {
     private readonly Process _process;
     private readonly StringBuilder _transcript = new();
+    private readonly StringBuilder _stdout = new();
     private readonly Lock _gate = new();
     private readonly Thread[] _readers;
     private readonly Timer _deadline;
@@ -41,7 +42,7 @@ public sealed class PeerProcess : IDisposable
         }
         CommandLine = file + " " + string.Join(' ', psi.ArgumentList.Select(Quote));
         _process = Process.Start(psi) ?? throw new InvalidOperationException($"cannot start {file}");
-        _readers = [StartReader(_process.StandardOutput), StartReader(_process.StandardError)];
+        _readers = [StartReader(_process.StandardOutput, isStdout: true), StartReader(_process.StandardError, isStdout: false)];
         _deadline = new Timer(_ => KillTree(), null, lifetime, Timeout.InfiniteTimeSpan);
     }
 
@@ -75,7 +76,31 @@ public sealed class PeerProcess : IDisposable
         }
     }
 
-    private Thread StartReader(StreamReader reader)
+    /// <summary>Standard output alone (prompts are not split by log lines on stderr).</summary>
+    public string Stdout
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _stdout.ToString();
+            }
+        }
+    }
+
+    /// <summary>Length of standard output now, for <see cref="WaitForStdout"/>.</summary>
+    public int StdoutMark
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _stdout.Length;
+            }
+        }
+    }
+
+    private Thread StartReader(StreamReader reader, bool isStdout)
     {
         var t = new Thread(() =>
         {
@@ -88,6 +113,10 @@ public sealed class PeerProcess : IDisposable
                     lock (_gate)
                     {
                         _transcript.Append(buf, 0, n);
+                        if (isStdout)
+                        {
+                            _stdout.Append(buf, 0, n);
+                        }
                     }
                 }
             }
@@ -132,12 +161,17 @@ public sealed class PeerProcess : IDisposable
 
     /// <summary>Waits until the transcript after <paramref name="from"/> matches <paramref name="pattern"/>.</summary>
     /// <exception cref="TimeoutException">With the tail of the transcript, when it does not match in time or the process exits first.</exception>
-    public Match WaitFor(Regex pattern, TimeSpan timeout, int from = 0)
+    public Match WaitFor(Regex pattern, TimeSpan timeout, int from = 0) => WaitIn(() => Transcript, pattern, timeout, from);
+
+    /// <summary>Like WaitFor, on standard output only (offsets from <see cref="StdoutMark"/>).</summary>
+    public Match WaitForStdout(Regex pattern, TimeSpan timeout, int from = 0) => WaitIn(() => Stdout, pattern, timeout, from);
+
+    private Match WaitIn(Func<string> source, Regex pattern, TimeSpan timeout, int from)
     {
         var sw = Stopwatch.StartNew();
         while (true)
         {
-            string text = Transcript;
+            string text = source();
             var m = pattern.Match(text, Math.Min(from, text.Length));
             if (m.Success)
             {
@@ -150,7 +184,7 @@ public sealed class PeerProcess : IDisposable
                 {
                     r.Join(TimeSpan.FromSeconds(2));
                 }
-                text = Transcript;
+                text = source();
                 m = pattern.Match(text, Math.Min(from, text.Length));
                 if (m.Success)
                 {

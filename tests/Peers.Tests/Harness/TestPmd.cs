@@ -94,7 +94,7 @@ public sealed class TestPmd : IDisposable
     {
         try
         {
-            _process.WaitFor(s_prompt, timeout ?? TimeSpan.FromSeconds(30));
+            _process.WaitForStdout(s_prompt, timeout ?? TimeSpan.FromSeconds(30));
         }
         catch (TimeoutException e)
         {
@@ -105,10 +105,11 @@ public sealed class TestPmd : IDisposable
     /// <summary>Sends a command and waits for the next prompt; returns what it printed.</summary>
     public string Command(string command, TimeSpan? timeout = null)
     {
-        int mark = _process.Mark;
+        // the prompt is looked for on stdout alone: PMD log lines on stderr can split it
+        int mark = _process.StdoutMark;
         _process.Send(command);
-        var m = _process.WaitFor(s_prompt, timeout ?? TimeSpan.FromSeconds(20), mark);
-        return _process.Transcript[mark..m.Index];
+        var m = _process.WaitForStdout(s_prompt, timeout ?? TimeSpan.FromSeconds(20), mark);
+        return _process.Stdout[mark..m.Index];
     }
 
     /// <summary>The virtio features a virtio-user front-end negotiated (from its init log), and what the back-end offered.</summary>

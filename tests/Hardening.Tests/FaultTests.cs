@@ -1,0 +1,297 @@
+using System.Diagnostics;
+using IfcVdpa.Daemon;
+using IfcVdpa.IfcvfModel.Backends;
+using IfcVdpa.Interop.Primitives;
+
+namespace IfcVdpa.Hardening.Tests;
+
+/// <summary>Faults under traffic: front-ends dying, resets, a TAP vanishing, the daemon stopped, connection churn.</summary>
+[Collection("hardening")]
+public sealed class FaultTests : IDisposable
+{
+    private readonly Bystander _other = new();
+    private readonly BackendHost _host = new("victim", payloadTimeoutMs: 500);
+
+    public void Dispose()
+    {
+        _host.Dispose();
+        _other.Dispose();
+    }
+
+    /// <summary>Sends TX frames on ring 1 until stopped, each waiting (briefly) for the device to take it.</summary>
+    private sealed class Traffic : IDisposable
+    {
+        private readonly Thread _thread;
+        private volatile bool _stop;
+
+        public Traffic(VirtioNetFrontEnd net)
+        {
+            _thread = new Thread(() =>
+            {
+                ushort sent = net.Mem.UsedIdx(1);
+                byte seed = 0;
+                while (!_stop)
+                {
+                    net.QueueTx(1, VirtioNetFrontEnd.Frame(64 + (seed % 64), seed++));
+                    sent++;
+                    net.Kicks[1].Signal();
+                    var deadline = Environment.TickCount64 + 20;
+                    while (!_stop && net.Mem.UsedIdx(1) != sent && Environment.TickCount64 < deadline)
+                    {
+                        Thread.SpinWait(100);
+                    }
+                    if (net.Mem.UsedIdx(1) == sent)
+                    {
+                        Interlocked.Increment(ref Completed);
+                    }
+                    else
+                    {
+                        sent = net.Mem.UsedIdx(1); // the device stopped: keep what it did, re-offer
+                        Thread.Sleep(1);
+                    }
+                }
+            }) { IsBackground = true };
+            _thread.Start();
+        }
+
+        public long Completed;
+
+        public void Dispose()
+        {
+            _stop = true;
+            _thread.Join();
+        }
+    }
+
+    [Fact]
+    public void FrontEndKilledAtRandomPointsAHundredTimes()
+    {
+        _host.GoodSession(1);
+        Proc.Settle();
+        int fds = Proc.FdCount();
+        long rss = Proc.Rss();
+        var rng = new Random(8);
+        using var mem = new GuestMemoryFixture();
+        int duringBringUp = 0, duringTraffic = 0;
+        for (int i = 0; i < 100; i++)
+        {
+            var fe = _host.Connect();
+            var net = new VirtioNetFrontEnd(fe, mem);
+            if (i % 4 == 0)
+            {
+                // Killed somewhere inside the bring-up sequence.
+                var t = new Thread(() =>
+                {
+                    try
+                    {
+                        net.Start();
+                    }
+#pragma warning disable CA1031 // the socket vanishing under the front-end is the point
+                    catch (Exception)
+#pragma warning restore CA1031
+                    {
+                    }
+                }) { IsBackground = true };
+                t.Start();
+                Thread.Sleep(rng.Next(0, 4));
+                fe.Dispose();
+                Assert.True(t.Join(5000));
+                duringBringUp++;
+            }
+            else
+            {
+                net.Start();
+                using (var traffic = new Traffic(net))
+                {
+                    Thread.Sleep(rng.Next(1, 15));
+                    fe.Dispose(); // abrupt: no GET_VRING_BASE, no reset, rings still running
+                }
+                duringTraffic++;
+            }
+            net.Dispose();
+            Assert.True(_host.WaitIdle(), _host.LogText);
+            Assert.Equal(0, _host.Dev.Vf.DmaMapCount);
+            Assert.Equal(0, _host.Dev.Vf.Status);
+        }
+        Assert.Equal(25, duringBringUp);
+        Assert.Equal(75, duringTraffic);
+        _host.GoodSession(2);
+        _other.Ping(1);
+        Proc.Settle();
+        Assert.True(Proc.FdCount() <= fds + 2, $"descriptors grew from {fds} to {Proc.FdCount()}");
+        Assert.True(Proc.Rss() - rss < 64L << 20, $"RSS grew by {(Proc.Rss() - rss) >> 20} MiB");
+    }
+
+    [Fact]
+    public void DeviceResetUnderTrafficRecovers()
+    {
+        using var mem = new GuestMemoryFixture();
+        using var fe = _host.Connect();
+        using var net = new VirtioNetFrontEnd(fe, mem);
+        net.Start();
+        long before;
+        using (var traffic = new Traffic(net))
+        {
+            for (int i = 0; i < 20; i++)
+            {
+                Thread.Sleep(5);
+                before = Interlocked.Read(ref traffic.Completed);
+                Assert.Equal(0UL, fe.SetU64(VhostUserRequest.SET_STATUS, 0)); // the driver resets the device mid-stream
+                Assert.False(_host.Backend.Session!.Configured);
+                Assert.Equal(0, _host.Dev.Vf.DmaMapCount);
+                Assert.Equal(0UL, fe.SetU64(VhostUserRequest.SET_STATUS, 0xF));
+                Assert.True(_host.Backend.Session!.Configured, _host.LogText);
+                Assert.True(Proc.WaitFor(() => Interlocked.Read(ref traffic.Completed) > before), "traffic did not resume after a reset");
+            }
+            // The host resets the vDPA device underneath the session (as `vdpa dev del` would start to).
+            _host.Dev.Adapter.Reset();
+            Thread.Sleep(20);
+            _other.Ping(1);
+        }
+        // The front-end can still talk to the back-end and restart the device.
+        Assert.Equal(0UL, fe.SetU64(VhostUserRequest.SET_STATUS, 0));
+        Assert.Equal(0UL, fe.SetU64(VhostUserRequest.SET_STATUS, 0xF));
+        Assert.True(_host.Backend.Session!.Configured, _host.LogText);
+        fe.Dispose();
+        Assert.True(_host.WaitIdle());
+        Assert.Equal(0, _host.Dev.Vf.DmaMapCount);
+        _host.GoodSession(3);
+    }
+
+    [Fact]
+    public void TapRemovedUnderTrafficLeavesTheBackEndServing()
+    {
+        string tap = $"hardtap{Environment.ProcessId % 10000}";
+        using var host = new BackendHost("tapdev", net: NetBackend.Tap(tap), address: "sim:09.0");
+        Assert.Equal(0, Run("ip", "link", "set", "dev", tap, "up"));
+        using var mem = new GuestMemoryFixture();
+        using (var fe = host.Connect())
+        using (var net = new VirtioNetFrontEnd(fe, mem))
+        {
+            net.Start();
+            using (var traffic = new Traffic(net))
+            {
+                Assert.True(Proc.WaitFor(() => Interlocked.Read(ref traffic.Completed) > 10), "frames did not reach the TAP");
+                Assert.Equal(0, Run("ip", "link", "del", tap));
+                var cpu = Process.GetCurrentProcess().TotalProcessorTime;
+                var sw = Stopwatch.StartNew();
+                Thread.Sleep(500);
+                var used = Process.GetCurrentProcess().TotalProcessorTime - cpu;
+                _other.Ping(1);
+                // The back-end still answers its front-end, and nothing spins: the traffic thread itself
+                // accounts for at most one core; a spinning worker would add another.
+                Assert.True(used < sw.Elapsed * 1.6, $"CPU {used.TotalMilliseconds:0} ms in {sw.ElapsedMilliseconds} ms");
+            }
+            Assert.Equal(VirtioNetFrontEnd.Features, fe.GetU64(VhostUserRequest.GET_FEATURES) & VirtioNetFrontEnd.Features);
+            Assert.True(host.EngineLogs.Count < 50, $"{host.EngineLogs.Count} engine log lines:\n{string.Join('\n', host.EngineLogs.Take(5))}");
+        }
+        Assert.True(host.WaitIdle(), host.LogText);
+        Assert.Equal(0, host.Dev.Vf.DmaMapCount);
+        Assert.False(Directory.Exists($"/sys/class/net/{tap}"));
+    }
+
+    private static int Run(string file, params string[] args)
+    {
+        using var p = Process.Start(new ProcessStartInfo(file, args) { RedirectStandardError = true, UseShellExecute = false })!;
+        p.WaitForExit(10_000);
+        return p.ExitCode;
+    }
+
+    [Fact]
+    public void DaemonStoppedWithActiveDevicesShutsDownCleanly()
+    {
+        string dir = Directory.CreateTempSubdirectory("ifcvf-hard-daemon").FullName;
+        string ctl = Path.Combine(dir, "ctl.sock");
+        string vhost = Path.Combine(dir, "v0.sock");
+        var psi = new ProcessStartInfo("dotnet") { UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
+        foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, "ifcvf.dll"), "daemon", "--control", ctl })
+        {
+            psi.ArgumentList.Add(a);
+        }
+        psi.Environment.Remove(ControlPaths.EnvVar);
+        using var proc = Process.Start(psi)!;
+        var stderr = proc.StandardError.ReadToEndAsync();
+        try
+        {
+            Assert.True(Proc.WaitFor(() => File.Exists(ctl), 20_000), "daemon did not start");
+            ControlClient.Request(ctl, "sim add", w => w.WriteNumber("count", 2));
+            ControlClient.Request(ctl, "dev add", w =>
+            {
+                w.WriteString("name", "v0");
+                w.WriteString("mgmtdev", "sim/ifcvf0");
+            });
+            ControlClient.Request(ctl, "dev add", w =>
+            {
+                w.WriteString("name", "v1");
+                w.WriteString("mgmtdev", "sim/ifcvf1");
+            });
+            ControlClient.Request(ctl, "vhost add", w =>
+            {
+                w.WriteString("name", "v0");
+                w.WriteString("socket", vhost);
+            });
+            using var mem = new GuestMemoryFixture();
+            using var fe = new TestFrontEnd(UnixSocket.Connect(vhost));
+            using var net = new VirtioNetFrontEnd(fe, mem);
+            net.Start();
+            var f = VirtioNetFrontEnd.Frame(64, 1);
+            net.Send(1, f);
+            Assert.Equal(f, net.Receive(0, 1));
+            using (new Traffic(net))
+            {
+                Thread.Sleep(50);
+                Assert.Equal(0, Run("kill", "-TERM", proc.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)));
+                Assert.True(proc.WaitForExit(20_000), "daemon did not exit on SIGTERM");
+            }
+            Assert.Equal(0, proc.ExitCode);
+            Assert.True(fe.WaitClosed(1000), "the front-end's connection was left open");
+            Assert.False(File.Exists(vhost), "stale vhost-user socket");
+            Assert.False(File.Exists(ctl), "stale control socket");
+        }
+        finally
+        {
+            if (!proc.HasExited)
+            {
+                proc.Kill();
+                proc.WaitForExit();
+            }
+            Directory.Delete(dir, true);
+        }
+        Assert.DoesNotContain("Unhandled", stderr.Result, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void AThousandConnectDisconnectCyclesLeakNothing()
+    {
+        _host.GoodSession(1);
+        Proc.Settle();
+        int fds = Proc.FdCount();
+        long managed = GC.GetTotalMemory(forceFullCollection: true);
+        long rss = Proc.Rss();
+        for (int i = 0; i < 1000; i++)
+        {
+            if (i % 100 == 99)
+            {
+                _host.GoodSession((byte)i);
+            }
+            else
+            {
+                using var fe = _host.Connect();
+                if (i % 2 == 0)
+                {
+                    fe.GetU64(VhostUserRequest.GET_FEATURES);
+                }
+            }
+            Assert.True(_host.WaitIdle(), _host.LogText);
+        }
+        Assert.Equal(1001, _host.Backend.Connections);
+        Proc.Settle();
+        int after = Proc.FdCount();
+        Assert.True(after <= fds + 2, $"descriptors grew from {fds} to {after}");
+        long managedAfter = GC.GetTotalMemory(forceFullCollection: true);
+        Assert.True(managedAfter - managed < 16L << 20, $"managed heap grew by {(managedAfter - managed) >> 20} MiB");
+        Assert.True(Proc.Rss() - rss < 64L << 20, $"RSS grew by {(Proc.Rss() - rss) >> 20} MiB");
+        Assert.Equal(0, _host.Dev.Vf.DmaMapCount);
+        _other.Ping(1);
+    }
+}

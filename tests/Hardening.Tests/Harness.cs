@@ -1,0 +1,74 @@
+using System.Collections.Concurrent;
+using IfcVdpa.Ifcvf;
+using IfcVdpa.IfcvfModel;
+using IfcVdpa.IfcvfModel.Backends;
+using IfcVdpa.IfcvfModel.Datapath;
+using IfcVdpa.Interop.Primitives;
+using IfcVdpa.Vdpa;
+
+namespace IfcVdpa.Hardening.Tests;
+
+/// <summary>A session on one end of a socketpair (served on a thread), the test front-end on the other.</summary>
+public sealed class SessionHarness : IDisposable
+{
+    private readonly Thread _thread;
+
+    public SessionHarness(IVdpaDevice device, int payloadTimeoutMs = 2000)
+    {
+        Device = device;
+        var (a, b) = UnixSocket.CreatePair();
+        Fe = new TestFrontEnd(a);
+        var options = new VhostUserSessionOptions { Log = Logs.Enqueue, PayloadTimeoutMs = payloadTimeoutMs, Name = "test" };
+        Session = new VhostUserSession(device, new VhostUserConnection(b, payloadTimeoutMs), options);
+        _thread = new Thread(() => Session.Run()) { IsBackground = true };
+        _thread.Start();
+    }
+
+    public IVdpaDevice Device { get; }
+
+    public TestFrontEnd Fe { get; }
+
+    public VhostUserSession Session { get; }
+
+    public ConcurrentQueue<string> Logs { get; } = new();
+
+    public string LogText => string.Join('\n', Logs);
+
+    /// <summary>True once the session has ended (connection closed by the back-end or the front-end).</summary>
+    public bool WaitEnded(int timeoutMs = 5000) => _thread.Join(timeoutMs);
+
+    public bool Logged(string fragment) => Logs.Any(l => l.Contains(fragment, StringComparison.Ordinal));
+
+    public void Dispose()
+    {
+        Fe.Dispose();
+        _thread.Join(5000);
+        Session.Dispose();
+    }
+}
+
+/// <summary>The real stack under the back-end: a software IFC VF with the datapath engine, probed by IfcvfAdapter.</summary>
+public sealed class RealDevice : IDisposable
+{
+    public RealDevice(int pairs = 1, EngineMode mode = EngineMode.Event, NetBackend? backend = null, string address = "sim:07.0", Action<string>? log = null)
+    {
+        Vf = new SoftIfcVf(new SoftIfcVfOptions { Address = address, QueuePairs = pairs });
+        Engine = new VirtioNetEngine(backend ?? NetBackend.Loopback(), new EngineOptions { Mode = mode, Log = log ?? (_ => { }) });
+        Vf.AttachEngine(Engine);
+        Adapter = IfcvfAdapter.Probe(Vf, new IfcvfAdapterOptions { Name = "vdpa-vu" });
+    }
+
+    public SoftIfcVf Vf { get; }
+
+    public VirtioNetEngine Engine { get; }
+
+    public IfcvfAdapter Adapter { get; }
+
+    public void Dispose()
+    {
+        Adapter.Dispose();
+        Vf.AttachEngine(null);
+        Engine.Dispose();
+        Vf.Dispose();
+    }
+}

@@ -1,0 +1,361 @@
+using System.Buffers.Binary;
+using IfcVdpa.Interop.Primitives;
+
+namespace IfcVdpa.Hardening.Tests;
+
+/// <summary>
+/// Malicious vhost-user front-ends (modelled on known vhost back-end bugs, docs/hardening.md has the table).
+/// Every case runs against a real back-end on its own socket while a second back-end serves a good
+/// front-end; afterwards: the expected error was logged, the connection was closed when the case needs
+/// it, the other device still passes traffic, no descriptor leaked, nothing is left DMA-mapped and the
+/// attacked back-end serves the next (good) front-end.
+/// </summary>
+[Collection("hardening")]
+public sealed class HostileFrontEndTests : IDisposable
+{
+    private readonly Bystander _other = new();
+    private readonly BackendHost _host = new("victim");
+    private readonly GuestMemoryFixture _mem = new();
+
+    public void Dispose()
+    {
+        _host.Dispose();
+        _other.Dispose();
+        _mem.Dispose();
+    }
+
+    /// <summary>Runs one attack with all the checks around it.</summary>
+    private void Attack(Action<TestFrontEnd> attack, string expectedLog, bool expectClosed)
+    {
+        _other.Ping(1);
+        _host.GoodSession(1); // warm up: threads, JIT, pools
+        Proc.Settle();
+        int fds = Proc.FdCount();
+        using (var fe = _host.Connect())
+        {
+            attack(fe);
+            if (expectClosed)
+            {
+                Assert.True(fe.WaitClosed(), $"the back-end kept the connection open\n{_host.LogText}");
+            }
+            _other.Ping(2);
+        }
+        Assert.True(_host.WaitIdle(), _host.LogText);
+        Assert.True(_host.Logged(expectedLog), $"expected \"{expectedLog}\" in:\n{_host.LogText}");
+        Assert.Equal(0, _host.Dev.Vf.DmaMapCount);
+        Proc.Settle();
+        int after = Proc.FdCount();
+        Assert.True(after <= fds, $"descriptors grew from {fds} to {after}\n{_host.LogText}");
+        _other.Ping(3);
+        _host.GoodSession(2);
+    }
+
+    private static ulong Ack(TestFrontEnd fe) => BinaryPrimitives.ReadUInt64LittleEndian(fe.ReadReply(VhostUserRequest.SET_MEM_TABLE));
+
+    [Fact]
+    public void MemTableWithFewerDescriptorsThanRegionsIsRejected() => Attack(fe =>
+    {
+        fe.Negotiate();
+        var r = _mem.Region;
+        Assert.Equal(1UL, fe.SetMemTable([r with { Size = 0x1000 }, new MemoryRegionDesc(r.GuestPhysAddr + 0x10000, 0x1000, r.UserAddr + 0x10000, 0)], [_mem.Fd]));
+        Assert.Equal(0UL, fe.SetState(VhostUserRequest.SET_VRING_NUM, 0, 256)); // the session goes on
+    }, "carries 1 descriptors, expected 2", expectClosed: false);
+
+    [Fact]
+    public void SurplusDescriptorsOnAMemTableAreAllClosed() => Attack(fe =>
+    {
+        fe.Negotiate();
+        var extra = Enumerable.Range(0, 6).Select(_ => MappedMemory.CreateShared("surplus", 4096)).ToArray();
+        try
+        {
+            Assert.Equal(1UL, fe.SetMemTable([_mem.Region], [_mem.Fd, .. extra.Select(m => m.Fd!.Fd)]));
+        }
+        finally
+        {
+            foreach (var m in extra)
+            {
+                m.Dispose();
+            }
+        }
+    }, "carries 7 descriptors, expected 1", expectClosed: false);
+
+    [Fact]
+    public void ThirtyTwoDescriptorsOnOneKickAreAllClosed() => Attack(fe =>
+    {
+        fe.Negotiate();
+        var evs = Enumerable.Range(0, UnixSocket.MaxFdsPerMessage).Select(_ => EventFd.Create()).ToArray();
+        try
+        {
+            Assert.Equal(1UL, fe.SetU64(VhostUserRequest.SET_VRING_KICK, 0, evs.Select(e => e.Fd).ToArray()));
+        }
+        finally
+        {
+            foreach (var e in evs)
+            {
+                e.Dispose();
+            }
+        }
+    }, "carries 32 descriptors, expected 1", expectClosed: false);
+
+    [Fact]
+    public void RegionLargerThanItsMemfdIsRejectedBySetMemTableAndAddMemReg() => Attack(fe =>
+    {
+        fe.Negotiate();
+        using var small = MappedMemory.CreateShared("small", 4096);
+        var r = new MemoryRegionDesc(0x1_0000_0000, 0x20_0000, 0x7f00_0000_0000, 0);
+        Assert.Equal(1UL, fe.SetMemTable([r], [small.Fd!.Fd]));
+        Assert.Equal(1UL, fe.AddMemReg(r, small.Fd!.Fd));
+        Assert.Equal(1UL, fe.AddMemReg(r with { Size = 0x1000, MmapOffset = 0x1000 }, small.Fd!.Fd)); // offset at the end
+    }, "beyond its 0x1000-byte file", expectClosed: false);
+
+    [Fact]
+    public void RegionWhoseFileOffsetWrapsIsRejected() => Attack(fe =>
+    {
+        fe.Negotiate();
+        Assert.Equal(1UL, fe.AddMemReg(new MemoryRegionDesc(0x1000, 0x2000, 0x10_0000, 0xFFFF_FFFF_FFFF_F000), _mem.Fd));
+    }, "wraps around", expectClosed: false);
+
+    [Fact]
+    public void AddMemRegOverlappingAnExistingRegionIsRejected() => Attack(fe =>
+    {
+        fe.Negotiate();
+        Assert.Equal(0UL, fe.AddMemReg(_mem.Region, _mem.Fd));
+        var r = _mem.Region;
+        Assert.Equal(1UL, fe.AddMemReg(new MemoryRegionDesc(r.GuestPhysAddr + r.Size - 0x1000, 0x2000, 0x1_0000_0000_0000, 0), _mem.Fd));
+        Assert.Equal(1UL, fe.AddMemReg(new MemoryRegionDesc(0x1_0000_0000, 0x2000, r.UserAddr + 0x1000, 0), _mem.Fd));
+    }, "overlaps", expectClosed: false);
+
+    [Fact]
+    public void RingStraddlingTwoRegionsIsRejected() => Attack(fe =>
+    {
+        fe.Negotiate();
+        var r = _mem.Region;
+        // Two regions adjacent in VA and GPA, split at 64 KiB + 2 KiB: ring 0's descriptor table (64 KiB, 4 KiB long) crosses it.
+        ulong cut = 0x1_0800;
+        Assert.Equal(0UL, fe.AddMemReg(r with { Size = cut }, _mem.Fd));
+        Assert.Equal(0UL, fe.AddMemReg(new MemoryRegionDesc(r.GuestPhysAddr + cut, r.Size - cut, r.UserAddr + cut, r.MmapOffset + cut), _mem.Fd));
+        Assert.Equal(0UL, fe.SetState(VhostUserRequest.SET_VRING_NUM, 0, 256));
+        var (d, a, u) = GuestMemoryFixture.RingVa(0);
+        Assert.Equal(1UL, fe.SetVringAddr(0, d, a, u));
+    }, "descriptor table VA", expectClosed: false);
+
+    [Fact]
+    public void EveryRingRequestRejectsAnOutOfRangeIndexAndClosesItsDescriptor() => Attack(fe =>
+    {
+        fe.Negotiate();
+        using var ev = EventFd.Create();
+        foreach (uint q in new uint[] { 2, 255 })
+        {
+            Assert.Equal(1UL, fe.SetState(VhostUserRequest.SET_VRING_NUM, q, 256));
+            Assert.Equal(1UL, fe.SetState(VhostUserRequest.SET_VRING_BASE, q, 0));
+            Assert.Equal(1UL, fe.SetVringAddr(q, 0, 0, 0));
+            Assert.Equal(1UL, fe.SetU64(VhostUserRequest.SET_VRING_KICK, q, [ev.Fd]));
+            Assert.Equal(1UL, fe.SetU64(VhostUserRequest.SET_VRING_CALL, q, [ev.Fd]));
+            Assert.Equal(1UL, fe.SetU64(VhostUserRequest.SET_VRING_ERR, q, [ev.Fd]));
+            Assert.Equal(1UL, fe.SetState(VhostUserRequest.SET_VRING_ENABLE, q, 1));
+        }
+        Assert.Equal(1UL, fe.SetU64(VhostUserRequest.SET_VRING_KICK, 0x2_0000, [ev.Fd])); // unknown bits above NOFD
+    }, "ring 255 out of range", expectClosed: false);
+
+    [Fact]
+    public void RingSizeAboveTheVhostLimitIsRejected() => Attack(fe =>
+    {
+        fe.Negotiate();
+        Assert.Equal(1UL, fe.SetState(VhostUserRequest.SET_VRING_NUM, 0, 32768 * 2));
+        Assert.Equal(1UL, fe.SetState(VhostUserRequest.SET_VRING_NUM, 0, uint.MaxValue));
+        Assert.Equal(1UL, fe.SetState(VhostUserRequest.SET_VRING_NUM, 1, 3));
+    }, "invalid (a power of two", expectClosed: false);
+
+    [Fact]
+    public void SecondSetOwnerAndSetOwnerWithoutAckClose() => Attack(fe =>
+    {
+        fe.Negotiate(replyAck: false);
+        fe.SetU64(VhostUserRequest.SET_OWNER, 0); // no ack asked: the failure closes the connection
+    }, "already has an owner", expectClosed: true);
+
+    [Fact]
+    public void UnsupportedRequestsCarryingDescriptorsAreRejectedAndClosed() => Attack(fe =>
+    {
+        fe.Negotiate();
+        using var log = MappedMemory.CreateShared("log", 4096);
+        var p = new byte[16];
+        fe.Send(VhostUserRequest.SET_LOG_BASE, p, [log.Fd!.Fd]);
+        Assert.Equal(1UL, BinaryPrimitives.ReadUInt64LittleEndian(fe.ReadReply(VhostUserRequest.SET_LOG_BASE)));
+        var inflight = new byte[24];
+        fe.Send(VhostUserRequest.SET_INFLIGHT_FD, inflight, [log.Fd!.Fd]);
+        Assert.Equal(1UL, BinaryPrimitives.ReadUInt64LittleEndian(fe.ReadReply(VhostUserRequest.SET_INFLIGHT_FD)));
+        fe.SendRaw(0xFFFF, TestFrontEnd.V1 | TestFrontEnd.NeedReply, new byte[8], [log.Fd!.Fd]);
+        Assert.Equal(1UL, BinaryPrimitives.ReadUInt64LittleEndian(fe.ReadReply((VhostUserRequest)0xFFFF)));
+    }, "SET_LOG_BASE", expectClosed: false);
+
+    [Fact]
+    public void StalledHeaderIsDroppedAfterThePayloadTimeout() => Attack(fe =>
+    {
+        fe.Negotiate();
+        var h = new byte[12];
+        VhostUserCodec.WriteHeader(h, (uint)VhostUserRequest.SET_VRING_NUM, 1, 8);
+        fe.Socket.Send(h.AsSpan(0, 6)); // half a header, then silence
+        _other.Ping(4); // the other device is served meanwhile
+    }, "truncated header", expectClosed: true);
+
+    [Fact]
+    public void StalledPayloadIsDroppedAfterThePayloadTimeout() => Attack(fe =>
+    {
+        fe.Negotiate();
+        fe.SendRaw((uint)VhostUserRequest.SET_MEM_TABLE, 1, new byte[8], sizeField: 4096);
+    }, "truncated SET_MEM_TABLE payload", expectClosed: true);
+
+    [Fact]
+    public void RequestsStreamedWithoutReadingRepliesDoNotWedgeTheBackend() => Attack(fe =>
+    {
+        // 20000 GET_FEATURES, never reading a reply: the back-end blocks writing replies once the socket
+        // buffer is full; that must stall only this connection, and closing it must free the back-end.
+        var h = new byte[12 * 1000];
+        for (int i = 0; i < 1000; i++)
+        {
+            VhostUserCodec.WriteHeader(h.AsSpan(12 * i), (uint)VhostUserRequest.GET_FEATURES, 1, 0);
+        }
+        var t = new Thread(() =>
+        {
+            try
+            {
+                for (int i = 0; i < 20; i++)
+                {
+                    fe.Socket.Send(h);
+                }
+            }
+            catch (IOException)
+            {
+                // the back-end went away: expected once it notices
+            }
+        }) { IsBackground = true };
+        t.Start();
+        Thread.Sleep(300);
+        _other.Ping(5);
+        fe.Socket.Shutdown();
+        Assert.True(t.Join(5000));
+    }, "front-end #", expectClosed: false);
+
+    [Fact]
+    public void RequestsAfterAProtocolErrorAreNeverProcessed() => Attack(fe =>
+    {
+        fe.Negotiate();
+        fe.SendRaw((uint)VhostUserRequest.GET_FEATURES, 0x5, []); // REPLY flag on a request: fatal
+        Assert.True(fe.WaitClosed());
+        long messages = _host.Backend.Session?.Messages ?? 0;
+        try
+        {
+            fe.SetState(VhostUserRequest.SET_VRING_NUM, 0, 256);
+        }
+        catch (IOException)
+        {
+            // EPIPE / ECONNRESET: the connection is gone
+        }
+        Assert.Equal(0, messages); // the session had already ended
+    }, "REPLY flag", expectClosed: false);
+
+    [Fact]
+    public void RingRemovedFromMemoryWhileRunningStopsItWithoutTouchingUnmappedMemory()
+    {
+        _other.Ping(1);
+        using var fe = _host.Connect();
+        using var net = new VirtioNetFrontEnd(fe, _mem);
+        net.Start(addMemReg: true);
+        var f = VirtioNetFrontEnd.Frame(64, 9);
+        net.Send(1, f);
+        Assert.Equal(f, net.Receive(0, 1));
+        // The first half (rings live at 64 KiB) is removed while the rings run; the second half stays.
+        var r = _mem.Region;
+        var rem = new byte[40];
+        (r with { Size = r.Size / 2 }).Write(rem.AsSpan(8));
+        Assert.Equal(0UL, fe.Request(VhostUserRequest.REM_MEM_REG, rem));
+        Assert.False(_host.Backend.Session!.Configured, _host.LogText);
+        Assert.Equal(0, _host.Dev.Vf.DmaMapCount);
+        net.Send(1, VirtioNetFrontEnd.Frame(64, 10)); // a kick now must not reach the old mapping
+        Thread.Sleep(50);
+        Assert.Equal(1, _mem.UsedIdx(1));
+        Assert.Equal(0UL, fe.GetU64(VhostUserRequest.GET_STATUS) & 0x40); // no NEEDS_RESET: nothing ran
+        // Memory comes back: the device restarts and the queued frame goes out.
+        Assert.Equal(0UL, fe.AddMemReg(r with { Size = r.Size / 2 }, _mem.Fd));
+        Assert.True(Proc.WaitFor(() => _host.Backend.Session!.Configured), _host.LogText);
+        Assert.True(net.Kicks[1].Signal());
+        Assert.Equal(VirtioNetFrontEnd.Frame(64, 10), net.Receive(0, 2));
+        _other.Ping(2);
+    }
+
+    [Fact]
+    public void MemTableShrunkUnderRunningRingsStopsThem()
+    {
+        _other.Ping(1);
+        using var fe = _host.Connect();
+        using var net = new VirtioNetFrontEnd(fe, _mem);
+        net.Start();
+        var f = VirtioNetFrontEnd.Frame(64, 9);
+        net.Send(1, f);
+        Assert.Equal(f, net.Receive(0, 1));
+        var r = _mem.Region;
+        Assert.Equal(0UL, fe.SetMemTable([r with { Size = 0x1_0000 }], [_mem.Fd])); // rings at 64 KiB fall outside
+        Assert.False(_host.Backend.Session!.Configured, _host.LogText);
+        net.Send(1, VirtioNetFrontEnd.Frame(64, 10));
+        Thread.Sleep(50);
+        Assert.Equal(1, _mem.UsedIdx(1));
+        Assert.Equal(0UL, fe.SetMemTable([r], [_mem.Fd]));
+        Assert.True(Proc.WaitFor(() => _host.Backend.Session!.Configured), _host.LogText);
+        Assert.True(net.Kicks[1].Signal());
+        Assert.Equal(VirtioNetFrontEnd.Frame(64, 10), net.Receive(0, 2));
+        _other.Ping(2);
+    }
+
+    [Fact]
+    public void DescriptorOutsideGuestMemoryRaisesNeedsResetAndOnlyThatDeviceStops()
+    {
+        _other.Ping(1);
+        using (var fe = _host.Connect())
+        using (var net = new VirtioNetFrontEnd(fe, _mem))
+        {
+            net.Start();
+            _mem.WriteDesc(1, 0, 0x7000_0000_0000, 64, 0); // a TX buffer nowhere in guest memory
+            _mem.PushAvail(1, VirtioNetFrontEnd.Num, 0);
+            Assert.True(net.Kicks[1].Signal());
+            Assert.True(Proc.WaitFor(() => (fe.GetU64(VhostUserRequest.GET_STATUS) & 0x40) != 0), _host.LogText);
+            _other.Ping(2);
+        }
+        Assert.True(_host.WaitIdle());
+        _host.GoodSession(3); // the next front-end finds a clean device
+        _other.Ping(3);
+    }
+
+    [Fact]
+    public void ConnectionFloodIsRefusedWhileTheServedFrontEndKeepsWorking()
+    {
+        using var fe = _host.Connect();
+        using var net = new VirtioNetFrontEnd(fe, _mem);
+        net.Start();
+        net.Send(1, VirtioNetFrontEnd.Frame(64, 1));
+        net.Receive(0, 1);
+        Proc.Settle();
+        int fds = Proc.FdCount();
+        var extra = new List<UnixSocket>();
+        for (int i = 0; i < 200; i++)
+        {
+            if (UnixSocket.TryConnect(_host.SocketPath, out var s, out _))
+            {
+                extra.Add(s!);
+            }
+        }
+        // Each one is accepted and closed at once: every extra socket sees EOF.
+        foreach (var s in extra)
+        {
+            Assert.True(Interop.Primitives.Poll.WaitReadable(s.Fd, 5000));
+            Assert.Equal(0, s.Receive(new byte[1], [], out _));
+            s.Dispose();
+        }
+        Assert.True(_host.Logged("refused a second front-end"));
+        var f = VirtioNetFrontEnd.Frame(100, 2);
+        net.Send(1, f);
+        Assert.Equal(f, net.Receive(0, 2));
+        _other.Ping(1);
+        Proc.Settle();
+        Assert.True(Proc.FdCount() <= fds, $"descriptors grew from {fds} to {Proc.FdCount()}");
+    }
+}
