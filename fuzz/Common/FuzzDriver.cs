@@ -78,7 +78,7 @@ public static class FuzzDriver
                 Console.WriteLine($"FAIL {f}: {e}");
             }
         }
-        Console.WriteLine($"replay: {ok} passed, {bad} failed");
+        Console.WriteLine($"replay: {ok} inputs ok, {bad} failing");
         return bad == 0 ? 0 : 1;
     }
 

@@ -41,6 +41,8 @@ public static class CommandLine
                 [ --client ] [ --poll | --event ] [ --split-only ] [ --stats-period S ] [ --socket-mode OCTAL ]
                                      vhost-user back-end (QEMU, DPDK virtio-user) on a software IFC VF
                                      until Ctrl-C; -j or --stats-period print per-queue counters
+          demo [ count N ]           end to end: serve with a TAP in a new namespace, a Linux guest under
+                                     QEMU on the socket, pings both ways, clean-up (root; installs peers)
           help                       this text
 
         Options:
@@ -108,6 +110,8 @@ public static class CommandLine
                 return SimDump(kv, json, stdout);
             case ("sim", _):
                 return SimCommand.Run(ctx, verb, a.Skip(2));
+            case ("demo", _):
+                return DemoCommand.Run(ctx, a.Skip(1));
             case ("serve", _):
                 return ServeCommand.Run(ctx, a.Skip(1).ToList());
             case ("daemon", _):

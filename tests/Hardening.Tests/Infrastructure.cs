@@ -26,6 +26,33 @@ public static class Proc
         return 0;
     }
 
+    /// <summary>CPU ticks (utime + stime) of each thread, by "tid name".</summary>
+    public static Dictionary<string, long> ThreadTicks()
+    {
+        var d = new Dictionary<string, long>();
+        foreach (var t in Directory.GetDirectories("/proc/self/task"))
+        {
+            try
+            {
+                string stat = File.ReadAllText(Path.Combine(t, "stat"));
+                int close = stat.LastIndexOf(')');
+                string name = stat[(stat.IndexOf('(') + 1)..close];
+                var f = stat[(close + 2)..].Split(' ');
+                d[$"{Path.GetFileName(t)} {name}"] = long.Parse(f[11], System.Globalization.CultureInfo.InvariantCulture) + long.Parse(f[12], System.Globalization.CultureInfo.InvariantCulture);
+            }
+            catch (IOException)
+            {
+                // the thread ended
+            }
+        }
+        return d;
+    }
+
+    /// <summary>The three threads that used most CPU since <paramref name="before"/> (ticks of 10 ms).</summary>
+    public static string BusiestThreads(Dictionary<string, long> before) => string.Join(", ", ThreadTicks()
+        .Select(kv => (kv.Key, Ticks: kv.Value - before.GetValueOrDefault(kv.Key)))
+        .OrderByDescending(x => x.Ticks).Take(3).Select(x => $"[{x.Key}] {x.Ticks * 10} ms"));
+
     /// <summary>Collects garbage so descriptors only a finalizer would close do not count as held.</summary>
     public static void Settle()
     {

@@ -145,7 +145,7 @@ public sealed class ControlServerTests : IDisposable
     [Fact]
     public void OtherSubsystemsCanAddCommands()
     {
-        _server.Handle("vhost add", (a, w) =>
+        _server.Handle("example attach", (a, w) =>
         {
             string dev = a.RequiredString("dev");
             a.EnsureNoUnknown();
@@ -154,9 +154,9 @@ public sealed class ControlServerTests : IDisposable
         Assert.Throws<ArgumentException>(() => _server.Handle("dev add", (_, _) => { }));
         ControlClient.Request(_server.Path, "sim add");
         ControlClient.Request(_server.Path, "dev add", w => { w.WriteString("name", "v0"); w.WriteString("mgmtdev", "sim/ifcvf0"); });
-        var data = ControlClient.Request(_server.Path, "vhost add", w => w.WriteString("dev", "v0"));
+        var data = ControlClient.Request(_server.Path, "example attach", w => w.WriteString("dev", "v0"));
         Assert.Equal("v0", data.GetProperty("bound").GetString());
-        var e = Assert.Throws<ControlRefusedException>(() => ControlClient.Request(_server.Path, "vhost add"));
+        var e = Assert.Throws<ControlRefusedException>(() => ControlClient.Request(_server.Path, "example attach"));
         Assert.Equal("argument \"dev\" is required", e.Message);
     }
 
