@@ -14,7 +14,7 @@ namespace IfcVdpa.Hardening.Tests;
 public sealed class HostileFrontEndTests : IDisposable
 {
     private readonly Bystander _other = new();
-    private readonly BackendHost _host = new("victim");
+    private readonly BackendHost _host = new("victim", extraFeatures: 1UL << Virtio.VirtioFeature.F_RING_PACKED);
     private readonly GuestMemoryFixture _mem = new();
 
     public void Dispose()
@@ -165,6 +165,110 @@ public sealed class HostileFrontEndTests : IDisposable
         Assert.Equal(1UL, fe.SetState(VhostUserRequest.SET_VRING_NUM, 0, uint.MaxValue));
         Assert.Equal(1UL, fe.SetState(VhostUserRequest.SET_VRING_NUM, 1, 3));
     }, "invalid (a power of two", expectClosed: false);
+
+    [Fact]
+    public void PackedRingBaseBeyondTheRingIsRejected() => Attack(fe =>
+    {
+        fe.Negotiate(features: VirtioNetFrontEnd.Features | (1UL << Virtio.VirtioFeature.F_RING_PACKED));
+        Assert.Equal(0UL, fe.SetState(VhostUserRequest.SET_VRING_NUM, 0, 256));
+        Assert.Equal(1UL, fe.SetState(VhostUserRequest.SET_VRING_BASE, 0, 0x8000 | 256)); // avail position = ring size
+        Assert.Equal(1UL, fe.SetState(VhostUserRequest.SET_VRING_BASE, 0, 0x8000 | 0x7FFF));
+        Assert.Equal(1UL, fe.SetState(VhostUserRequest.SET_VRING_BASE, 0, 0x8000 | (300u << 16))); // used position beyond
+        Assert.Equal(0UL, fe.SetState(VhostUserRequest.SET_VRING_BASE, 0, 0x8000_8000 | 255 | (255u << 16)));
+    }, "packed base 0x8100 beyond the 256-entry ring", expectClosed: false);
+
+    [Fact]
+    public void PackedRingBaseSentBeforeTheRingSizeCannotStartTheRingBeyondItsEnd()
+    {
+        // SET_VRING_BASE is checked against the ring size only when the size is known; QEMU sends NUM
+        // first, but a hostile front-end can send BASE first and a small NUM afterwards.
+        _other.Ping(1);
+        using (var fe = _host.Connect())
+        using (var kick = EventFd.Create())
+        using (var call = EventFd.Create())
+        {
+            fe.Negotiate(features: VirtioNetFrontEnd.Features | (1UL << Virtio.VirtioFeature.F_RING_PACKED));
+            Assert.Equal(0UL, fe.SetMemTable([_mem.Region], [_mem.Fd]));
+            for (uint q = 0; q < 2; q++)
+            {
+                Assert.Equal(0UL, fe.SetState(VhostUserRequest.SET_VRING_BASE, q, 0x8000_8000 | 0x7000 | (0x7000u << 16)));
+                ulong? num = fe.SetState(VhostUserRequest.SET_VRING_NUM, q, 256);
+                var (d, a, u) = GuestMemoryFixture.RingVa((int)q);
+                fe.SetVringAddr(q, d, a, u);
+                fe.SetU64(VhostUserRequest.SET_VRING_KICK, q, [kick.Fd]);
+                fe.SetU64(VhostUserRequest.SET_VRING_CALL, q, [call.Fd]);
+                fe.SetState(VhostUserRequest.SET_VRING_ENABLE, q, 1);
+            }
+            fe.SetU64(VhostUserRequest.SET_STATUS, 0xF);
+            kick.Signal();
+            Thread.Sleep(100);
+            bool running = _host.Dev.Vf.IsQueueRunning(0) || _host.Dev.Vf.IsQueueRunning(1);
+            ulong status = fe.GetU64(VhostUserRequest.GET_STATUS);
+            // Either the ring never started, or the device refused the state (NEEDS_RESET): never a ring at 0x7000 of 256.
+            Assert.True(!running || (status & 0x40) != 0,
+                $"a packed ring started at position 0x7000 of a 256-entry ring (status 0x{status:x})\n{_host.LogText}\n{string.Join('\n', _host.EngineLogs)}");
+            _other.Ping(2);
+        }
+        Assert.True(_host.WaitIdle());
+        _host.GoodSession(3);
+    }
+
+    [Fact]
+    public void ConfigRangesThatOverflowAreRejected() => Attack(fe =>
+    {
+        fe.Negotiate();
+        foreach (var (offset, size) in new (uint, uint)[] { (0xFFFF_FFFF, 8), (0xFFFF_FFF8, 16), (4, 256) })
+        {
+            var p = new byte[12 + size];
+            BinaryPrimitives.WriteUInt32LittleEndian(p, offset);
+            BinaryPrimitives.WriteUInt32LittleEndian(p.AsSpan(4), size);
+            Assert.Equal(1UL, fe.Request(VhostUserRequest.SET_CONFIG, p));
+        }
+        var g = new byte[12 + 8];
+        BinaryPrimitives.WriteUInt32LittleEndian(g, 0xFFFF_FFFC);
+        BinaryPrimitives.WriteUInt32LittleEndian(g.AsSpan(4), 8);
+        fe.SendRaw((uint)VhostUserRequest.GET_CONFIG, TestFrontEnd.V1, g); // GET_CONFIG has its own reply: a failure closes
+    }, "outside the", expectClosed: true);
+
+    [Fact]
+    public void EveryMemorySlotFilledThenDisconnectedUnmapsEverything() => Attack(fe =>
+    {
+        fe.Negotiate();
+        for (int i = 0; i < 32; i++)
+        {
+            Assert.Equal(0UL, fe.AddMemReg(new MemoryRegionDesc((ulong)i * 0x10000, 0x10000, 0x100_0000 + ((ulong)i * 0x10000), (ulong)i * 0x10000), _mem.Fd));
+        }
+        Assert.Equal(1UL, fe.AddMemReg(new MemoryRegionDesc(0x100_0000, 0x1000, 0x900_0000, 0), _mem.Fd));
+    }, "all 32 memory slots", expectClosed: false);
+
+    [Fact]
+    public void DescriptorsReplacedOverAndOverDoNotPileUp() => Attack(fe =>
+    {
+        var mem = new VirtioNetFrontEnd(fe, _mem);
+        mem.Start(); // running: replaced call fds are retired, not closed at once
+        Proc.Settle();
+        int before = Proc.FdCount();
+        for (int i = 0; i < 200; i++)
+        {
+            using var call = EventFd.Create();
+            using var err = EventFd.Create();
+            var (a, b) = UnixSocket.CreatePair();
+            using (a)
+            using (b)
+            {
+                Assert.Equal(0UL, fe.SetU64(VhostUserRequest.SET_VRING_CALL, 0, [call.Fd]));
+                Assert.Equal(0UL, fe.SetU64(VhostUserRequest.SET_VRING_ERR, 1, [err.Fd]));
+                Assert.Equal(0UL, fe.SetU64(VhostUserRequest.SET_BACKEND_REQ_FD, 0, [b.Fd]));
+            }
+        }
+        Assert.Equal(0UL, fe.SetU64(VhostUserRequest.SET_VRING_CALL, 0x100)); // NOFD: polled from now on
+        mem.Send(1, VirtioNetFrontEnd.Frame(64, 1));
+        Assert.Equal(VirtioNetFrontEnd.Frame(64, 1), mem.Receive(0, 1));
+        Proc.Settle();
+        // 200 replaced call fds: at most 64 are kept for racing interrupts (+ the live ones); the rest closed.
+        Assert.True(Proc.FdCount() <= before + 64 + 4, $"{Proc.FdCount()} descriptors open, {before} before");
+        mem.Dispose();
+    }, "running", expectClosed: false);
 
     [Fact]
     public void SecondSetOwnerAndSetOwnerWithoutAckClose() => Attack(fe =>

@@ -83,9 +83,9 @@ public sealed class BackendHost : IDisposable
 {
     private readonly string _dir = Directory.CreateTempSubdirectory("ifcvf-hard").FullName;
 
-    public BackendHost(string name, int payloadTimeoutMs = 1000, NetBackend? net = null, string address = "sim:07.0")
+    public BackendHost(string name, int payloadTimeoutMs = 1000, NetBackend? net = null, string address = "sim:07.0", ulong extraFeatures = 0)
     {
-        Dev = new RealDevice(backend: net, address: address, log: EngineLogs.Enqueue);
+        Dev = new RealDevice(backend: net, address: address, log: EngineLogs.Enqueue, extraFeatures: extraFeatures);
         SocketPath = Path.Combine(_dir, "vhost.sock");
         Backend = new VhostUserBackend(Dev.Adapter, new VhostUserBackendOptions
         {

@@ -56,7 +56,7 @@ public class QemuGuestTests(ITestOutputHelper output)
             listener = ns.Start("nc-listen", TimeSpan.FromSeconds(240), "sh", "-c", $"exec {PeerEnvironment.Busybox} nc -l -p {o.Port} > {fromGuest}");
             guest ??= QemuGuest.OnVhostUser(socket, o);
 
-            var ready = guest.WaitFor(@"GUEST-READY [^\r\n]*", TimeSpan.FromSeconds(120));
+            var ready = guest.WaitFor(@"GUEST-READY [^\r\n]*(?=\r?\n)", TimeSpan.FromSeconds(120)); // the whole line
             output.WriteLine(ready.Value);
             Assert.Contains(queues > 1 ? "rx-1" : "rx-0", ready.Value, StringComparison.Ordinal);
 

@@ -45,7 +45,7 @@ public class VirtioConsumerGuestTests(ITestOutputHelper output)
             ns = new NetNamespace();
             ns.Adopt(tap, HostIp + "/16");
             guest = QemuGuest.OnVhostUser(socket, new GuestOptions { Ip = GuestIp + "/16", Peer = HostIp, Mode = "ping", Count = 8 });
-            var ready = guest.WaitFor(@"GUEST-READY [^\r\n]*", TimeSpan.FromSeconds(120));
+            var ready = guest.WaitFor(@"GUEST-READY [^\r\n]*(?=\r?\n)", TimeSpan.FromSeconds(120));
             output.WriteLine(ready.Value);
 
             // namespace -> guest, while the guest is up pinging us

@@ -103,6 +103,7 @@ public sealed partial class VirtioNetEngine : IVirtqueueEngine, IQueueStatsSourc
     private int _pairs;
     private int _ctrl = -1;
     private int _activePairs = 1;
+    private volatile bool _tapDead;
     private ulong _features;
     private bool _guestCsum;
     private bool _guestTso;
@@ -342,7 +343,7 @@ public sealed partial class VirtioNetEngine : IVirtqueueEngine, IQueueStatsSourc
             if (!_stopping && PollOnce() == 0)
             {
                 _backend.PcapWriter?.Flush();
-                Poll2.WaitEither(_wake.Fd, tapFd, AnyRunning() ? 50 : 200);
+                Poll2.WaitEither(_wake.Fd, _tapDead ? -1 : tapFd, AnyRunning() ? 50 : 200);
                 _wake.TryConsume(out _);
             }
             Volatile.Write(ref _sleeping, 0);
@@ -389,7 +390,7 @@ public sealed partial class VirtioNetEngine : IVirtqueueEngine, IQueueStatsSourc
             case NetBackendKind.Pair:
                 work += ProcessPairInbound(dev);
                 break;
-            case NetBackendKind.Tap:
+            case NetBackendKind.Tap when !_tapDead:
                 work += ProcessTapInbound(dev);
                 break;
         }
@@ -967,6 +968,10 @@ public sealed partial class VirtioNetEngine : IVirtqueueEngine, IQueueStatsSourc
                 int n = tap.Read(_tapIn);
                 if (n <= 0)
                 {
+                    if (n < 0)
+                    {
+                        TapFailed(dev, -n);
+                    }
                     break;
                 }
                 done++;
@@ -1019,6 +1024,24 @@ public sealed partial class VirtioNetEngine : IVirtqueueEngine, IQueueStatsSourc
             }
         }
         return done;
+    }
+
+    /// <summary>
+    /// The TAP interface went away (ip link del) or broke: its fd now polls readable forever with an error.
+    /// Stop reading and polling it (else the worker spins), report link down, log once. Frames sent to it are
+    /// dropped and counted by the write path.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void TapFailed(SoftIfcVf dev, int errno)
+    {
+        if (_tapDead)
+        {
+            return;
+        }
+        _tapDead = true;
+        _log($"{dev.Address}: TAP {_backend.TapDevice?.Name} failed (errno {errno}): link down, no more reads");
+        // The worker never takes the register lock itself: the link change goes through the thread pool.
+        ThreadPool.QueueUserWorkItem(static d => d.SetLinkUp(false), dev, preferLocal: false);
     }
 
     /// <summary>
