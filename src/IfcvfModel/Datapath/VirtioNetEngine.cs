@@ -104,6 +104,7 @@ public sealed partial class VirtioNetEngine : IVirtqueueEngine, IQueueStatsSourc
     private int _ctrl = -1;
     private int _activePairs = 1;
     private volatile bool _tapDead;
+    private int _startFaults;
     private ulong _features;
     private bool _guestCsum;
     private bool _guestTso;
@@ -202,6 +203,14 @@ public sealed partial class VirtioNetEngine : IVirtqueueEngine, IQueueStatsSourc
         q.SuppressKicks = _options.Mode == EngineMode.Poll;
         q.Failed = false;
         q.ErrorLogged = false;
+        if (q.Packed && (q.LastAvail >= q.Size || q.LastUsed >= q.Size))
+        {
+            // A packed ring's base is a position inside the ring. A front-end can send SET_VRING_BASE before
+            // a smaller SET_VRING_NUM, so this is the first place both are known: refuse to run the ring.
+            q.Failed = true;
+            q.StartFault = $"packed ring base (avail {q.LastAvail}, used {q.LastUsed}) outside the {q.Size}-entry ring";
+            Volatile.Write(ref _startFaults, 1);
+        }
         Volatile.Write(ref q.State, Virtqueue.Idle);
         EnsureWorker();
         Wake();
@@ -377,6 +386,10 @@ public sealed partial class VirtioNetEngine : IVirtqueueEngine, IQueueStatsSourc
         _workerThreadId = Environment.CurrentManagedThreadId;
         int work = 0;
         var queues = _queues;
+        if (Interlocked.Exchange(ref _startFaults, 0) != 0)
+        {
+            ReportStartFaults(dev, queues);
+        }
         for (int p = 0; p < _pairs; p++)
         {
             var tx = queues[(2 * p) + 1];
@@ -1024,6 +1037,26 @@ public sealed partial class VirtioNetEngine : IVirtqueueEngine, IQueueStatsSourc
             }
         }
         return done;
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void ReportStartFaults(SoftIfcVf dev, Virtqueue?[] queues)
+    {
+        foreach (var q in queues)
+        {
+            if (q?.StartFault is { } reason && q.TryAcquire())
+            {
+                try
+                {
+                    q.StartFault = null;
+                    Fail(dev, q, reason);
+                }
+                finally
+                {
+                    q.Release();
+                }
+            }
+        }
     }
 
     /// <summary>

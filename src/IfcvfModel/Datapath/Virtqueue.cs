@@ -30,6 +30,8 @@ internal sealed class Virtqueue(int index)
     public bool Mergeable;
     public bool Failed;
     public bool ErrorLogged;
+    /// <summary>A fault found when the queue started (reported by the worker, which may raise NEEDS_RESET).</summary>
+    public string? StartFault;
     public bool SuppressKicks;
 
     // Packed rings (VIRTIO 1.2 §2.8): LastAvail/LastUsed are ring positions, with these wrap counters.
