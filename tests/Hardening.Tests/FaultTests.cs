@@ -194,11 +194,14 @@ public sealed class FaultTests : IDisposable
             // Idle now: nothing may spin on the dead TAP (its reader or writer retrying forever).
             Thread.Sleep(1000); // let background JIT tiering settle
             var threads = Proc.ThreadTicks();
-            var cpu = Process.GetCurrentProcess().TotalProcessorTime;
             var sw = Stopwatch.StartNew();
             Thread.Sleep(1000);
-            var used = Process.GetCurrentProcess().TotalProcessorTime - cpu;
-            Assert.True(used < sw.Elapsed * 0.2, $"CPU {used.TotalMilliseconds:0} ms in {sw.ElapsedMilliseconds} ms while idle " +
+            // Count the project's threads only: the runtime's own (".NET Tiered Compilation", GC...) may still
+            // be busy in a CI run where other test processes load the machine.
+            long usedMs = 10 * Proc.ThreadTicks()
+                .Where(kv => !kv.Key.Contains(" .NET", StringComparison.Ordinal))
+                .Sum(kv => kv.Value - threads.GetValueOrDefault(kv.Key));
+            Assert.True(usedMs < sw.ElapsedMilliseconds * 0.2, $"CPU {usedMs} ms in {sw.ElapsedMilliseconds} ms while idle " +
                 $"(TAP {(remove ? "removed" : "kept")}); busiest threads: {Proc.BusiestThreads(threads)}");
             Assert.Equal(VirtioNetFrontEnd.Features, fe.GetU64(VhostUserRequest.GET_FEATURES) & VirtioNetFrontEnd.Features);
             Assert.True(host.EngineLogs.Count < 50, $"{host.EngineLogs.Count} engine log lines:\n{string.Join('\n', host.EngineLogs.Take(5))}");
