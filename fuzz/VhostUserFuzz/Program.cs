@@ -17,7 +17,7 @@ internal static class VhostUserTarget
 {
     public static void Run(ReadOnlySpan<byte> input)
     {
-        using var stack = new VhostFuzzStack();
+        using var stack = new VhostFuzzStack(1UL << IfcVdpa.Virtio.VirtioFeature.F_RING_PACKED); // packed offered too
         int messages = 0;
         while (input.Length > 0 && stack.Open && messages < VhostFuzzStack.MaxMessages)
         {
@@ -82,8 +82,32 @@ internal static class VhostUserTarget
         }
     }
 
+    /// <summary>
+    /// Inputs that once found a bug (also written by --seeds into corpus/; copied to regressions/):
+    /// packed SET_VRING_BASE 0x70007000|wrap before SET_VRING_NUM 256 (the engine threw on every poll).
+    /// </summary>
+    public static byte[] PackedBaseBeforeNum()
+    {
+        var b = new VhostInputBuilder().Negotiate(VhostInputBuilder.NetFeatures | (1UL << IfcVdpa.Virtio.VirtioFeature.F_RING_PACKED));
+        b.MemTable(VhostFuzzStack.Region);
+        for (uint q = 0; q < 2; q++)
+        {
+            b.State(VhostUserRequest.SET_VRING_BASE, q, 0x8000_8000 | 0x7000 | (0x7000u << 16));
+            b.State(VhostUserRequest.SET_VRING_NUM, q, 256);
+            var (d, a, u) = VhostInputBuilder.RingOffset((int)q);
+            var p = new byte[40];
+            new VringAddr(q, 0, VhostFuzzStack.Va + d, VhostFuzzStack.Va + u, VhostFuzzStack.Va + a, 0).Write(p);
+            b.Msg(VhostUserRequest.SET_VRING_ADDR, p);
+            b.U64(VhostUserRequest.SET_VRING_KICK, q, VhostInputBuilder.FdEvent | 1);
+            b.U64(VhostUserRequest.SET_VRING_CALL, q, VhostInputBuilder.FdEvent | 1);
+            b.State(VhostUserRequest.SET_VRING_ENABLE, q, 1);
+        }
+        return b.U64(VhostUserRequest.SET_STATUS, 0xF).Kick(0, 4).Kick(2, 4).ToArray();
+    }
+
     public static IEnumerable<(string, byte[])> Seeds()
     {
+        yield return ("regression-packed-base-before-num", PackedBaseBeforeNum());
         yield return ("negotiate", new VhostInputBuilder().Negotiate().ToArray());
         yield return ("negotiate-noack", new VhostInputBuilder().Negotiate(protocol: 0).ToArray());
         yield return ("bringup-tx", new VhostInputBuilder().Negotiate().BringUp().Tx(0, 60).Tx(1, 1514).ToArray());
@@ -112,6 +136,8 @@ internal static class VhostUserTarget
         yield return ("config-status", new VhostInputBuilder().Negotiate().Msg(VhostUserRequest.GET_CONFIG, cfg)
             .Msg(VhostUserRequest.GET_STATUS, []).Msg(VhostUserRequest.GET_QUEUE_NUM, []).Msg(VhostUserRequest.GET_MAX_MEM_SLOTS, [])
             .U64(VhostUserRequest.NET_SET_MTU, 1500).U64(VhostUserRequest.SET_BACKEND_REQ_FD, 0, 4 << 3 | 1).ToArray());
+        yield return ("packed-bringup", new VhostInputBuilder().Negotiate(VhostInputBuilder.NetFeatures | (1UL << IfcVdpa.Virtio.VirtioFeature.F_RING_PACKED))
+            .BringUp(rxBuffers: 0, ringBase: 0x8000_8000).Kick(2, 3).ToArray());
         yield return ("reset-owner", new VhostInputBuilder().Negotiate().BringUp().Msg(VhostUserRequest.RESET_OWNER, []).U64(VhostUserRequest.SET_FEATURES, VhostInputBuilder.NetFeatures).BringUp().Tx(0, 64).ToArray());
     }
 }
