@@ -1,5 +1,4 @@
 using System.Globalization;
-using System.Runtime.InteropServices;
 using IfcVdpa.Daemon;
 
 namespace IfcVdpa.Cli;
@@ -37,13 +36,7 @@ public static class DaemonCommand
             throw new CliException($"sim must be 0..{DeviceRegistry.MaxSoftwareVfs}");
         }
         using var stop = new CancellationTokenSource();
-        void OnSignal(PosixSignalContext c)
-        {
-            c.Cancel = true;
-            stop.Cancel();
-        }
-        using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
-        using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
+        using var signals = new ShutdownSignal(stop.Cancel);
         DaemonHost host;
         try
         {

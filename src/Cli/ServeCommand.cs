@@ -1,5 +1,4 @@
 using System.Globalization;
-using System.Runtime.InteropServices;
 using IfcVdpa.Ifcvf;
 using IfcVdpa.IfcvfModel;
 using IfcVdpa.IfcvfModel.Backends;
@@ -84,13 +83,7 @@ public static class ServeCommand
         log($"serving {adapter.Name} ({vf.Address}, {a.Queues} queue pair(s), backend {backend}, {a.Mode} mode) on {a.Socket}{(a.Client ? " as a client" : "")}");
 
         using var done = new ManualResetEventSlim();
-        void OnSignal(PosixSignalContext c)
-        {
-            c.Cancel = true;
-            done.Set();
-        }
-        using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
-        using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
+        using var signals = new ShutdownSignal(done.Set);
         using var onStop = stop.Register(done.Set);
         double? period = a.StatsPeriod ?? (ctx.Json ? 1.0 : null);
         int waitMs = period is { } p ? (int)Math.Max(100, p * 1000) : -1;
