@@ -1,7 +1,7 @@
 using IfcVdpa.Interop.Primitives;
 using IfcVdpa.Virtio;
 
-namespace IfcVdpa.Hardening.Tests;
+namespace IfcVdpa.VhostUser.Tests;
 
 /// <summary>
 /// The test front-end acting as a virtio-net driver (QEMU-like memory layout: GPA != VA != file offset)
