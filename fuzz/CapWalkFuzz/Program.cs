@@ -73,32 +73,13 @@ internal static class CapWalkTarget
 }
 
 /// <summary>A device whose config space reads return the given bytes over the real ones (writes go through).</summary>
-internal sealed class ConfigOverlay(SoftIfcVf inner, ReadOnlySpan<byte> overlay) : IPciFunction
+internal sealed class ConfigOverlay(SoftIfcVf inner, ReadOnlySpan<byte> overlay) : DelegatingPciFunction(inner, ownsInner: false)
 {
     private readonly byte[] _overlay = overlay.ToArray();
 
-    private byte B(int offset) => offset >= 0 && offset < _overlay.Length ? _overlay[offset] : inner.ReadConfig8(offset);
+    private byte B(int offset) => offset >= 0 && offset < _overlay.Length ? _overlay[offset] : InnerFunction.ReadConfig8(offset);
 
-    public string Address => inner.Address;
-    public int ConfigSize => inner.ConfigSize;
-    public byte ReadConfig8(int offset) => B(offset);
-    public ushort ReadConfig16(int offset) => (ushort)(B(offset) | (B(offset + 1) << 8));
-    public uint ReadConfig32(int offset) => ReadConfig16(offset) | ((uint)ReadConfig16(offset + 2) << 16);
-    public void WriteConfig8(int offset, byte value) => inner.WriteConfig8(offset, value);
-    public void WriteConfig16(int offset, ushort value) => inner.WriteConfig16(offset, value);
-    public void WriteConfig32(int offset, uint value) => inner.WriteConfig32(offset, value);
-    public IReadOnlyList<PciBar> Bars => inner.Bars;
-    public byte ReadBar8(int bar, ulong offset) => inner.ReadBar8(bar, offset);
-    public ushort ReadBar16(int bar, ulong offset) => inner.ReadBar16(bar, offset);
-    public uint ReadBar32(int bar, ulong offset) => inner.ReadBar32(bar, offset);
-    public void WriteBar8(int bar, ulong offset, byte value) => inner.WriteBar8(bar, offset, value);
-    public void WriteBar16(int bar, ulong offset, ushort value) => inner.WriteBar16(bar, offset, value);
-    public void WriteBar32(int bar, ulong offset, uint value) => inner.WriteBar32(bar, offset, value);
-    public int MsixVectorCount => inner.MsixVectorCount;
-    public void EnableMsix(IReadOnlyList<IMsixSink?> sinks) => inner.EnableMsix(sinks);
-    public void DisableMsix() => inner.DisableMsix();
-    public void DmaMap(ulong iova, ulong size, nint host, bool writable) => inner.DmaMap(iova, size, host, writable);
-    public void DmaUnmap(ulong iova, ulong size) => inner.DmaUnmap(iova, size);
-    public int DmaMapCount => inner.DmaMapCount;
-    public void Dispose() { }
+    public override byte ReadConfig8(int offset) => B(offset);
+    public override ushort ReadConfig16(int offset) => (ushort)(B(offset) | (B(offset + 1) << 8));
+    public override uint ReadConfig32(int offset) => ReadConfig16(offset) | ((uint)ReadConfig16(offset + 2) << 16);
 }

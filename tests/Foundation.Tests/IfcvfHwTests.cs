@@ -221,29 +221,8 @@ public class IfcvfHwTests
     }
 
     /// <summary>The model with one BAR hidden (a PF or other firmware without the LM BAR).</summary>
-    private sealed class WithoutBar(SoftIfcVf vf, int hidden) : IPciFunction
+    private sealed class WithoutBar(SoftIfcVf vf, int hidden) : DelegatingPciFunction(vf, ownsInner: false)
     {
-        public string Address => vf.Address;
-        public int ConfigSize => vf.ConfigSize;
-        public byte ReadConfig8(int o) => vf.ReadConfig8(o);
-        public ushort ReadConfig16(int o) => vf.ReadConfig16(o);
-        public uint ReadConfig32(int o) => vf.ReadConfig32(o);
-        public void WriteConfig8(int o, byte v) => vf.WriteConfig8(o, v);
-        public void WriteConfig16(int o, ushort v) => vf.WriteConfig16(o, v);
-        public void WriteConfig32(int o, uint v) => vf.WriteConfig32(o, v);
-        public IReadOnlyList<PciBar> Bars => vf.Bars.Where(b => b.Index != hidden).ToList();
-        public byte ReadBar8(int b, ulong o) => vf.ReadBar8(b, o);
-        public ushort ReadBar16(int b, ulong o) => vf.ReadBar16(b, o);
-        public uint ReadBar32(int b, ulong o) => vf.ReadBar32(b, o);
-        public void WriteBar8(int b, ulong o, byte v) => vf.WriteBar8(b, o, v);
-        public void WriteBar16(int b, ulong o, ushort v) => vf.WriteBar16(b, o, v);
-        public void WriteBar32(int b, ulong o, uint v) => vf.WriteBar32(b, o, v);
-        public int MsixVectorCount => vf.MsixVectorCount;
-        public void EnableMsix(IReadOnlyList<IMsixSink?> sinks) => vf.EnableMsix(sinks);
-        public void DisableMsix() => vf.DisableMsix();
-        public void DmaMap(ulong iova, ulong size, nint host, bool writable) => vf.DmaMap(iova, size, host, writable);
-        public void DmaUnmap(ulong iova, ulong size) => vf.DmaUnmap(iova, size);
-        public int DmaMapCount => vf.DmaMapCount;
-        public void Dispose() { }
+        public override IReadOnlyList<PciBar> Bars => vf.Bars.Where(b => b.Index != hidden).ToList();
     }
 }

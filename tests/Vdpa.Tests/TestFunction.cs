@@ -8,7 +8,7 @@ namespace IfcVdpa.Vdpa.Tests;
 /// like another device) and counts MSI-X enable/disable calls. It does NOT implement IQueueStatsSource,
 /// so the adapter's own counters are what tests see.
 /// </summary>
-public class TestFunction(SoftIfcVf inner) : IPciFunction
+public class TestFunction(SoftIfcVf inner) : DelegatingPciFunction(inner, ownsInner: true)
 {
     private readonly Dictionary<int, byte> _patch = [];
 
@@ -30,21 +30,11 @@ public class TestFunction(SoftIfcVf inner) : IPciFunction
         return this;
     }
 
-    public string Address => inner.Address;
-    public int ConfigSize => inner.ConfigSize;
+    public override byte ReadConfig8(int offset) => _patch.TryGetValue(offset, out var b) ? b : inner.ReadConfig8(offset);
+    public override ushort ReadConfig16(int offset) => (ushort)(ReadConfig8(offset) | (ReadConfig8(offset + 1) << 8));
+    public override uint ReadConfig32(int offset) => ReadConfig16(offset) | ((uint)ReadConfig16(offset + 2) << 16);
 
-    public byte ReadConfig8(int offset) => _patch.TryGetValue(offset, out var b) ? b : inner.ReadConfig8(offset);
-    public ushort ReadConfig16(int offset) => (ushort)(ReadConfig8(offset) | (ReadConfig8(offset + 1) << 8));
-    public uint ReadConfig32(int offset) => ReadConfig16(offset) | ((uint)ReadConfig16(offset + 2) << 16);
-    public void WriteConfig8(int offset, byte value) => inner.WriteConfig8(offset, value);
-    public void WriteConfig16(int offset, ushort value) => inner.WriteConfig16(offset, value);
-    public void WriteConfig32(int offset, uint value) => inner.WriteConfig32(offset, value);
-
-    public IReadOnlyList<PciBar> Bars => inner.Bars;
-    public byte ReadBar8(int bar, ulong offset) => inner.ReadBar8(bar, offset);
-    public ushort ReadBar16(int bar, ulong offset) => inner.ReadBar16(bar, offset);
-    public uint ReadBar32(int bar, ulong offset) => inner.ReadBar32(bar, offset);
-    public void WriteBar8(int bar, ulong offset, byte value)
+    public override void WriteBar8(int bar, ulong offset, byte value)
     {
         if (bar == 0 && offset == (ulong)Virtio.VirtioPci.DeviceStatus && value == 0)
         {
@@ -53,7 +43,7 @@ public class TestFunction(SoftIfcVf inner) : IPciFunction
         inner.WriteBar8(bar, offset, value);
     }
 
-    public void WriteBar16(int bar, ulong offset, ushort value)
+    public override void WriteBar16(int bar, ulong offset, ushort value)
     {
         if (bar == 0 && value == Virtio.VirtioPci.NoVector && offset is (ulong)Virtio.VirtioPci.MsixConfig or (ulong)Virtio.VirtioPci.QueueMsixVector)
         {
@@ -61,32 +51,19 @@ public class TestFunction(SoftIfcVf inner) : IPciFunction
         }
         inner.WriteBar16(bar, offset, value);
     }
-    public void WriteBar32(int bar, ulong offset, uint value) => inner.WriteBar32(bar, offset, value);
 
-    public int MsixVectorCount => inner.MsixVectorCount;
-
-    public void EnableMsix(IReadOnlyList<IMsixSink?> sinks)
+    public override void EnableMsix(IReadOnlyList<IMsixSink?> sinks)
     {
         EnableMsixCalls++;
         LastSinks = sinks.ToArray();
         inner.EnableMsix(sinks);
     }
 
-    public void DisableMsix()
+    public override void DisableMsix()
     {
         DisableMsixCalls++;
         Events.Add("msix-off");
         inner.DisableMsix();
-    }
-
-    public void DmaMap(ulong iova, ulong size, nint host, bool writable) => inner.DmaMap(iova, size, host, writable);
-    public void DmaUnmap(ulong iova, ulong size) => inner.DmaUnmap(iova, size);
-    public int DmaMapCount => inner.DmaMapCount;
-
-    public void Dispose()
-    {
-        inner.Dispose();
-        GC.SuppressFinalize(this);
     }
 }
 
