@@ -51,6 +51,32 @@ public readonly record struct MemoryRegionDesc(ulong GuestPhysAddr, ulong Size, 
     }
 }
 
+/// <summary>
+/// vhost_user_vring_area (VRING_HOST_NOTIFIER_MSG on the back-end channel): bits 0-7 of
+/// <see cref="IndexFlags"/> are the ring, bit 8 (<see cref="VhostUserWire.VringNoFdMask"/>) means "no fd:
+/// remove the notifier"; otherwise the front-end maps <see cref="Size"/> bytes of the attached fd at
+/// <see cref="Offset"/> and writes the queue index there instead of kicking.
+/// </summary>
+public readonly record struct VringArea(ulong IndexFlags, ulong Size, ulong Offset)
+{
+    public const int WireSize = 24;
+
+    public int Index => (int)(IndexFlags & VhostUserWire.VringIndexMask);
+
+    public bool NoFd => (IndexFlags & VhostUserWire.VringNoFdMask) != 0;
+
+    public static VringArea Read(ReadOnlySpan<byte> p) => new(
+        BinaryPrimitives.ReadUInt64LittleEndian(p), BinaryPrimitives.ReadUInt64LittleEndian(p[8..]),
+        BinaryPrimitives.ReadUInt64LittleEndian(p[16..]));
+
+    public void Write(Span<byte> p)
+    {
+        BinaryPrimitives.WriteUInt64LittleEndian(p, IndexFlags);
+        BinaryPrimitives.WriteUInt64LittleEndian(p[8..], Size);
+        BinaryPrimitives.WriteUInt64LittleEndian(p[16..], Offset);
+    }
+}
+
 /// <summary>One received vhost-user message: header fields, the exact payload and the descriptors it carried.</summary>
 public sealed class VhostUserMessage : IDisposable
 {
