@@ -1,3 +1,4 @@
+using IfcVdpa.Cli.SelfTest;
 using IfcVdpa.IfcvfModel;
 using IfcVdpa.Pci;
 using IfcVdpa.Virtio;
