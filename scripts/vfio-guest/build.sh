@@ -55,7 +55,7 @@ for lib in $(ldd "$bin" | grep -o '/[^ ]*'); do
   cp -L "$lib" "$stage$lib"
 done
 modules=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover
-         virtio_net irqbypass vfio vfio_iommu_type1 vfio_virqfd vfio-pci-core vfio-pci)
+         virtio_net irqbypass vfio vfio_iommu_type1 vfio_virqfd vfio-pci-core vfio-pci tun)
 for m in "${modules[@]}"; do
   f="$(find "$moddir" \( -name "$m.ko" -o -name "$m.ko.xz" -o -name "$m.ko.zst" -o -name "$m.ko.gz" \) | head -n1)"
   [[ -n "$f" ]] || { log "module $m not found under $moddir"; exit 1; }

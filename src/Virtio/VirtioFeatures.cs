@@ -22,6 +22,7 @@ public static class VirtioFeature
     public const int NET_F_CTRL_VQ = 17;
     public const int NET_F_CTRL_RX = 18;
     public const int NET_F_CTRL_VLAN = 19;
+    public const int NET_F_CTRL_RX_EXTRA = 20;
     public const int NET_F_GUEST_ANNOUNCE = 21;
     public const int NET_F_MQ = 22;
     public const int NET_F_CTRL_MAC_ADDR = 23;
@@ -38,6 +39,9 @@ public static class VirtioFeature
     public const int F_RING_PACKED = 34;
     public const int F_IN_ORDER = 35;
     public const int F_ORDER_PLATFORM = 36;
+    public const int F_SR_IOV = 37;
+    public const int F_NOTIFICATION_DATA = 38;
+    public const int F_RING_RESET = 40;
 
     public static ulong Bit(int n) => 1UL << n;
 
@@ -55,6 +59,8 @@ public static class VirtioFeature
         (F_ANY_LAYOUT, "ANY_LAYOUT"), (F_RING_INDIRECT_DESC, "RING_INDIRECT_DESC"), (F_RING_EVENT_IDX, "RING_EVENT_IDX"),
         (F_PROTOCOL_FEATURES, "PROTOCOL_FEATURES"), (F_VERSION_1, "VERSION_1"), (F_ACCESS_PLATFORM, "ACCESS_PLATFORM"),
         (F_RING_PACKED, "RING_PACKED"), (F_IN_ORDER, "IN_ORDER"), (F_ORDER_PLATFORM, "ORDER_PLATFORM"),
+        (F_SR_IOV, "SR_IOV"), (F_NOTIFICATION_DATA, "NOTIFICATION_DATA"), (F_RING_RESET, "RING_RESET"),
+        (NET_F_CTRL_RX_EXTRA, "CTRL_RX_EXTRA"),
     ];
 
     /// <summary>Names of the set bits, as the `vdpa` tool prints them (unknown bits as BIT_n).</summary>
