@@ -483,11 +483,21 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IDisposable
         _hw.NotifyQueue(qid);
     }
 
+    /// <summary>
+    /// get_vq_notification. When the function lets a peer mmap the notify BAR (VFIO), the descriptor and
+    /// the doorbell's file offset are filled in (DPDK ifc: get_vfio_device_fd + get_notify_area); whether
+    /// a doorbell page may be handed out (alignment, one queue per page) is the consumer's decision.
+    /// </summary>
     public VdpaNotificationArea GetVqNotification(int qid)
     {
         CheckQueue(qid);
         var (bar, offset, size) = _hw.GetVqNotification(qid);
-        return new VdpaNotificationArea(bar, offset, size);
+        var area = new VdpaNotificationArea(bar, offset, size);
+        if (_pci.GetBarMapping(bar) is { } m && offset < m.Size && m.Size - offset >= sizeof(ushort))
+        {
+            area = area with { MapFd = m.Fd, MapOffset = m.FileOffset + offset };
+        }
+        return area;
     }
 
     private void CheckQueue(int qid)

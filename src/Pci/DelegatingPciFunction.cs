@@ -30,6 +30,7 @@ public abstract class DelegatingPciFunction(IPciFunction inner, bool ownsInner) 
     public virtual void DmaMap(ulong iova, ulong size, nint host, bool writable) => inner.DmaMap(iova, size, host, writable);
     public virtual void DmaUnmap(ulong iova, ulong size) => inner.DmaUnmap(iova, size);
     public virtual int DmaMapCount => inner.DmaMapCount;
+    public virtual PciBarMapping? GetBarMapping(int bar) => inner.GetBarMapping(bar);
 
     public void Dispose()
     {

@@ -1,3 +1,5 @@
+using IfcVdpa.Interop.Primitives;
+
 namespace IfcVdpa.Pci;
 
 /// <summary>One memory BAR of a function as the driver sees it.</summary>
@@ -7,6 +9,16 @@ namespace IfcVdpa.Pci;
 /// <param name="Prefetchable">Prefetchable memory.</param>
 /// <param name="Address">Bus address assigned to the BAR (informational).</param>
 public readonly record struct PciBar(int Index, ulong Size, bool Is64Bit, bool Prefetchable, ulong Address);
+
+/// <summary>
+/// Where another process can mmap a BAR: a descriptor (owned by the function, valid while it is open:
+/// do not dispose it) and the file offset of the BAR's first byte. All <paramref name="Size"/> bytes
+/// are mappable (VFIO hands this out only for a region it lets be mmapped whole).
+/// </summary>
+/// <param name="Fd">The descriptor to mmap (the VFIO device fd); passed to a peer with SCM_RIGHTS.</param>
+/// <param name="FileOffset">Offset of BAR byte 0 in <paramref name="Fd"/> (the VFIO region offset).</param>
+/// <param name="Size">BAR length in bytes.</param>
+public sealed record PciBarMapping(SafeFd Fd, ulong FileOffset, ulong Size);
 
 /// <summary>
 /// A PCI function, real (VFIO) or modelled (the software IFC VF). The ifcvf driver uses nothing else:
@@ -58,6 +70,14 @@ public interface IPciFunction : IDisposable
 
     /// <summary>Number of DMA mappings currently installed (for leak checks and `dev show`).</summary>
     int DmaMapCount { get; }
+
+    /// <summary>
+    /// A descriptor and file offset through which another process (a vhost-user front-end) can mmap
+    /// <paramref name="bar"/> so that its stores reach the device directly, or null when the BAR cannot
+    /// be mapped that way: a software function (it cannot trap stores to shared memory), a BAR VFIO
+    /// does not let be mmapped, an absent BAR.
+    /// </summary>
+    PciBarMapping? GetBarMapping(int bar) => null;
 }
 
 /// <summary>Convenience accessors built from the primitive ones.</summary>

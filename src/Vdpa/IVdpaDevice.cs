@@ -38,8 +38,21 @@ public sealed class VdpaCallback
 /// <summary>vdpa_vq_state for split rings: the next avail index the device will process.</summary>
 public readonly record struct VdpaVqState(ushort AvailIndex, ushort UsedIndex);
 
-/// <summary>Doorbell location for direct mapping (get_vq_notification): PCI BAR, offset in it, size.</summary>
-public readonly record struct VdpaNotificationArea(int Bar, ulong Offset, ulong Size);
+/// <summary>
+/// Doorbell location for direct mapping (get_vq_notification): PCI BAR, offset in it, size of the
+/// queue's notify area (the notify_off_multiplier). When another process can mmap the doorbell (a
+/// function behind VFIO whose BAR region is mmappable), <see cref="MapFd"/> is the descriptor to map
+/// and <see cref="MapOffset"/> the file offset of the doorbell in it (as DPDK's get_vfio_device_fd +
+/// get_notify_area); otherwise <see cref="MapFd"/> is null.
+/// </summary>
+public readonly record struct VdpaNotificationArea(int Bar, ulong Offset, ulong Size)
+{
+    /// <summary>Descriptor to mmap (owned by the device, valid while it is open: never dispose it).</summary>
+    public SafeFd? MapFd { get; init; }
+
+    /// <summary>File offset of the doorbell in <see cref="MapFd"/>.</summary>
+    public ulong MapOffset { get; init; }
+}
 
 /// <summary>Per-virtqueue counters (like `vdpa dev vstats`).</summary>
 public readonly record struct VdpaVqStats(

@@ -40,10 +40,11 @@ public sealed partial class VfioPciFunction : IPciFunction
     private readonly Dictionary<(ulong Iova, ulong Size), nint> _dma = [];
     private int _disposed;
 
-    private sealed class BarAccess(ulong size, long regionOffset, MappedMemory? map)
+    private sealed class BarAccess(ulong size, long regionOffset, uint regionFlags, MappedMemory? map)
     {
         public ulong Size { get; } = size;
         public long RegionOffset { get; } = regionOffset;
+        public uint RegionFlags { get; } = regionFlags;
         public MappedMemory? Map { get; } = map;
     }
 
@@ -93,7 +94,7 @@ public sealed partial class VfioPciFunction : IPciFunction
                         map = null; // the region refuses mmap after all (sparse areas): pread/pwrite it
                     }
                 }
-                _bars[i] = new BarAccess(r.Size, (long)r.Offset, map);
+                _bars[i] = new BarAccess(r.Size, (long)r.Offset, r.Flags, map);
                 bars.Add(new PciBar(i, r.Size, is64, (reg & PciConfig.BarPrefetch) != 0, addr));
                 if (is64)
                 {
@@ -253,6 +254,45 @@ public sealed partial class VfioPciFunction : IPciFunction
 
     /// <summary>Region offset of a BAR in the device fd (for mmap by a peer).</summary>
     public long BarRegionOffset(int bar) => Bar(bar).RegionOffset;
+
+    /// <summary>
+    /// The device fd and region offset of <paramref name="bar"/> when a peer may mmap the whole BAR (see
+    /// <see cref="PeerMappingRefusal"/>); null otherwise. The fd stays owned by this function.
+    /// </summary>
+    public PciBarMapping? GetBarMapping(int bar)
+    {
+        if ((uint)bar >= 6 || _bars[bar] is not { } b || _disposed != 0)
+        {
+            return null;
+        }
+        return PeerMappingRefusal(b.RegionFlags, b.Size, b.Map is not null) is null
+            ? new PciBarMapping(_device, (ulong)b.RegionOffset, b.Size)
+            : null;
+    }
+
+    /// <summary>
+    /// Why a peer may not mmap a BAR region as a whole, or null when it may: the region must carry
+    /// VFIO_REGION_INFO_FLAG_MMAP and be whole pages. A region with capabilities may restrict mmap to
+    /// sparse areas (VFIO_REGION_INFO_CAP_SPARSE_MMAP), which are not parsed here: such a region counts
+    /// only when mapping it whole here succeeded (<paramref name="mappedWholeHere"/>), which proves the
+    /// kernel allows every page of it.
+    /// </summary>
+    public static string? PeerMappingRefusal(uint regionFlags, ulong regionSize, bool mappedWholeHere)
+    {
+        if ((regionFlags & VfioAbi.VFIO_REGION_INFO_FLAG_MMAP) == 0)
+        {
+            return "VFIO does not allow mmap of the region";
+        }
+        if (regionSize == 0 || regionSize % PageSize != 0)
+        {
+            return $"the region is 0x{regionSize:x} bytes, not whole {PageSize}-byte pages";
+        }
+        if ((regionFlags & VfioAbi.VFIO_REGION_INFO_FLAG_CAPS) != 0 && !mappedWholeHere)
+        {
+            return "the region has capabilities (possibly sparse mmap areas) and could not be mapped whole";
+        }
+        return null;
+    }
 
     /// <summary>VFIO_DEVICE_RESET (function-level or bus reset, as the kernel decides).</summary>
     public void Reset()

@@ -74,10 +74,13 @@ public static class VhostUserProtocolFeature
     public const int CONFIGURE_MEM_SLOTS = 15;
     public const int STATUS = 16;
 
-    /// <summary>What this back-end offers (no LOG_ALL/LOG_SHMFD until live migration exists).</summary>
+    /// <summary>
+    /// What this back-end offers (no LOG_ALL/LOG_SHMFD until live migration exists). HOST_NOTIFIER is
+    /// offered always; doorbell pages are actually sent only when the device can be mapped (VFIO).
+    /// </summary>
     public const ulong Supported =
         (1UL << MQ) | (1UL << REPLY_ACK) | (1UL << MTU) | (1UL << BACKEND_REQ) | (1UL << BACKEND_SEND_FD) |
-        (1UL << CONFIG) | (1UL << RESET_DEVICE) | (1UL << CONFIGURE_MEM_SLOTS) | (1UL << STATUS);
+        (1UL << CONFIG) | (1UL << HOST_NOTIFIER) | (1UL << RESET_DEVICE) | (1UL << CONFIGURE_MEM_SLOTS) | (1UL << STATUS);
 }
 
 /// <summary>Wire constants.</summary>

@@ -35,6 +35,9 @@ internal sealed class Vring
     public bool Enabled;
     public bool Running;
 
+    /// <summary>A host notifier (doorbell page) was offered to the front-end and not yet removed.</summary>
+    public bool NotifierOffered;
+
     public bool Ready => Num != 0 && Addr is not null && (Kick is not null || KickNoFd) && CallSet;
 }
 
@@ -68,6 +71,18 @@ public sealed class VhostUserSession : IDisposable
     private bool _configured;
     private readonly List<(ulong Iova, ulong Size)> _dmaMapped = [];
     private bool _disposed;
+
+    // Host notifiers: messages decided while handling a request, sent once its reply is out; the acks
+    // asked for are read by Run as they arrive (never waited for: see FlushHostNotifiers).
+    private readonly List<HostNotifierOp> _notifierOps = [];
+    private readonly Queue<(int Ring, bool Remove)> _notifierAcks = new();
+    private bool _notifierAcksAbandoned;
+    private bool _notifierRefusalLogged;
+
+    /// <summary>Most acks outstanding before the front-end is taken not to answer and none are asked for.</summary>
+    private const int MaxOutstandingNotifierAcks = 64;
+
+    private readonly record struct HostNotifierOp(int Ring, bool Remove, SafeFd? Fd, ulong Offset, ulong Size);
 
     public VhostUserSession(IVdpaDevice device, VhostUserConnection connection, VhostUserSessionOptions? options = null)
     {
@@ -132,16 +147,29 @@ public sealed class VhostUserSession : IDisposable
             extraAt = fds.Count;
             fds.Add(extra);
         }
+        int backendAt = fds.Count; // the back-end channel, polled only while acks are outstanding
+        int polledBackend = -1;
         poll.Reset(fds.ToArray());
         try
         {
             while (true)
             {
+                int wantBackend = _notifierAcks.Count > 0 && _backendChannel is { } ch ? ch.Fd : -1;
+                if (wantBackend != polledBackend)
+                {
+                    polledBackend = wantBackend;
+                    var set = fds.ToArray();
+                    poll.Reset(wantBackend >= 0 ? [.. set, wantBackend] : set);
+                }
                 poll.Wait(-1);
                 if (stopAt >= 0 && poll.IsReadable(stopAt))
                 {
                     Log("stopping");
                     return;
+                }
+                if (polledBackend >= 0 && (poll.IsReadable(backendAt) || poll.IsBroken(backendAt)))
+                {
+                    ReadNotifierAck();
                 }
                 bool connReady = poll.IsReadable(0) || poll.IsBroken(0);
                 if (!connReady)
@@ -193,6 +221,15 @@ public sealed class VhostUserSession : IDisposable
     /// connection must be closed.
     /// </summary>
     public bool Process(VhostUserMessage m)
+    {
+        bool keep = ProcessRequest(m);
+        // After the reply: the front-end may be blocked reading it and only then service its back-end
+        // channel (QEMU does so from its main loop).
+        FlushHostNotifiers(askAcks: keep);
+        return keep;
+    }
+
+    private bool ProcessRequest(VhostUserMessage m)
     {
         using var _ = m;
         Messages++;
@@ -375,6 +412,7 @@ public sealed class VhostUserSession : IDisposable
                     _backendChannel?.Dispose();
                     _backendChannel = s;
                 }
+                _notifierAcks.Clear(); // acks asked on the old channel cannot arrive on the new one
                 return false;
             }
             case VhostUserRequest.GET_CONFIG:
@@ -922,6 +960,7 @@ public sealed class VhostUserSession : IDisposable
         _device.SetVqCallback(q, r.Call is null ? null : VdpaCallback.ForEventFd(r.Call));
         _device.SetVqReady(q, true);
         r.Running = true;
+        OfferHostNotifier(q);
     }
 
     /// <summary>The ring base as GET_VRING_BASE reports it, from the device's saved state.</summary>
@@ -935,6 +974,7 @@ public sealed class VhostUserSession : IDisposable
     {
         var r = _rings[q];
         r.Running = false;
+        RemoveHostNotifier(q);
         UpdateRelay();
         _device.SetVqReady(q, false);
         r.Base = SavedBase(q);
@@ -976,6 +1016,7 @@ public sealed class VhostUserSession : IDisposable
             if (_rings[q].Running)
             {
                 _rings[q].Running = false;
+                RemoveHostNotifier(q);
                 try
                 {
                     _device.SetVqReady(q, false);
@@ -1019,6 +1060,229 @@ public sealed class VhostUserSession : IDisposable
             c.Dispose();
         }
         _retiredCalls.Clear();
+    }
+
+    // ---- host notifiers (VHOST_USER_PROTOCOL_F_HOST_NOTIFIER) ----
+
+    /// <summary>
+    /// Why ring <paramref name="q"/>'s doorbell cannot be handed to the front-end for direct mapping, or
+    /// null when it can: there must be a descriptor to map, the doorbell must start a page (QEMU maps
+    /// exactly one host page at the offset and the guest writes at the page's start) and the queue's
+    /// notify area must fill that page (a smaller notify_off_multiplier would put other queues'
+    /// doorbells on it).
+    /// </summary>
+    public static string? HostNotifierRefusal(int q, VdpaNotificationArea area, ulong pageSize)
+    {
+        if (area.MapFd is null || area.MapFd.IsInvalid || area.MapFd.IsClosed)
+        {
+            return $"the device offers no mappable descriptor for its doorbells (BAR{area.Bar}): a software device cannot trap stores to shared memory, and a VFIO BAR must be mmappable";
+        }
+        if (area.MapOffset % pageSize != 0)
+        {
+            return $"ring {q}'s doorbell (BAR{area.Bar} offset 0x{area.Offset:x}) does not start a {pageSize}-byte page";
+        }
+        if (area.Size < pageSize)
+        {
+            return $"ring {q}'s notify area is {area.Size} bytes (notify_off_multiplier): a {pageSize}-byte page would hold other rings' doorbells";
+        }
+        return null;
+    }
+
+    private static ulong HostPageSize => (ulong)Environment.SystemPageSize;
+
+    /// <summary>Ring <paramref name="q"/> just started: queue its doorbell page for the front-end, if it can have it.</summary>
+    private void OfferHostNotifier(int q)
+    {
+        if (!Has(VhostUserProtocolFeature.HOST_NOTIFIER) || _rings[q].NotifierOffered)
+        {
+            return;
+        }
+        string? why;
+        VdpaNotificationArea area = default;
+        if (!Has(VhostUserProtocolFeature.BACKEND_REQ) || !Has(VhostUserProtocolFeature.BACKEND_SEND_FD))
+        {
+            why = "HOST_NOTIFIER was negotiated without BACKEND_REQ and BACKEND_SEND_FD";
+        }
+        else if (_backendChannel is null)
+        {
+            why = "the front-end gave no back-end channel (SET_BACKEND_REQ_FD)";
+        }
+        else
+        {
+            try
+            {
+                area = _device.GetVqNotification(q);
+                why = HostNotifierRefusal(q, area, HostPageSize);
+            }
+            catch (Exception e) when (e is NotSupportedException or InvalidOperationException or ArgumentException)
+            {
+                why = $"the device has no notify area: {e.Message}";
+            }
+        }
+        if (why is not null)
+        {
+            if (!_notifierRefusalLogged)
+            {
+                _notifierRefusalLogged = true;
+                Log($"host notifiers not offered for {_device.Name}: {why}; kicks go through the eventfd relay");
+            }
+            return;
+        }
+        _rings[q].NotifierOffered = true;
+        _notifierOps.Add(new HostNotifierOp(q, Remove: false, area.MapFd, area.MapOffset, HostPageSize));
+    }
+
+    /// <summary>Ring <paramref name="q"/> stops (or the device resets): take its doorbell page back.</summary>
+    private void RemoveHostNotifier(int q)
+    {
+        if (!_rings[q].NotifierOffered)
+        {
+            return;
+        }
+        _rings[q].NotifierOffered = false;
+        _notifierOps.Add(new HostNotifierOp(q, Remove: true, null, 0, 0));
+    }
+
+    /// <summary>
+    /// Sends the queued VRING_HOST_NOTIFIER_MSGs, in order, once the reply to the current request is out.
+    /// NEED_REPLY is set when REPLY_ACK is negotiated, but the ack is never waited for here: QEMU
+    /// services its back-end channel from the main loop, which may be blocked waiting for our reply to
+    /// its next request, so a synchronous wait could deadlock (DPDK waits, and relies on the front-end).
+    /// <see cref="Run"/> reads the acks as they arrive and logs refusals; the kick relay stays in place
+    /// either way, so a refused or ignored notifier costs nothing but the direct path.
+    /// </summary>
+    private void FlushHostNotifiers(bool askAcks)
+    {
+        if (_notifierOps.Count == 0)
+        {
+            return;
+        }
+        foreach (var op in _notifierOps)
+        {
+            SendHostNotifier(op, askAcks);
+        }
+        _notifierOps.Clear();
+    }
+
+    private void SendHostNotifier(HostNotifierOp op, bool askAcks)
+    {
+        bool needReply = askAcks && Has(VhostUserProtocolFeature.REPLY_ACK) && !_notifierAcksAbandoned;
+        var msg = new byte[VhostUserWire.HeaderSize + VringArea.WireSize];
+        VhostUserCodec.WriteHeader(msg, (uint)VhostUserBackendRequest.VRING_HOST_NOTIFIER_MSG,
+            VhostUserWire.FlagVersion | (needReply ? VhostUserWire.FlagNeedReply : 0), VringArea.WireSize);
+        ulong indexFlags = (uint)op.Ring | (op.Remove ? VhostUserWire.VringNoFdMask : 0UL);
+        new VringArea(indexFlags, op.Size, op.Offset).Write(msg.AsSpan(VhostUserWire.HeaderSize));
+        try
+        {
+            lock (_backendLock)
+            {
+                if (_backendChannel is null)
+                {
+                    return; // gone (closed by the front-end): nothing is mapped through it any more
+                }
+                if (op.Remove)
+                {
+                    _backendChannel.Send(msg);
+                }
+                else
+                {
+                    _backendChannel.Send(msg, [op.Fd!.Fd]);
+                }
+            }
+        }
+        catch (Exception e) when (e is IOException or ObjectDisposedException)
+        {
+            Log($"ring {op.Ring}: cannot send the host notifier {(op.Remove ? "removal" : "offer")}: {e.Message}");
+            return;
+        }
+        Log(op.Remove
+            ? $"ring {op.Ring}: host notifier removed"
+            : $"ring {op.Ring}: host notifier offered ({op.Size} bytes at offset 0x{op.Offset:x} of the device fd)");
+        if (needReply)
+        {
+            _notifierAcks.Enqueue((op.Ring, op.Remove));
+            if (_notifierAcks.Count > MaxOutstandingNotifierAcks)
+            {
+                _notifierAcksAbandoned = true;
+                _notifierAcks.Clear();
+                Log($"the front-end left {MaxOutstandingNotifierAcks} host-notifier messages unanswered: no more acks are asked for");
+            }
+        }
+    }
+
+    /// <summary>Reads one reply from the back-end channel (readable or hung up) while acks are outstanding.</summary>
+    private void ReadNotifierAck()
+    {
+        var ch = _backendChannel;
+        if (ch is null)
+        {
+            _notifierAcks.Clear();
+            return;
+        }
+        var fds = new List<SafeFd>();
+        string? error = null;
+        try
+        {
+            Span<byte> h = stackalloc byte[VhostUserWire.HeaderSize];
+            int n = ch.Receive(h, fds, out bool truncated);
+            if (n == 0)
+            {
+                error = "closed by the front-end";
+            }
+            else if (truncated || fds.Count > 0)
+            {
+                error = "a reply carried descriptors";
+            }
+            else
+            {
+                if (n < h.Length)
+                {
+                    ch.ReceiveExact(h[n..], fds, _options.PayloadTimeoutMs);
+                }
+                var (request, flags, size) = VhostUserCodec.ReadHeader(h);
+                if (request != (uint)VhostUserBackendRequest.VRING_HOST_NOTIFIER_MSG || flags != VhostUserWire.ReplyFlags || size != VhostUserWire.U64Size)
+                {
+                    error = $"unexpected reply (request {request}, flags 0x{flags:x}, {size} bytes) while host-notifier acks were outstanding";
+                }
+                else
+                {
+                    Span<byte> p = stackalloc byte[VhostUserWire.U64Size];
+                    ch.ReceiveExact(p, fds, _options.PayloadTimeoutMs);
+                    ulong v = BinaryPrimitives.ReadUInt64LittleEndian(p);
+                    if (!_notifierAcks.TryDequeue(out var pending))
+                    {
+                        error = "a host-notifier ack that was not asked for";
+                    }
+                    else if (v != 0)
+                    {
+                        Log(pending.Remove
+                            ? $"ring {pending.Ring}: the front-end answered {v} to the host notifier removal (it may have dropped it already)"
+                            : $"ring {pending.Ring}: the front-end refused the host notifier ({v}; QEMU needs page-per-vq=on on the virtio-net-pci device); kicks keep going through the eventfd relay");
+                    }
+                }
+            }
+        }
+        catch (Exception e) when (e is IOException or TimeoutException or InvalidDataException)
+        {
+            error = e.Message;
+        }
+        finally
+        {
+            foreach (var fd in fds)
+            {
+                fd.Dispose();
+            }
+        }
+        if (error is not null)
+        {
+            Log($"back-end channel: {error}; closing it");
+            _notifierAcks.Clear();
+            lock (_backendLock)
+            {
+                _backendChannel?.Dispose();
+                _backendChannel = null;
+            }
+        }
     }
 
     private void SendConfigChange()
@@ -1070,6 +1334,7 @@ public sealed class VhostUserSession : IDisposable
         }
         _disposed = true;
         Deconfigure();
+        FlushHostNotifiers(askAcks: false); // nobody reads acks any more
         _relay?.Dispose();
         _relay = null;
         ResetDevice(); // also when never configured: the next front-end starts from a reset device
