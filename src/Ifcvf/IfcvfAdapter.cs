@@ -43,6 +43,7 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IDisposable
     private readonly ushort? _mtu;
     private readonly ushort? _maxVqPairs;
     private readonly long[] _kicks;
+    private readonly bool[] _softStopped; // plain virtio: queue "stopped" until the next reset (no queue_enable=0)
     private readonly long[] _interrupts;
     private readonly Dictionary<(ulong Iova, ulong Size), bool> _dmaMaps = [];
     private bool _removed;
@@ -76,6 +77,7 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IDisposable
             throw new IfcvfProbeException($"{pci.Address}: every queue reports size 0 (no usable virtqueue)");
         }
         _kicks = new long[NumVqs];
+        _softStopped = new bool[NumVqs];
         _interrupts = new long[NumVqs];
         _vqCallbacks = new VdpaCallback?[NumVqs];
         HardwareFeatures = hw.GetDeviceFeatures();
@@ -346,6 +348,7 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IDisposable
         }
         Volatile.Write(ref _configCallback, null);
         _hw.Reset();
+        Array.Clear(_softStopped);
     }
 
     public void Suspend() =>
@@ -413,11 +416,22 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IDisposable
             CheckQueue(qid);
             if (ready)
             {
+                if (_softStopped[qid])
+                {
+                    throw new IfcvfDeviceException($"{Name}: queue {qid} was stopped on a plain virtio function, which can restart a queue only after a device reset");
+                }
                 _hw.SetVqReady(qid, true);
                 if (!_hw.GetVqReady(qid))
                 {
                     throw new IfcvfDeviceException($"{Name}: queue {qid} did not enable (size {_hw.GetVqNum(qid)} refused?)");
                 }
+            }
+            else if (!_useLm)
+            {
+                // A plain virtio 1.x function: the driver must not write 0 to queue_enable (QEMU logs "wrong
+                // value for queue_enable" and ignores it); only a device reset stops its queues. The queue
+                // keeps running until Reset, as with vp_vdpa, and its state is not readable (GetVqState).
+                _softStopped[qid] = true;
             }
             else if (_hw.GetVqReady(qid))
             {
@@ -432,7 +446,7 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IDisposable
         {
             ThrowIfRemoved();
             CheckQueue(qid);
-            return _hw.GetVqReady(qid);
+            return !_softStopped[qid] && _hw.GetVqReady(qid);
         }
     }
 

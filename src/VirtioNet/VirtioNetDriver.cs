@@ -108,7 +108,9 @@ public sealed class VirtioNetDriver : IDisposable
         {
             total += DriverQueue.Footprint(64, CtrlBufferSize);
         }
-        _mem = MappedMemory.Allocate(total);
+        // memfd-backed, so that a device in another process (a vhost-user back-end behind
+        // VhostUserFrontend) can be given this memory by file descriptor; any other device maps it as usual.
+        _mem = MappedMemory.CreateShared($"virtio-net {_dev.Name}", total);
         _dev.DmaMap(_options.IovaBase, total, _mem.Address, writable: true);
 
         _rx = new DriverQueue[pairsAllocated];

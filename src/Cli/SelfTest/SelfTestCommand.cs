@@ -20,7 +20,8 @@ public static class SelfTestCommand
         return verb switch
         {
             "vfio" => RunVfio(kv, stdout),
-            _ => throw new CliException($"unknown self-test \"{verb}\" (known: vfio)"),
+            "vhost-user" => VhostUserSelfTest.Run(kv, stdout),
+            _ => throw new CliException($"unknown self-test \"{verb}\" (known: vfio, vhost-user)"),
         };
     }
 

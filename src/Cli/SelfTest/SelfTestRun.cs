@@ -23,6 +23,16 @@ internal sealed class SelfTestRun(TextWriter o, string prefix)
         o.Flush();
     }
 
+    /// <summary>A log line of the component under test (thread-safe: TextWriter.Synchronized is not assumed).</summary>
+    public void Log(string line)
+    {
+        lock (o)
+        {
+            o.WriteLine($"{prefix}-LOG {line}");
+            o.Flush();
+        }
+    }
+
     public void Fail(Exception e)
     {
         o.WriteLine($"{prefix}-FAIL {Step}: {e.Message}");

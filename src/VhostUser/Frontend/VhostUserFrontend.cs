@@ -1,0 +1,711 @@
+using System.Buffers.Binary;
+using IfcVdpa.Interop.Primitives;
+using IfcVdpa.Vdpa;
+using IfcVdpa.Virtio;
+using static IfcVdpa.Virtio.VirtioFeature;
+
+namespace IfcVdpa.VhostUser.Frontend;
+
+/// <summary>
+/// A vhost-user FRONT-END presented as a vDPA device (what DPDK's virtio-user is): any
+/// <see cref="IVdpaDevice"/> consumer, e.g. the in-process <c>VirtioNetDriver</c>, runs over any vhost-user
+/// back-end (this project's <see cref="VhostUserBackend"/>, DPDK's vhost PMD, a vDPA back-end with host
+/// notifiers).
+///
+/// How the vDPA operations map onto the protocol:
+/// <list type="bullet">
+/// <item>features: the back-end's, minus what a front-end must emulate itself (the control queue and every
+/// feature that needs it: this front-end has no control-queue emulation, so the driver runs one queue pair)
+/// and minus ACCESS_PLATFORM towards the back-end (no IOTLB messages). The driver is offered ACCESS_PLATFORM:
+/// the back-end reaches only the memory the driver DMA-maps, at the driver's IOVAs (IOVA = guest-physical).
+/// SET_FEATURES is sent when the driver sets FEATURES_OK.</item>
+/// <item>DMA map: the range must be memfd-backed (<see cref="MappedMemory.CreateShared"/>); it is sent as
+/// a memory region (GPA = IOVA, UVA = host address) with ADD_MEM_REG, or the whole table with SET_MEM_TABLE.</item>
+/// <item>queues: size, base, addresses (IOVA translated to this process's VA through the DMA table), call
+/// and kick eventfds are sent when the driver sets DRIVER_OK (or when a queue is enabled afterwards), then
+/// SET_STATUS and SET_VRING_ENABLE; disabling a queue is GET_VRING_BASE, which also saves its state.</item>
+/// <item>kicks: a 16-bit write of the queue index to the back-end's host-notifier page when it sent one
+/// (VRING_HOST_NOTIFIER_MSG: the doorbell of the real device), otherwise a write to the kick eventfd.</item>
+/// <item>interrupts: one thread polls every queue's call eventfd and runs the driver's handler; an eventfd
+/// callback is handed to the back-end directly.</item>
+/// </list>
+/// Everything the back-end sends is validated (reply codes, flags, sizes, descriptors, host-notifier areas);
+/// a reply that is late, malformed or missing breaks the connection with an <see cref="IOException"/>
+/// that says why, and a refused request (REPLY_ACK non-zero) is an <see cref="InvalidOperationException"/>.
+/// Teardown (<see cref="Reset"/>, <see cref="DmaUnmap"/>, <see cref="Dispose"/>) never throws because of
+/// the back-end: it logs and cleans up locally.
+///
+/// Not supported: the control queue (CTRL_VQ and MQ, so one queue pair), dirty logging (LOG_ALL,
+/// LOG_SHMFD), IOTLB (ACCESS_PLATFORM towards the back-end), inflight tracking, in-band notifications,
+/// postcopy, reconnecting after the back-end leaves. Packed rings are passed through (ring state encoded
+/// as the spec says) but <c>VirtioNetDriver</c> only uses split rings.
+///
+/// Threading: control operations are serialised; <see cref="KickVq"/> takes no lock and may be called
+/// from any thread, but not concurrently with <see cref="Reset"/> or <see cref="Dispose"/> (host-notifier
+/// pages are unmapped there).
+/// </summary>
+public sealed partial class VhostUserFrontend : IVdpaDevice, IDisposable
+{
+    /// <summary>Protocol features this front-end knows how to use.</summary>
+    public const ulong SupportedProtocolFeatures =
+        (1UL << VhostUserProtocolFeature.MQ) | (1UL << VhostUserProtocolFeature.REPLY_ACK) |
+        (1UL << VhostUserProtocolFeature.MTU) | (1UL << VhostUserProtocolFeature.BACKEND_REQ) |
+        (1UL << VhostUserProtocolFeature.BACKEND_SEND_FD) | (1UL << VhostUserProtocolFeature.HOST_NOTIFIER) |
+        (1UL << VhostUserProtocolFeature.CONFIG) | (1UL << VhostUserProtocolFeature.RESET_DEVICE) |
+        (1UL << VhostUserProtocolFeature.CONFIGURE_MEM_SLOTS) | (1UL << VhostUserProtocolFeature.STATUS);
+
+    /// <summary>virtio-net config bytes exposed: mac (6), status (2), max_virtqueue_pairs (2), mtu (2).</summary>
+    public const int ConfigBytes = 12;
+
+    /// <summary>VIRTIO_ID_NET.</summary>
+    private const uint DeviceIdNet = 1;
+
+    /// <summary>
+    /// Device features a front-end cannot pass through without emulating them: the control queue and what
+    /// rides on it (CTRL_GUEST_OFFLOADS, CTRL_RX, CTRL_VLAN, CTRL_RX_EXTRA, GUEST_ANNOUNCE, MQ, CTRL_MAC_ADDR,
+    /// VQ/notification coalescing, RSS), the vhost-only bits (LOG_ALL, PROTOCOL_FEATURES) and ACCESS_PLATFORM
+    /// (the back-end would need IOTLB messages; the driver is offered it separately).
+    /// </summary>
+    private const ulong FrontendHandled =
+        (1UL << NET_F_CTRL_GUEST_OFFLOADS) | (1UL << NET_F_CTRL_VQ) | (1UL << NET_F_CTRL_RX) | (1UL << NET_F_CTRL_VLAN) |
+        (1UL << 20) | (1UL << NET_F_GUEST_ANNOUNCE) | (1UL << NET_F_MQ) | (1UL << NET_F_CTRL_MAC_ADDR) |
+        (1UL << 52) | (1UL << 53) | (1UL << 60) |
+        (1UL << F_LOG_ALL) | (1UL << F_PROTOCOL_FEATURES) | (1UL << F_ACCESS_PLATFORM);
+
+    private readonly UnixSocket _socket;
+    private readonly string _path;
+    private readonly VhostUserFrontendOptions _options;
+    private readonly Lock _ctl = new();
+    private readonly Vq[] _vqs;
+    private readonly EventFd _stop;
+    private readonly byte[] _synthConfig = new byte[ConfigBytes];
+    private Thread? _callThread;
+    private Thread? _channelThread;
+    private VhostUserConnection? _channel;
+    private ulong _backendFeatures;
+    private ulong _protocol;
+    private int _backendPairs = 1;
+    private int _maxMemSlots = VhostUserWire.MaxMemTableRegions;
+    private bool _configFromBackend;
+    private byte _status;
+    private ulong _driverFeatures;
+    private bool _suspended;
+    private VdpaCallback? _configCallback;
+    private int _generation;
+    private volatile string? _broken;
+    private volatile bool _disposed;
+
+    private VhostUserFrontend(UnixSocket socket, string path, VhostUserFrontendOptions options)
+    {
+        _socket = socket;
+        _path = path;
+        _options = options;
+        if (options.MaxQueueSize == 0 || (options.MaxQueueSize & (options.MaxQueueSize - 1)) != 0 || options.MaxQueueSize > VhostUserWire.MaxRingSize)
+        {
+            throw new ArgumentException($"MaxQueueSize {options.MaxQueueSize} must be a power of two up to {VhostUserWire.MaxRingSize}");
+        }
+        byte[] mac = options.Mac ?? [0x02, 0, 0, 0, 0, 0x01];
+        if (mac.Length != 6)
+        {
+            throw new ArgumentException("Mac must be 6 bytes");
+        }
+        mac.CopyTo(_synthConfig, VirtioNetConfig.Mac);
+        BinaryPrimitives.WriteUInt16LittleEndian(_synthConfig.AsSpan(VirtioNetConfig.Status), VirtioNetConfig.S_LINK_UP);
+        BinaryPrimitives.WriteUInt16LittleEndian(_synthConfig.AsSpan(VirtioNetConfig.MaxVirtqueuePairs), 1);
+        BinaryPrimitives.WriteUInt16LittleEndian(_synthConfig.AsSpan(VirtioNetConfig.Mtu), options.Mtu);
+        _stop = EventFd.Create();
+        _vqs = new Vq[2];
+        for (int i = 0; i < _vqs.Length; i++)
+        {
+            _vqs[i] = new Vq();
+        }
+    }
+
+    /// <summary>
+    /// Connects to the back-end listening at <paramref name="socketPath"/> (client mode), retrying for
+    /// <see cref="VhostUserFrontendOptions.ConnectTimeout"/> while nobody listens, and negotiates.
+    /// </summary>
+    public static VhostUserFrontend Connect(string socketPath, VhostUserFrontendOptions? options = null)
+    {
+        options ??= new VhostUserFrontendOptions();
+        UnixSocket.CheckPath(socketPath);
+        long deadline = Environment.TickCount64 + (long)options.ConnectTimeout.TotalMilliseconds;
+        while (true)
+        {
+            if (UnixSocket.TryConnect(socketPath, out var s, out int errno))
+            {
+                return Open(s!, socketPath, options);
+            }
+            if (Environment.TickCount64 >= deadline)
+            {
+                throw new IOException(
+                    $"{options.Name}: no vhost-user back-end accepts connections at {socketPath} (errno {errno}) after {options.ConnectTimeout.TotalSeconds} s");
+            }
+            Thread.Sleep(50);
+        }
+    }
+
+    /// <summary>Negotiates over an already connected socket (an in-process back-end, tests); the result owns it.</summary>
+    public static VhostUserFrontend Connect(UnixSocket connected, VhostUserFrontendOptions? options = null) =>
+        Open(connected, "(connected socket)", options ?? new VhostUserFrontendOptions());
+
+    private static VhostUserFrontend Open(UnixSocket s, string path, VhostUserFrontendOptions options)
+    {
+        VhostUserFrontend? fe = null;
+        try
+        {
+            fe = new VhostUserFrontend(s, path, options);
+            fe.Negotiate();
+            fe.StartThreads();
+            return fe;
+        }
+        catch
+        {
+            if (fe is null)
+            {
+                s.Dispose();
+            }
+            else
+            {
+                fe.Dispose();
+            }
+            throw;
+        }
+    }
+
+    // ---- what was negotiated --------------------------------------------------------------------
+
+    public string Name => _options.Name;
+
+    /// <summary>One queue pair: without control-queue emulation a driver cannot switch more on.</summary>
+    public int NumVqs => _vqs.Length;
+
+    /// <summary>Virtio features the back-end offered (GET_FEATURES).</summary>
+    public ulong BackendFeatures => _backendFeatures;
+
+    /// <summary>Protocol features in use (SET_PROTOCOL_FEATURES).</summary>
+    public ulong ProtocolFeatures => _protocol;
+
+    /// <summary>Queue pairs the back-end has (GET_QUEUE_NUM, 1 without MQ); only the first is used.</summary>
+    public int BackendQueuePairs => _backendPairs;
+
+    /// <summary>True when config space is read from the back-end (GET_CONFIG), false when synthesized.</summary>
+    public bool ConfigFromBackend => _configFromBackend;
+
+    /// <summary>Why the connection is unusable, or null while it works.</summary>
+    public string? BrokenReason => _broken;
+
+    private bool HasProtocol(int bit) => (_protocol & (1UL << bit)) != 0;
+
+    private bool RingsNeedEnable => Has(_backendFeatures, F_PROTOCOL_FEATURES);
+
+    private void Log(string s) => _options.Log($"{Name}: {s}");
+
+    private void Negotiate()
+    {
+        lock (_ctl)
+        {
+            _backendFeatures = GetU64(VhostUserRequest.GET_FEATURES);
+            if (Has(_backendFeatures, F_PROTOCOL_FEATURES))
+            {
+                ulong offered = GetU64(VhostUserRequest.GET_PROTOCOL_FEATURES);
+                ulong p = offered & _options.ProtocolFeatures & SupportedProtocolFeatures;
+                if ((p & (1UL << VhostUserProtocolFeature.BACKEND_REQ)) == 0)
+                {
+                    p &= ~(1UL << VhostUserProtocolFeature.BACKEND_SEND_FD);
+                }
+                if ((p & (1UL << VhostUserProtocolFeature.BACKEND_SEND_FD)) == 0)
+                {
+                    p &= ~(1UL << VhostUserProtocolFeature.HOST_NOTIFIER);
+                }
+                // Sent without NEED_REPLY: REPLY_ACK is not in force before this message is handled.
+                SendU64(VhostUserRequest.SET_PROTOCOL_FEATURES, p, expectAck: false);
+                _protocol = p;
+                Log($"protocol features offered 0x{offered:x}, using 0x{p:x}");
+            }
+            if (HasProtocol(VhostUserProtocolFeature.MQ))
+            {
+                ulong n = GetU64(VhostUserRequest.GET_QUEUE_NUM);
+                if (n is 0 or > VhostUserWire.MaxRingSize)
+                {
+                    throw Broken($"GET_QUEUE_NUM answered {n} queue pairs");
+                }
+                _backendPairs = (int)n;
+            }
+            if (HasProtocol(VhostUserProtocolFeature.CONFIGURE_MEM_SLOTS))
+            {
+                ulong n = GetU64(VhostUserRequest.GET_MAX_MEM_SLOTS);
+                if (n == 0)
+                {
+                    throw Broken("GET_MAX_MEM_SLOTS answered 0 slots");
+                }
+                _maxMemSlots = (int)Math.Min(n, 512);
+            }
+            if (HasProtocol(VhostUserProtocolFeature.BACKEND_REQ))
+            {
+                var (mine, theirs) = UnixSocket.CreatePair();
+                try
+                {
+                    Request(VhostUserRequest.SET_BACKEND_REQ_FD, [], [theirs.Fd]);
+                }
+                catch
+                {
+                    mine.Dispose();
+                    throw;
+                }
+                finally
+                {
+                    theirs.Dispose();
+                }
+                _channel = new VhostUserConnection(mine, _options.ReplyTimeoutMs);
+            }
+            Request(VhostUserRequest.SET_OWNER, []);
+            if (HasProtocol(VhostUserProtocolFeature.CONFIG))
+            {
+                Span<byte> probe = stackalloc byte[ConfigBytes];
+                _configFromBackend = TryGetBackendConfig(0, probe);
+                if (!_configFromBackend)
+                {
+                    Log("the back-end negotiated CONFIG but does not serve GET_CONFIG: config space is synthesized");
+                }
+            }
+            Log($"connected to {_path}: features 0x{_backendFeatures:x}, {_backendPairs} queue pair(s) at the back-end, " +
+                $"memory by {(HasProtocol(VhostUserProtocolFeature.CONFIGURE_MEM_SLOTS) ? $"ADD_MEM_REG ({_maxMemSlots} slots)" : "SET_MEM_TABLE")}, " +
+                $"config {(_configFromBackend ? "from the back-end" : "synthesized")}");
+        }
+    }
+
+    private void StartThreads()
+    {
+        _callThread = new Thread(CallLoop) { IsBackground = true, Name = $"{Name} calls" };
+        _callThread.Start();
+        if (_channel is not null)
+        {
+            _channelThread = new Thread(ChannelLoop) { IsBackground = true, Name = $"{Name} back-end channel" };
+            _channelThread.Start();
+        }
+    }
+
+    private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);
+
+    // ---- identity --------------------------------------------------------------------------------
+
+    public uint GetDeviceId() => DeviceIdNet;
+
+    /// <summary>The virtio PCI vendor (there is no PCI function here).</summary>
+    public uint GetVendorId() => 0x1AF4;
+
+    public uint GetVqAlign() => 4096;
+
+    // ---- features --------------------------------------------------------------------------------
+
+    /// <summary>
+    /// The back-end's features without <see cref="FrontendHandled"/>, plus ACCESS_PLATFORM (the driver's
+    /// IOVAs are the back-end's guest-physical addresses, and it reaches only DMA-mapped memory), plus MAC
+    /// and STATUS when config space is synthesized (as virtio-user does).
+    /// </summary>
+    public ulong GetDeviceFeatures()
+    {
+        ulong f = (_backendFeatures & ~FrontendHandled) | Bit(F_ACCESS_PLATFORM);
+        if (!_configFromBackend)
+        {
+            f |= Bit(NET_F_MAC) | Bit(NET_F_STATUS);
+        }
+        return f;
+    }
+
+    public void SetDriverFeatures(ulong features)
+    {
+        lock (_ctl)
+        {
+            ThrowIfDisposed();
+            if ((_status & VirtioStatus.FEATURES_OK) != 0)
+            {
+                throw new InvalidOperationException($"{Name}: driver features are frozen once FEATURES_OK is set (reset first)");
+            }
+            ulong extra = features & ~GetDeviceFeatures();
+            if (extra != 0)
+            {
+                throw new ArgumentException($"{Name}: driver features 0x{features:x} include bits the device does not offer: {string.Join(' ', Names(extra))}");
+            }
+            _driverFeatures = features;
+        }
+    }
+
+    public ulong GetDriverFeatures()
+    {
+        lock (_ctl)
+        {
+            return _driverFeatures;
+        }
+    }
+
+    /// <summary>What SET_FEATURES carries: the driver's choice the back-end offered, never ACCESS_PLATFORM, plus bit 30.</summary>
+    private ulong BackendAck =>
+        (_driverFeatures & _backendFeatures & ~Bit(F_ACCESS_PLATFORM) & ~Bit(F_LOG_ALL)) |
+        (_backendFeatures & Bit(F_PROTOCOL_FEATURES));
+
+    private bool Packed => Has(_driverFeatures, F_RING_PACKED);
+
+    // ---- status ----------------------------------------------------------------------------------
+
+    public byte GetStatus()
+    {
+        lock (_ctl)
+        {
+            return _status;
+        }
+    }
+
+    /// <summary>
+    /// FEATURES_OK sends SET_FEATURES (and NET_SET_MTU); if the back-end refuses, FEATURES_OK does not
+    /// stick (the driver sees it missing). DRIVER_OK starts every ready queue, then SET_STATUS, then
+    /// SET_VRING_ENABLE. With the STATUS protocol feature every change is also sent as SET_STATUS.
+    /// </summary>
+    public void SetStatus(byte status)
+    {
+        lock (_ctl)
+        {
+            ThrowIfDisposed();
+            if (status == 0)
+            {
+                ResetLocked();
+                return;
+            }
+            byte old = _status;
+            if (status == old)
+            {
+                return;
+            }
+            ThrowIfBroken();
+            byte s = status;
+            if ((s & VirtioStatus.FEATURES_OK) != 0 && (old & VirtioStatus.FEATURES_OK) == 0 && !SendFeatures())
+            {
+                s &= unchecked((byte)~(VirtioStatus.FEATURES_OK | VirtioStatus.DRIVER_OK));
+            }
+            bool startNow = (s & VirtioStatus.DRIVER_OK) != 0 && (old & VirtioStatus.DRIVER_OK) == 0;
+            var started = new List<int>();
+            if (startNow && !_suspended)
+            {
+                if (_driverFeatures == 0 || (s & VirtioStatus.FEATURES_OK) == 0)
+                {
+                    throw new InvalidOperationException($"{Name}: DRIVER_OK without FEATURES_OK");
+                }
+                EnsureMemory();
+                for (int q = 0; q < _vqs.Length; q++)
+                {
+                    if (_vqs[q].Ready && !_vqs[q].Started)
+                    {
+                        StartQueue(q);
+                        started.Add(q);
+                    }
+                }
+            }
+            if (HasProtocol(VhostUserProtocolFeature.STATUS))
+            {
+                SendU64(VhostUserRequest.SET_STATUS, s);
+                if ((s & VirtioStatus.FEATURES_OK) != 0 && (old & VirtioStatus.FEATURES_OK) == 0)
+                {
+                    ulong back = GetU64(VhostUserRequest.GET_STATUS);
+                    if (back > 0xFF)
+                    {
+                        throw Broken($"GET_STATUS answered 0x{back:x}, not a status byte");
+                    }
+                    if ((back & VirtioStatus.FEATURES_OK) == 0)
+                    {
+                        Log($"the back-end cleared FEATURES_OK (status 0x{back:x}): features 0x{BackendAck:x} refused");
+                        s &= unchecked((byte)~(VirtioStatus.FEATURES_OK | VirtioStatus.DRIVER_OK));
+                    }
+                }
+            }
+            foreach (int q in started)
+            {
+                EnableQueue(q, true);
+            }
+            _status = s;
+        }
+    }
+
+    /// <summary>SET_FEATURES (+ NET_SET_MTU); false when the back-end refused them.</summary>
+    private bool SendFeatures()
+    {
+        ulong f = BackendAck;
+        try
+        {
+            SendU64(VhostUserRequest.SET_FEATURES, f);
+        }
+        catch (InvalidOperationException e)
+        {
+            Log(e.Message);
+            return false;
+        }
+        if (Has(f, NET_F_MTU) && HasProtocol(VhostUserProtocolFeature.MTU))
+        {
+            ushort mtu = CurrentMtu();
+            try
+            {
+                SendU64(VhostUserRequest.NET_SET_MTU, mtu);
+            }
+            catch (InvalidOperationException e)
+            {
+                Log(e.Message);
+                return false;
+            }
+        }
+        Log($"features 0x{f:x} set");
+        return true;
+    }
+
+    private ushort CurrentMtu()
+    {
+        Span<byte> c = stackalloc byte[ConfigBytes];
+        GetConfigLocked(0, c);
+        ushort mtu = BinaryPrimitives.ReadUInt16LittleEndian(c[VirtioNetConfig.Mtu..]);
+        return mtu != 0 ? mtu : _options.Mtu;
+    }
+
+    public void Reset()
+    {
+        lock (_ctl)
+        {
+            ThrowIfDisposed();
+            ResetLocked();
+        }
+    }
+
+    /// <summary>
+    /// Stops running queues (GET_VRING_BASE), SET_STATUS 0, RESET_DEVICE when negotiated (the back-end
+    /// then forgets the memory table too: it is sent again before the next start), and forgets status,
+    /// features, queue setup, callbacks and host notifiers. DMA mappings stay (they belong to the IOMMU
+    /// domain, not to the device status). Back-end errors are logged, never thrown.
+    /// </summary>
+    private void ResetLocked()
+    {
+        if (_broken is null)
+        {
+            try
+            {
+                for (int q = 0; q < _vqs.Length; q++)
+                {
+                    if (_vqs[q].Started)
+                    {
+                        StopQueue(q);
+                    }
+                }
+                if (HasProtocol(VhostUserProtocolFeature.STATUS))
+                {
+                    SendU64(VhostUserRequest.SET_STATUS, 0);
+                }
+                if (HasProtocol(VhostUserProtocolFeature.RESET_DEVICE))
+                {
+                    Request(VhostUserRequest.RESET_DEVICE, []);
+                    _memoryAtBackend = _regions.Count == 0;
+                }
+            }
+            catch (Exception e) when (e is IOException or InvalidOperationException)
+            {
+                Log($"reset: {e.Message}");
+            }
+        }
+        _status = 0;
+        _driverFeatures = 0;
+        _suspended = false;
+        foreach (var v in _vqs)
+        {
+            v.Num = 0;
+            v.Desc = v.Avail = v.Used = 0;
+            v.Ready = false;
+            v.Started = false;
+            v.State = default;
+            v.SentCall = null;
+            Volatile.Write(ref v.Callback, null);
+        }
+        Volatile.Write(ref _configCallback, null);
+        DropNotifiers();
+    }
+
+    /// <summary>Stops every running queue (their state is saved); <see cref="Resume"/> restarts them.</summary>
+    public void Suspend()
+    {
+        lock (_ctl)
+        {
+            ThrowIfDisposed();
+            ThrowIfBroken();
+            for (int q = 0; q < _vqs.Length; q++)
+            {
+                if (_vqs[q].Started)
+                {
+                    StopQueue(q);
+                }
+            }
+            _suspended = true;
+        }
+    }
+
+    public void Resume()
+    {
+        lock (_ctl)
+        {
+            ThrowIfDisposed();
+            ThrowIfBroken();
+            if (!_suspended)
+            {
+                return;
+            }
+            _suspended = false;
+            if ((_status & VirtioStatus.DRIVER_OK) == 0)
+            {
+                return;
+            }
+            EnsureMemory();
+            for (int q = 0; q < _vqs.Length; q++)
+            {
+                if (_vqs[q].Ready && !_vqs[q].Started)
+                {
+                    StartQueue(q);
+                    EnableQueue(q, true);
+                }
+            }
+        }
+    }
+
+    // ---- config space ----------------------------------------------------------------------------
+
+    public uint GetGeneration() => (uint)Volatile.Read(ref _generation);
+
+    public uint GetConfigSize() => ConfigBytes;
+
+    /// <summary>Reads config space: GET_CONFIG from the back-end when it serves it, else the synthesized one.</summary>
+    public void GetConfig(uint offset, Span<byte> buffer)
+    {
+        lock (_ctl)
+        {
+            ThrowIfDisposed();
+            GetConfigLocked(offset, buffer);
+        }
+    }
+
+    private void GetConfigLocked(uint offset, Span<byte> buffer)
+    {
+        CheckConfigRange(offset, buffer.Length);
+        if (buffer.IsEmpty)
+        {
+            return;
+        }
+        if (!_configFromBackend)
+        {
+            _synthConfig.AsSpan((int)offset, buffer.Length).CopyTo(buffer);
+            return;
+        }
+        if (!TryGetBackendConfig(offset, buffer))
+        {
+            throw new InvalidOperationException($"{Name}: the back-end could not read config [{offset}, +{buffer.Length}) (GET_CONFIG answered no data)");
+        }
+    }
+
+    /// <summary>SET_CONFIG when the back-end serves config space; otherwise only the synthesized MAC is writable.</summary>
+    public void SetConfig(uint offset, ReadOnlySpan<byte> buffer)
+    {
+        lock (_ctl)
+        {
+            ThrowIfDisposed();
+            CheckConfigRange(offset, buffer.Length);
+            if (buffer.IsEmpty)
+            {
+                return;
+            }
+            if (_configFromBackend)
+            {
+                var p = new byte[VhostUserWire.ConfigHeaderSize + buffer.Length];
+                BinaryPrimitives.WriteUInt32LittleEndian(p, offset);
+                BinaryPrimitives.WriteUInt32LittleEndian(p.AsSpan(4), (uint)buffer.Length);
+                buffer.CopyTo(p.AsSpan(VhostUserWire.ConfigHeaderSize));
+                Request(VhostUserRequest.SET_CONFIG, p);
+                return;
+            }
+            for (int i = 0; i < buffer.Length; i++)
+            {
+                if (offset + i < 6)
+                {
+                    _synthConfig[offset + i] = buffer[i];
+                }
+            }
+        }
+    }
+
+    private void CheckConfigRange(uint offset, int length)
+    {
+        if (length < 0 || offset > ConfigBytes || (uint)length > ConfigBytes - offset)
+        {
+            throw new ArgumentOutOfRangeException(nameof(offset), $"{Name}: config [{offset}, +{length}) beyond the {ConfigBytes}-byte config space");
+        }
+    }
+
+    public void SetConfigCallback(VdpaCallback? callback) => Volatile.Write(ref _configCallback, callback);
+
+    /// <summary>A CONFIG_CHANGE_MSG arrived: run the config callback off the back-end channel's thread.</summary>
+    private void ConfigChanged()
+    {
+        Interlocked.Increment(ref _generation);
+        ThreadPool.QueueUserWorkItem(_ =>
+        {
+            if (_disposed)
+            {
+                return;
+            }
+            try
+            {
+                Volatile.Read(ref _configCallback)?.Invoke();
+            }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                Log($"config callback failed: {e.Message}");
+            }
+        });
+    }
+
+    // ---- teardown --------------------------------------------------------------------------------
+
+    /// <summary>
+    /// Closes the connection (the back-end sees the front-end leave and stops), stops the threads, unmaps
+    /// host notifiers and closes every descriptor. Sends nothing, so it cannot hang on a stuck back-end.
+    /// </summary>
+    public void Dispose()
+    {
+        lock (_ctl)
+        {
+            if (_disposed)
+            {
+                return;
+            }
+            _disposed = true;
+        }
+        _stop.Signal();
+        try
+        {
+            _socket.Shutdown();
+        }
+        catch (ObjectDisposedException)
+        {
+        }
+        _callThread?.Join();
+        _channelThread?.Join();
+        _channel?.Dispose();
+        _socket.Dispose();
+        DropNotifiers();
+        foreach (var v in _vqs)
+        {
+            v.Kick.Dispose();
+            v.Call.Dispose();
+        }
+        lock (_ctl)
+        {
+            foreach (var r in _regions)
+            {
+                r.Fd.Dispose();
+            }
+            _regions.Clear();
+        }
+        _stop.Dispose();
+    }
+}
