@@ -14,6 +14,12 @@ public sealed record VhostUserSessionOptions
     /// <summary>How long a started message may take to arrive completely.</summary>
     public int PayloadTimeoutMs { get; init; } = 5000;
 
+    /// <summary>
+    /// Longest wait for room on the back-end channel for one message: a front-end that leaves its end
+    /// unread that long has its channel closed (only the channel; the session carries on).
+    /// </summary>
+    public int BackendSendTimeoutMs { get; init; } = 1000;
+
     /// <summary>One line per event (connection, errors, device configured/stopped).</summary>
     public Action<string> Log { get; init; } = _ => { };
 
@@ -63,6 +69,8 @@ public sealed class VhostUserSession : IDisposable
     private KickRelay? _relay;
     private UnixSocket? _backendChannel;
     private readonly Lock _backendLock = new(); // the config callback sends from the device's interrupt thread
+    private readonly List<UnixSocket> _retiredBackendChannels = []; // shut down, closed by the session thread
+    private int _retiredBackendChannelCount;
     private bool _owner;
     private bool _featuresSet;
     private ulong _acked;
@@ -78,6 +86,7 @@ public sealed class VhostUserSession : IDisposable
     private readonly Queue<(int Ring, bool Remove)> _notifierAcks = new();
     private bool _notifierAcksAbandoned;
     private bool _notifierRefusalLogged;
+    private bool _stateFallbackLogged;
 
     /// <summary>Most acks outstanding before the front-end is taken not to answer and none are asked for.</summary>
     private const int MaxOutstandingNotifierAcks = 64;
@@ -154,6 +163,7 @@ public sealed class VhostUserSession : IDisposable
         {
             while (true)
             {
+                CloseRetiredBackendChannels();
                 int wantBackend = _notifierAcks.Count > 0 && _backendChannel is { } ch ? ch.Fd : -1;
                 if (wantBackend != polledBackend)
                 {
@@ -702,7 +712,8 @@ public sealed class VhostUserSession : IDisposable
     {
         int q = RingIndex(s.Index);
         var r = _rings[q];
-        if (r.Running)
+        bool wasRunning = r.Running;
+        if (wasRunning)
         {
             StopQueue(q);
         }
@@ -711,7 +722,7 @@ public sealed class VhostUserSession : IDisposable
         r.Kick?.Dispose();
         r.Kick = null;
         r.KickNoFd = false;
-        Log($"ring {q} stopped at {r.Base}");
+        Log(wasRunning ? $"ring {q} stopped at {r.Base}" : $"ring {q}: base {r.Base} reported (already stopped)");
         return new VringState((uint)q, r.Base);
     }
 
@@ -966,8 +977,29 @@ public sealed class VhostUserSession : IDisposable
     /// <summary>The ring base as GET_VRING_BASE reports it, from the device's saved state.</summary>
     private uint SavedBase(int q)
     {
-        var st = _device.GetVqState(q);
-        return Packed ? st.AvailIndex | ((uint)st.UsedIndex << 16) : st.AvailIndex;
+        try
+        {
+            var st = _device.GetVqState(q);
+            return Packed ? st.AvailIndex | ((uint)st.UsedIndex << 16) : st.AvailIndex;
+        }
+        catch (NotSupportedException e)
+        {
+            // A device that cannot report its ring state (a plain virtio function without the IFC LM block):
+            // as vhost-vdpa does for a device it could not suspend, resume from what the device published,
+            // used->idx in guest memory (in-flight buffers are lost: TX resent, RX dropped).
+            uint fallback = _rings[q].Base;
+            if (!Packed && _rings[q].Addr is { } a && TranslateRingCore(q, a, _rings[q].Num, out var gpa) is null &&
+                _memory.TryGpaSpan(gpa.Used + 2, 2, out var usedIdx))
+            {
+                fallback = SharedIndex.Load16(usedIdx, 0);
+            }
+            if (!_stateFallbackLogged)
+            {
+                _stateFallbackLogged = true;
+                Log($"ring state not readable ({e.Message}); reporting the used index from guest memory as the base");
+            }
+            return fallback;
+        }
     }
 
     private void StopQueue(int q)
@@ -1022,8 +1054,9 @@ public sealed class VhostUserSession : IDisposable
                     _device.SetVqReady(q, false);
                     _rings[q].Base = SavedBase(q);
                 }
-                catch (Exception e) when (e is InvalidOperationException or ArgumentException or IOException or TimeoutException)
+                catch (Exception e) when (e is not OutOfMemoryException)
                 {
+                    // whatever the device says, the teardown goes on: reset and DMA unmap must still happen
                     Log($"ring {q}: stop failed: {e.Message}");
                 }
             }
@@ -1039,7 +1072,7 @@ public sealed class VhostUserSession : IDisposable
             _device.SetConfigCallback(null);
             _device.Reset();
         }
-        catch (Exception e) when (e is InvalidOperationException or ArgumentException or IOException or TimeoutException)
+        catch (Exception e) when (e is not OutOfMemoryException)
         {
             Log($"device reset failed: {e.Message}");
         }
@@ -1049,7 +1082,7 @@ public sealed class VhostUserSession : IDisposable
             {
                 _device.DmaUnmap(iova, size);
             }
-            catch (Exception e) when (e is InvalidOperationException or ArgumentException or IOException)
+            catch (Exception e) when (e is not OutOfMemoryException)
             {
                 Log($"DMA unmap of 0x{iova:x} failed: {e.Message}");
             }
@@ -1180,13 +1213,10 @@ public sealed class VhostUserSession : IDisposable
                 {
                     return; // gone (closed by the front-end): nothing is mapped through it any more
                 }
-                if (op.Remove)
+                if (!SendOnBackendChannel(msg, op.Remove ? [] : [op.Fd!.Fd], "VRING_HOST_NOTIFIER_MSG"))
                 {
-                    _backendChannel.Send(msg);
-                }
-                else
-                {
-                    _backendChannel.Send(msg, [op.Fd!.Fd]);
+                    _notifierAcks.Clear(); // none can arrive any more
+                    return;
                 }
             }
         }
@@ -1293,12 +1323,58 @@ public sealed class VhostUserSession : IDisposable
             VhostUserCodec.WriteHeader(h, (uint)VhostUserBackendRequest.CONFIG_CHANGE_MSG, VhostUserWire.FlagVersion, 0);
             lock (_backendLock)
             {
-                _backendChannel?.Send(h);
+                if (_backendChannel is not null)
+                {
+                    SendOnBackendChannel(h, [], "CONFIG_CHANGE_MSG");
+                }
             }
         }
         catch (Exception e) when (e is IOException or ObjectDisposedException)
         {
             Log($"config-change notification failed: {e.Message}");
+        }
+    }
+
+    /// <summary>
+    /// Sends one message on the back-end channel (the caller holds <see cref="_backendLock"/> and has seen
+    /// the channel open), never waiting longer than <see cref="VhostUserSessionOptions.BackendSendTimeoutMs"/>
+    /// for room: a front-end that does not read its end must not hang the session thread or the device's
+    /// interrupt thread. On timeout the channel is closed (a message the kernel took only part of is cut
+    /// off by the shutdown, never followed by another) and false is returned.
+    /// </summary>
+    private bool SendOnBackendChannel(ReadOnlySpan<byte> msg, ReadOnlySpan<int> fds, string what)
+    {
+        var ch = _backendChannel!;
+        int timeoutMs = Math.Max(0, _options.BackendSendTimeoutMs);
+        if (ch.TrySend(msg, fds, timeoutMs))
+        {
+            return true;
+        }
+        Log($"back-end channel: front-end not reading, closing it ({what} not taken within {timeoutMs} ms)");
+        // This may run on the interrupt thread while the session thread polls or reads the channel:
+        // shut it down now (the front-end sees it end) and leave closing the descriptor to the session thread.
+        ch.Shutdown();
+        _backendChannel = null;
+        _retiredBackendChannels.Add(ch);
+        Volatile.Write(ref _retiredBackendChannelCount, _retiredBackendChannels.Count);
+        return false;
+    }
+
+    /// <summary>Closes channels shut down by <see cref="SendOnBackendChannel"/> (session thread, outside any use of them).</summary>
+    private void CloseRetiredBackendChannels()
+    {
+        if (Volatile.Read(ref _retiredBackendChannelCount) == 0)
+        {
+            return; // the usual case: no wait for the lock an interrupt-thread send may hold
+        }
+        lock (_backendLock)
+        {
+            foreach (var ch in _retiredBackendChannels)
+            {
+                ch.Dispose();
+            }
+            _retiredBackendChannels.Clear();
+            Volatile.Write(ref _retiredBackendChannelCount, 0);
         }
     }
 
@@ -1345,6 +1421,7 @@ public sealed class VhostUserSession : IDisposable
             _backendChannel?.Dispose();
             _backendChannel = null;
         }
+        CloseRetiredBackendChannels();
     }
 
     private static string FormatMac(ReadOnlySpan<byte> m) => $"{m[0]:x2}:{m[1]:x2}:{m[2]:x2}:{m[3]:x2}:{m[4]:x2}:{m[5]:x2}";

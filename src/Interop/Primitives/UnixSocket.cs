@@ -5,7 +5,8 @@ namespace IfcVdpa.Interop.Primitives;
 
 /// <summary>
 /// An AF_UNIX SOCK_STREAM socket that can pass file descriptors (SCM_RIGHTS), as vhost-user needs:
-/// .NET has no managed API for ancillary data. Blocking I/O; waits with timeouts use poll(2).
+/// .NET has no managed API for ancillary data. Blocking I/O, except <see cref="TrySend"/> (a send bounded in
+/// time, for peers that may stop reading); waits with timeouts use poll(2).
 ///
 /// Safety contract: every received descriptor is wrapped in a <see cref="SafeFd"/> at once (also when
 /// the control data was truncated), so the caller owns and closes each of them; buffers handed to the
@@ -214,9 +215,30 @@ public sealed unsafe class UnixSocket : IDisposable
 
     /// <summary>
     /// Sends <paramref name="data"/> with <paramref name="fds"/> attached to its first byte (one sendmsg;
-    /// continues without descriptors if the kernel takes only part of the data).
+    /// continues without descriptors if the kernel takes only part of the data). Blocks while the peer's
+    /// buffer is full: use <see cref="TrySend"/> towards a peer that may stop reading.
     /// </summary>
-    public void Send(ReadOnlySpan<byte> data, ReadOnlySpan<int> fds = default)
+    public void Send(ReadOnlySpan<byte> data, ReadOnlySpan<int> fds = default) => SendCore(data, fds, -1);
+
+    /// <summary>
+    /// Sends one whole message, waiting at most <paramref name="timeoutMs"/> (0 = only what fits now) for
+    /// room in the socket buffer: every sendmsg is non-blocking (MSG_DONTWAIT) and the waits in between
+    /// are poll(2) for POLLOUT up to the deadline. Returns true when all of <paramref name="data"/> went
+    /// out (<paramref name="fds"/> attached to its first byte), false when the deadline passed first.
+    /// A message is never left half sent on a live stream: if the kernel had taken part of it when the
+    /// deadline passed, the socket is shut down (both directions) before returning false, so the peer sees
+    /// the stream end inside that message and can never read a fragment as the start of a message. When
+    /// nothing was taken the socket is left as it was. Throws <see cref="IOException"/> when the peer is
+    /// gone (EPIPE, ECONNRESET) or on any other error.
+    /// </summary>
+    public bool TrySend(ReadOnlySpan<byte> data, ReadOnlySpan<int> fds, int timeoutMs)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(timeoutMs);
+        return SendCore(data, fds, timeoutMs);
+    }
+
+    /// <summary>timeoutMs &lt; 0: blocking sends until done; otherwise the bounded send of <see cref="TrySend"/>.</summary>
+    private bool SendCore(ReadOnlySpan<byte> data, ReadOnlySpan<int> fds, int timeoutMs)
     {
         if (fds.Length > MaxFdsPerMessage)
         {
@@ -236,6 +258,9 @@ public sealed unsafe class UnixSocket : IDisposable
                 d[i] = fds[i];
             }
         }
+        bool bounded = timeoutMs >= 0;
+        int flags = LibcSocket.MSG_NOSIGNAL | (bounded ? LibcSocket.MSG_DONTWAIT : 0);
+        long deadline = bounded ? Environment.TickCount64 + timeoutMs : 0;
         int sent = 0;
         fixed (byte* p = data)
         {
@@ -248,18 +273,59 @@ public sealed unsafe class UnixSocket : IDisposable
                     msg.Control = control;
                     msg.ControlLen = (nuint)space;
                 }
-                nint n = LibcSocket.sendmsg(_fd.Fd, &msg, LibcSocket.MSG_NOSIGNAL);
-                if (n < 0)
+                nint n = LibcSocket.sendmsg(_fd.Fd, &msg, flags);
+                if (n >= 0)
                 {
-                    if (Errno.Last == Libc.EINTR)
-                    {
-                        continue;
-                    }
+                    sent += (int)n;
+                    continue;
+                }
+                int e = Errno.Last;
+                if (e == Libc.EINTR)
+                {
+                    continue;
+                }
+                if (!bounded || e != Libc.EAGAIN)
+                {
                     throw Errno.Exception("sendmsg");
                 }
-                sent += (int)n;
+                long left = deadline - Environment.TickCount64;
+                if (left <= 0 || !WaitWritable((int)left))
+                {
+                    if (sent > 0)
+                    {
+                        // Part of the message is in the peer's buffer: end the stream rather than let the
+                        // next message follow a fragment.
+                        LibcSocket.shutdown(_fd.Fd, LibcSocket.SHUT_RDWR);
+                    }
+                    return false;
+                }
             }
             while (sent < data.Length);
+        }
+        return true;
+    }
+
+    /// <summary>poll(2) for POLLOUT up to <paramref name="timeoutMs"/>; true when writable or broken (the next send reports which).</summary>
+    private bool WaitWritable(int timeoutMs)
+    {
+        long deadline = Environment.TickCount64 + timeoutMs;
+        while (true)
+        {
+            var p = new Libc.PollFd { Fd = _fd.Fd, Events = LibcSocket.POLLOUT };
+            int r = Libc.poll(&p, 1, timeoutMs);
+            if (r > 0)
+            {
+                return true;
+            }
+            if (r < 0 && Errno.Last != Libc.EINTR)
+            {
+                throw Errno.Exception("poll");
+            }
+            timeoutMs = (int)Math.Max(0, deadline - Environment.TickCount64);
+            if (r == 0 || timeoutMs == 0)
+            {
+                return false;
+            }
         }
     }
 
