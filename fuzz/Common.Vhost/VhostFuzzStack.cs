@@ -104,7 +104,16 @@ public sealed class VhostFuzzStack : IDisposable
             _closed = true; // Run() closes the connection here
             return;
         }
-        if (m is null || !Session.Process(m))
+        bool keep;
+        try
+        {
+            keep = m is not null && Session.Process(m);
+        }
+        catch (VhostUserProtocolException)
+        {
+            keep = false; // a reply the front-end did not take: Run() closes the connection here
+        }
+        if (!keep)
         {
             _closed = true;
             return;

@@ -111,15 +111,25 @@ public sealed class VhostUserConnection : IDisposable
         Reply(request, p);
     }
 
-    /// <summary>Sends any message (header + payload + descriptors in one sendmsg).</summary>
+    /// <summary>
+    /// Sends any message (header + payload + descriptors in one sendmsg). Bounded in time: a front-end that
+    /// stops reading its replies cannot hold the session thread; after the payload timeout the message is
+    /// abandoned (never half-sent on a live stream) and <see cref="VhostUserProtocolException"/> says why.
+    /// </summary>
     public void Send(uint request, uint flags, ReadOnlySpan<byte> payload, ReadOnlySpan<int> fds)
     {
         var buf = new byte[VhostUserWire.HeaderSize + payload.Length];
         VhostUserCodec.WriteHeader(buf, request, flags, payload.Length);
         payload.CopyTo(buf.AsSpan(VhostUserWire.HeaderSize));
+        bool sent;
         lock (_sendLock)
         {
-            _socket.Send(buf, fds);
+            sent = _socket.TrySend(buf, fds, _payloadTimeoutMs);
+        }
+        if (!sent)
+        {
+            throw new VhostUserProtocolException(
+                $"the front-end took no {VhostUserCodec.Name((VhostUserRequest)request)} reply within {_payloadTimeoutMs} ms (it is not reading its socket)");
         }
     }
 

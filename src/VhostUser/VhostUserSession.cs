@@ -213,7 +213,18 @@ public sealed class VhostUserSession : IDisposable
                     Log("front-end disconnected");
                     return;
                 }
-                if (!Process(m))
+                bool keep;
+                try
+                {
+                    keep = Process(m);
+                }
+                catch (VhostUserProtocolException e)
+                {
+                    Errors++;
+                    Log($"closing the connection: {e.Message}");
+                    return;
+                }
+                if (!keep)
                 {
                     return;
                 }

@@ -335,3 +335,42 @@ public sealed class BackendChannelTests : IDisposable
         Assert.InRange(sw.ElapsedMilliseconds, 0, 3000);
     }
 }
+
+/// <summary>A front-end that sends requests but never reads the replies cannot hold its session thread.</summary>
+public sealed class UnreadRepliesTests
+{
+    [Fact]
+    public void AFrontEndThatNeverReadsItsRepliesIsDisconnectedAndOthersAreServed()
+    {
+        using var dev = new RealDevice(address: "sim:0c.0");
+        using var h = new SessionHarness(dev.Adapter, payloadTimeoutMs: 300);
+        // GET_FEATURES always has a reply; sent from another thread, since our own send blocks once the
+        // session stops reading (it is stuck replying, then gone).
+        var header = new byte[12];
+        VhostUserCodec.WriteHeader(header, (uint)VhostUserRequest.GET_FEATURES, VhostUserWire.FlagVersion, 0);
+        var sender = new Thread(() =>
+        {
+            try
+            {
+                for (int i = 0; i < 200_000; i++)
+                {
+                    h.Fe.Socket.Send(header);
+                }
+            }
+            catch (IOException)
+            {
+                // the session closed the connection: expected
+            }
+        }) { IsBackground = true };
+        var sw = Stopwatch.StartNew();
+        sender.Start();
+        Assert.True(h.WaitEnded(15_000), "the session never gave up on a front-end that does not read:\n" + h.LogText);
+        Assert.True(sw.ElapsedMilliseconds < 15_000);
+        Assert.True(h.Logged("closing the connection: the front-end took no GET_FEATURES reply within 300 ms"), h.LogText);
+        Assert.True(h.Fe.WaitClosed(5000), "the front-end's end did not see the connection close");
+
+        // the same device serves the next front-end
+        using var h2 = new SessionHarness(dev.Adapter);
+        Assert.NotEqual(0UL, h2.Fe.GetU64(VhostUserRequest.GET_FEATURES));
+    }
+}
