@@ -63,19 +63,7 @@ public static class Proc
         }
     }
 
-    public static bool WaitFor(Func<bool> cond, int timeoutMs = 5000)
-    {
-        var deadline = Environment.TickCount64 + timeoutMs;
-        while (!cond())
-        {
-            if (Environment.TickCount64 > deadline)
-            {
-                return false;
-            }
-            Thread.Sleep(5);
-        }
-        return true;
-    }
+    public static bool WaitFor(Func<bool> cond, int timeoutMs = 5000) => Wait.Until(cond, timeoutMs, 5);
 }
 
 /// <summary>One vDPA device (SoftIfcVf + engine + IfcvfAdapter) served by a VhostUserBackend on its own socket.</summary>

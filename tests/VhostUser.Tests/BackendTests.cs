@@ -32,19 +32,7 @@ public sealed class BackendTests : IDisposable
         Session = new VhostUserSessionOptions { Log = _logs.Enqueue, PayloadTimeoutMs = 500, Name = "be" },
     });
 
-    private static bool WaitFor(Func<bool> cond, int timeoutMs = 5000)
-    {
-        var deadline = Environment.TickCount64 + timeoutMs;
-        while (!cond())
-        {
-            if (Environment.TickCount64 > deadline)
-            {
-                return false;
-            }
-            Thread.Sleep(10);
-        }
-        return true;
-    }
+    private static bool WaitFor(Func<bool> cond, int timeoutMs = 5000) => Wait.Until(cond, timeoutMs);
 
     private void OneGoodSession(byte seed)
     {

@@ -62,19 +62,7 @@ public static class FrontendSetup
         }
     }
 
-    public static bool WaitFor(Func<bool> cond, int timeoutMs = 5000)
-    {
-        var deadline = Environment.TickCount64 + timeoutMs;
-        while (!cond())
-        {
-            if (Environment.TickCount64 > deadline)
-            {
-                return false;
-            }
-            Thread.Sleep(10);
-        }
-        return true;
-    }
+    public static bool WaitFor(Func<bool> cond, int timeoutMs = 5000) => Wait.Until(cond, timeoutMs);
 }
 
 /// <summary>The shared-memory lookup the front-end's DmaMap relies on.</summary>

@@ -8,6 +8,24 @@ using IfcVdpa.Vdpa;
 
 namespace IfcVdpa.VhostUser.Tests;
 
+/// <summary>Polling for a condition with a deadline (the tests' one way of waiting).</summary>
+public static class Wait
+{
+    public static bool Until(Func<bool> cond, int timeoutMs = 5000, int pollMs = 10)
+    {
+        var deadline = Environment.TickCount64 + timeoutMs;
+        while (!cond())
+        {
+            if (Environment.TickCount64 > deadline)
+            {
+                return false;
+            }
+            Thread.Sleep(pollMs);
+        }
+        return true;
+    }
+}
+
 /// <summary>A session on one end of a socketpair (served on a thread), the test front-end on the other.</summary>
 public sealed class SessionHarness : IDisposable
 {

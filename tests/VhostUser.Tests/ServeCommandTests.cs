@@ -36,19 +36,7 @@ public sealed class ServeCommandTests : IDisposable
         }
     }
 
-    private static bool WaitFor(Func<bool> cond, int timeoutMs = 10000)
-    {
-        var deadline = Environment.TickCount64 + timeoutMs;
-        while (!cond())
-        {
-            if (Environment.TickCount64 > deadline)
-            {
-                return false;
-            }
-            Thread.Sleep(20);
-        }
-        return true;
-    }
+    private static bool WaitFor(Func<bool> cond, int timeoutMs = 10000) => Wait.Until(cond, timeoutMs, 20);
 
     [Fact]
     public void ServeCarriesFramesPrintsJsonCountersAndRemovesTheSocket()
