@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the VFIO proof guest: the project's NativeAOT `ifcvf` binary (published from a copy of the
 # sources, so a parallel build of the working tree is never disturbed), the shared libraries `ldd`
-# lists for it, static busybox, the virtio-net and VFIO modules of the extracted Debian cloud kernel
-# and scripts/vfio-guest/init as /init.
+# lists for it, DPDK testpmd with its virtio-user plugin, static busybox, the virtio-net, VFIO and tun
+# modules of the extracted Debian cloud kernel and scripts/vfio-guest/init as /init.
 # Usage: build.sh [OUT_DIR]   (default .peers/vfio-guest; needs .peers/kernel from scripts/install-peers.sh
 #                              or scripts/vfio-guest/prepare.sh)
 # Writes OUT_DIR/vmlinuz, OUT_DIR/initrd.gz and OUT_DIR/ifcvf; skips steps whose output is newer than its inputs.
@@ -38,7 +38,7 @@ fi
 # 2. initramfs
 initrd="$out/initrd.gz"
 if [[ -f "$initrd" && "$initrd" -nt "$bin" && "$initrd" -nt "$here/init" && "$initrd" -nt "${BASH_SOURCE[0]}" \
-      && "$initrd" -nt "$vmlinuz" && -f "$out/vmlinuz" ]]; then
+      && "$initrd" -nt "$vmlinuz" && "$initrd" -nt "$(command -v dpdk-testpmd || echo /)" && -f "$out/vmlinuz" ]]; then
   exit 0
 fi
 stage="$(mktemp -d)"
@@ -51,6 +51,30 @@ done
 cp "$bin" "$stage/bin/ifcvf"
 # shared libraries of the binary, at the paths the loader expects
 for lib in $(ldd "$bin" | grep -o '/[^ ]*'); do
+  mkdir -p "$stage$(dirname "$lib")"
+  cp -L "$lib" "$stage$lib"
+done
+# DPDK testpmd (a third-party vhost-user front-end: virtio-user) with the two plugins it needs here
+# (net_virtio, mempool_ring) and every shared library of all three, at the paths the loader expects.
+testpmd="$(command -v dpdk-testpmd || true)"
+[[ -n "$testpmd" ]] || { log "dpdk-testpmd missing (scripts/install-peers.sh installs dpdk-dev)"; exit 1; }
+pmddir="$(compgen -G "/usr/lib/x86_64-linux-gnu/dpdk/pmds-*" | sort | tail -n1 || true)"
+[[ -n "$pmddir" ]] || { log "no DPDK plugin directory under /usr/lib/x86_64-linux-gnu/dpdk"; exit 1; }
+mkdir -p "$stage/usr/bin" "$stage$pmddir" "$stage/var"
+ln -s /run "$stage/var/run"
+cp "$testpmd" "$stage/usr/bin/dpdk-testpmd"
+plugins=()
+for p in librte_net_virtio librte_mempool_ring; do
+  f="$(compgen -G "$pmddir/$p.so.[0-9]*" | sort | head -n1 || true)"
+  [[ -n "$f" ]] || { log "DPDK plugin $p missing in $pmddir"; exit 1; }
+  cp -L "$f" "$stage$pmddir/$p.so"   # EAL loads *.so (or *.so.<full ABI>) from its plugin directory
+  plugins+=("$f")
+done
+# glibc loads libgcc_s at run time for pthread_cancel (testpmd's shutdown): ldd does not list it
+libgcc="$(ldconfig -p | grep -o '/[^ ]*/libgcc_s\.so\.1$' | head -n1)"
+[[ -n "$libgcc" ]] || { log "libgcc_s.so.1 not found"; exit 1; }
+for lib in $(for f in "$testpmd" "${plugins[@]}"; do ldd "$f"; done | grep -o '/[^ ]*' | sort -u) "$libgcc"; do
+  [[ -e "$stage$lib" ]] && continue
   mkdir -p "$stage$(dirname "$lib")"
   cp -L "$lib" "$stage$lib"
 done

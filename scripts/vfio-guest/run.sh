@@ -11,8 +11,8 @@ root="$(cd "$here/../.." && pwd)"
 out="${1:-$root/.peers/vfio-guest}"
 timeout="${2:-240}"
 exec timeout -s KILL "$((timeout + 30))" qemu-system-x86_64 \
-  -machine q35 -accel tcg -m 512 -smp 2 -nodefaults -no-user-config -display none -serial stdio -no-reboot \
-  -device intel-iommu,intremap=on \
+  -machine q35 -accel tcg -cpu max -m 1024 -smp 2 -nodefaults -no-user-config -display none -serial stdio -no-reboot \
+  -device intel-iommu,intremap=on,aw-bits=48 \
   -kernel "$out/vmlinuz" -initrd "$out/initrd.gz" \
   -append "console=ttyS0 intel_iommu=on panic=-1 quiet vfio_timeout=$timeout" \
   -netdev hubport,id=h1,hubid=0 \
