@@ -467,6 +467,34 @@ public class AdapterTests
         Assert.Equal(1, fn.Inner.DoorbellCount(0));
     }
 
+    [Fact]
+    public void AGenericFunctionIsNeverWrittenQueueEnableZeroAndRestartsAQueueOnlyAfterReset()
+    {
+        using var fn = new TestFunction(new SoftIfcVf()).Set16(PciConfig.SubsystemVendorId, 0x1af4).Set16(PciConfig.SubsystemId, 0x1100);
+        using var a = IfcvfAdapter.Probe(fn, new IfcvfAdapterOptions { AcceptGenericVirtioNet = true });
+        BringUp(a, BaseFeatures);
+        ushort HwQueueEnable(int q)
+        {
+            fn.Inner.WriteBar16(IfcvfLayout.CommonBar, IfcvfLayout.CommonOffset + VirtioPci.QueueSelect, (ushort)q);
+            return fn.Inner.ReadBar16(IfcvfLayout.CommonBar, IfcvfLayout.CommonOffset + VirtioPci.QueueEnable);
+        }
+
+        // virtio 1.x: a driver must not write 0 to queue_enable (QEMU rejects it); the queue is stopped for
+        // the consumer, the function keeps it until reset, and the state cannot be read back
+        a.SetVqReady(1, false);
+        Assert.False(a.GetVqReady(1));
+        Assert.True(a.GetVqReady(0));
+        Assert.Equal(1, HwQueueEnable(1));
+        Assert.Throws<NotSupportedException>(() => a.GetVqState(1));
+        var e = Assert.Throws<IfcvfDeviceException>(() => a.SetVqReady(1, true));
+        Assert.Contains("only after a device reset", e.Message, StringComparison.Ordinal);
+
+        a.Reset();
+        Assert.Equal(0, HwQueueEnable(1));
+        BringUp(a, BaseFeatures);
+        Assert.True(a.GetVqReady(1));
+    }
+
     [Theory]
     [InlineData(0x8086, 0x1041, 0x8086, 0x001a, "not a virtio function")]
     [InlineData(0x1af4, 0x1001, 0x8086, 0x0002, "virtio-blk")]
