@@ -42,6 +42,9 @@ public static class CommandLine
                 [ --client ] [ --poll | --event ] [ --split-only ] [ --stats-period S ] [ --socket-mode OCTAL ]
                                      vhost-user back-end (QEMU, DPDK virtio-user) on a software IFC VF
                                      until Ctrl-C; -j or --stats-period print per-queue counters
+          serve --socket PATH --vfio BDF [ --generic ] [ --client ] [ --stats-period S ]
+                                     the same on a function bound to vfio-pci (an IFC VF; --generic also
+                                     takes a plain virtio-net function): true vDPA, like DPDK's vdpa app
           demo [ count N ]           end to end: serve with a TAP in a new namespace, a Linux guest under
                                      QEMU on the socket, pings both ways, clean-up (root; installs peers)
           help                       this text

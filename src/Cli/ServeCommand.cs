@@ -3,6 +3,7 @@ using IfcVdpa.Ifcvf;
 using IfcVdpa.IfcvfModel;
 using IfcVdpa.IfcvfModel.Backends;
 using IfcVdpa.IfcvfModel.Datapath;
+using IfcVdpa.Vfio;
 using IfcVdpa.VhostUser;
 
 namespace IfcVdpa.Cli;
@@ -11,6 +12,8 @@ namespace IfcVdpa.Cli;
 /// `ifcvf serve`: one software IFC VF (datapath engine + network backend), probed by the ifcvf driver
 /// into a vDPA device, served to one vhost-user front-end at a time (QEMU, DPDK virtio-user) until
 /// SIGINT/SIGTERM. With -j or --stats-period it prints per-queue counters periodically.
+/// `--vfio BDF [--generic]` serves a real function bound to vfio-pci instead (DPDK's vdpa sample app with
+/// its ifc driver): the frames then never pass through this process.
 /// </summary>
 public static class ServeCommand
 {
@@ -26,6 +29,8 @@ public static class ServeCommand
         public double? StatsPeriod { get; set; }
         public uint SocketMode { get; set; } = 0x180;
         public bool PackedRings { get; set; } = true;
+        public string? Vfio { get; set; }
+        public bool Generic { get; set; }
     }
 
     public static int Run(CliContext ctx, IReadOnlyList<string> argv) => Run(ctx, argv, CancellationToken.None);
@@ -34,36 +39,9 @@ public static class ServeCommand
     public static int Run(CliContext ctx, IReadOnlyList<string> argv, CancellationToken stop)
     {
         var a = Parse(argv);
-        var vfOptions = new SoftIfcVfOptions
-        {
-            Address = "sim:00.0",
-            QueuePairs = a.Queues,
-            Mac = a.Mac ?? new SoftIfcVfOptions().Mac,
-            Mtu = a.Mtu ?? 1500,
-            DeviceFeatures = SoftIfcVfOptions.DefaultFeatures | (a.PackedRings ? 1UL << Virtio.VirtioFeature.F_RING_PACKED : 0),
-        };
-        try
-        {
-            vfOptions.Validate();
-        }
-        catch (ArgumentException e)
-        {
-            throw new CliException(e.Message);
-        }
         var log = new Action<string>(s => ctx.Err.WriteLine($"{DateTime.Now:HH:mm:ss.fff} {s}"));
-        NetBackend backend;
-        try
-        {
-            backend = NetBackend.Parse(a.Backend);
-        }
-        catch (Exception e) when (e is ArgumentException or IOException or UnauthorizedAccessException)
-        {
-            throw new CliException($"backend {a.Backend}: {e.Message}");
-        }
-        using var engine = new VirtioNetEngine(backend, new EngineOptions { Mode = a.Mode, Log = log });
-        using var vf = new SoftIfcVf(vfOptions);
-        vf.AttachEngine(engine);
-        using var adapter = IfcvfAdapter.Probe(vf, new IfcvfAdapterOptions { Name = "vdpa0" });
+        using var device = a.Vfio is null ? SoftwareDevice(a, log) : VfioDevice(a);
+        var adapter = device.Adapter;
         var options = new VhostUserBackendOptions
         {
             SocketPath = a.Socket!,
@@ -80,7 +58,7 @@ public static class ServeCommand
         {
             throw new CliException($"cannot serve on {a.Socket}: {e.Message}");
         }
-        log($"serving {adapter.Name} ({vf.Address}, {a.Queues} queue pair(s), backend {backend}, {a.Mode} mode) on {a.Socket}{(a.Client ? " as a client" : "")}");
+        log($"serving {adapter.Name} ({device.Describe}) on {a.Socket}{(a.Client ? " as a client" : "")}");
 
         using var done = new ManualResetEventSlim();
         using var signals = new ShutdownSignal(done.Set);
@@ -89,14 +67,14 @@ public static class ServeCommand
         int waitMs = period is { } p ? (int)Math.Max(100, p * 1000) : -1;
         while (!done.Wait(waitMs, CancellationToken.None))
         {
-            PrintStats(ctx, adapter, server, a.Queues);
+            PrintStats(ctx, adapter, server, device.Pairs);
         }
         log(stop.IsCancellationRequested ? "stop requested: stopping" : "signal received: stopping");
         server.Stop();
-        vf.AttachEngine(null);
+        device.StopDatapath();
         if (period is not null)
         {
-            PrintStats(ctx, adapter, server, a.Queues);
+            PrintStats(ctx, adapter, server, device.Pairs);
         }
         log($"stopped; {server.Connections} front-end connection(s) served, socket {(File.Exists(a.Socket) && !a.Client ? "still present" : "removed")}");
         return 0;
@@ -147,6 +125,86 @@ public static class ServeCommand
         ctx.Out.Flush();
     }
 
+    /// <summary>The device being served and what owns it (disposed in reverse order of creation).</summary>
+    private sealed class ServedDevice(IfcvfAdapter adapter, string describe, int pairs, Action stopDatapath, params IDisposable[] owned) : IDisposable
+    {
+        public IfcvfAdapter Adapter { get; } = adapter;
+
+        public string Describe { get; } = describe;
+
+        public int Pairs { get; } = pairs;
+
+        public void StopDatapath() => stopDatapath();
+
+        public void Dispose()
+        {
+            Adapter.Dispose();
+            foreach (var d in owned)
+            {
+                d.Dispose();
+            }
+        }
+    }
+
+    private static ServedDevice SoftwareDevice(Args a, Action<string> log)
+    {
+        var vfOptions = new SoftIfcVfOptions
+        {
+            Address = "sim:00.0",
+            QueuePairs = a.Queues,
+            Mac = a.Mac ?? new SoftIfcVfOptions().Mac,
+            Mtu = a.Mtu ?? 1500,
+            DeviceFeatures = SoftIfcVfOptions.DefaultFeatures | (a.PackedRings ? 1UL << Virtio.VirtioFeature.F_RING_PACKED : 0),
+        };
+        try
+        {
+            vfOptions.Validate();
+        }
+        catch (ArgumentException e)
+        {
+            throw new CliException(e.Message);
+        }
+        NetBackend backend;
+        try
+        {
+            backend = NetBackend.Parse(a.Backend);
+        }
+        catch (Exception e) when (e is ArgumentException or IOException or UnauthorizedAccessException)
+        {
+            throw new CliException($"backend {a.Backend}: {e.Message}");
+        }
+        var engine = new VirtioNetEngine(backend, new EngineOptions { Mode = a.Mode, Log = log });
+        var vf = new SoftIfcVf(vfOptions);
+        vf.AttachEngine(engine);
+        var adapter = IfcvfAdapter.Probe(vf, new IfcvfAdapterOptions { Name = "vdpa0" });
+        return new ServedDevice(adapter, $"{vf.Address}, {a.Queues} queue pair(s), backend {backend}, {a.Mode} mode", a.Queues,
+            () => vf.AttachEngine(null), vf, engine);
+    }
+
+    private static ServedDevice VfioDevice(Args a)
+    {
+        VfioPciFunction fn;
+        try
+        {
+            fn = VfioPciFunction.Open(PciSysfs.NormalizeAddress(a.Vfio!));
+        }
+        catch (Exception e) when (e is VfioException or ArgumentException or IOException)
+        {
+            throw new CliException(e.Message);
+        }
+        try
+        {
+            var adapter = IfcvfAdapter.Probe(fn, new IfcvfAdapterOptions { Name = "vdpa0", AcceptGenericVirtioNet = a.Generic });
+            return new ServedDevice(adapter, $"pci/{fn.Address} through VFIO, {(adapter.IsIfc ? "IFC VF" : "generic virtio-net")}, {adapter.NumVqs} virtqueues",
+                adapter.NumVqs / 2, () => { }, fn);
+        }
+        catch (Exception e) when (e is IfcvfProbeException or IfcvfDeviceException or VfioException or IOException)
+        {
+            fn.Dispose();
+            throw new CliException(e.Message);
+        }
+    }
+
     private static Args Parse(IReadOnlyList<string> argv)
     {
         var a = new Args();
@@ -187,6 +245,12 @@ public static class ServeCommand
                     break;
                 case "--event":
                     a.Mode = EngineMode.Event;
+                    break;
+                case "--vfio" or "vfio":
+                    a.Vfio = Value();
+                    break;
+                case "--generic" or "generic":
+                    a.Generic = true; // accept a plain virtio-net function (DPDK's vdpa=1)
                     break;
                 case "--stats-period":
                     a.StatsPeriod = double.TryParse(Value(), CultureInfo.InvariantCulture, out double s) && s > 0
