@@ -35,6 +35,16 @@ public sealed class PciCliTests : IDisposable
     }
 
     [Fact]
+    public async Task Serve_vfio_on_a_function_it_cannot_open_fails_clearly_and_leaves_no_socket()
+    {
+        string sock = Path.Combine(_fs.StateDir, "serve.sock");
+        var (rc, _, err) = await Run("serve", "--socket", sock, "--vfio", Net, "--generic");
+        Assert.NotEqual(0, rc);
+        Assert.StartsWith($"ifcvf: {Net} ", err, StringComparison.Ordinal);
+        Assert.False(File.Exists(sock), "no socket may be left behind when the device cannot be opened");
+    }
+
+    [Fact]
     public async Task List_shows_driver_and_group()
     {
         var (rc, text, _) = await Run("pci", "list");
