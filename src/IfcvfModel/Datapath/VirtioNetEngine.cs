@@ -574,102 +574,39 @@ public sealed partial class VirtioNetEngine : IVirtqueueEngine, IQueueStatsSourc
     /// <summary>Walks a TX chain, copying its readable buffers into the staging buffer. Returns the length.</summary>
     private int GatherTx(Virtqueue q, Span<byte> desc, ushort head, out ChainError err)
     {
-        var dma = _dma!;
-        var stage = _stage;
-        int total = 0;
-        if (head >= q.Size)
-        {
-            err = ChainError.BadHead;
-            return 0;
-        }
-        Span<byte> table = desc;
-        int tableCount = q.Size;
-        int idx = head;
-        int visited = 0;
-        bool indirect = false;
-        while (true)
-        {
-            var d = table.Slice(idx * DescSize, DescSize);
-            ulong addr = BinaryPrimitives.ReadUInt64LittleEndian(d);
-            uint len = BinaryPrimitives.ReadUInt32LittleEndian(d[DescLen..]);
-            ushort flags = BinaryPrimitives.ReadUInt16LittleEndian(d[DescFlags..]);
-            ushort next = BinaryPrimitives.ReadUInt16LittleEndian(d[DescNext..]);
-            if ((flags & VIRTQ_DESC_F_INDIRECT) != 0)
-            {
-                err = EnterIndirect(q, dma, indirect, flags, addr, len, ref table, ref tableCount);
-                if (err != ChainError.None)
-                {
-                    return 0;
-                }
-                indirect = true;
-                idx = 0;
-                visited = 0;
-                continue;
-            }
-            if ((flags & VIRTQ_DESC_F_WRITE) != 0)
-            {
-                err = ChainError.WritableInDriverBuffer;
-                return 0;
-            }
-            if (len != 0)
-            {
-                if (len > (uint)(stage.Length - total))
-                {
-                    err = ChainError.TooLarge;
-                    return 0;
-                }
-                if (!dma.TryTranslate(addr, len, false, out var src))
-                {
-                    err = ChainError.BadAddress;
-                    return 0;
-                }
-                src.CopyTo(stage.AsSpan(total));
-                total += (int)len;
-            }
-            if ((flags & VIRTQ_DESC_F_NEXT) == 0)
-            {
-                err = ChainError.None;
-                return total;
-            }
-            if (++visited >= tableCount)
-            {
-                err = ChainError.Loop;
-                return 0;
-            }
-            if (next >= tableCount)
-            {
-                err = ChainError.BadNext;
-                return 0;
-            }
-            idx = next;
-        }
+        var gather = new TxGather(_dma!, _stage);
+        err = SplitChain.Walk(q, _dma!, desc, head, ref gather);
+        return err == ChainError.None ? gather.Total : 0;
     }
 
-    private static ChainError EnterIndirect(Virtqueue q, IovaMap dma, bool inIndirect, ushort flags, ulong addr, uint len,
-        ref Span<byte> table, ref int tableCount)
+    /// <summary>A TX chain's buffers: device-readable only, copied one after another into the staging buffer.</summary>
+    private struct TxGather(IovaMap dma, byte[] stage) : IChainVisitor
     {
-        if (!q.Indirect)
+        public int Total;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public ChainError Visit(ulong addr, uint len, bool writable)
         {
-            return ChainError.IndirectNotNegotiated;
+            if (writable)
+            {
+                return ChainError.WritableInDriverBuffer;
+            }
+            if (len == 0)
+            {
+                return ChainError.None;
+            }
+            if (len > (uint)(stage.Length - Total))
+            {
+                return ChainError.TooLarge;
+            }
+            if (!dma.TryTranslate(addr, len, false, out var src))
+            {
+                return ChainError.BadAddress;
+            }
+            src.CopyTo(stage.AsSpan(Total));
+            Total += (int)len;
+            return ChainError.None;
         }
-        if (inIndirect)
-        {
-            return ChainError.NestedIndirect;
-        }
-        if ((flags & VIRTQ_DESC_F_NEXT) != 0)
-        {
-            return ChainError.IndirectWithNext;
-        }
-        if (len == 0 || len % DescSize != 0 || len / DescSize > SplitRing.MaxSize)
-        {
-            return ChainError.BadIndirectLength;
-        }
-        if (!dma.TryTranslate(addr, len, false, out table))
-        {
-            return ChainError.BadAddress;
-        }
-        tableCount = (int)(len / DescSize);
-        return ChainError.None;
     }
 
     /// <summary>
@@ -680,116 +617,82 @@ public sealed partial class VirtioNetEngine : IVirtqueueEngine, IQueueStatsSourc
     /// </summary>
     private long CollectWritable(Virtqueue q, Span<byte> desc, ushort head, ref int segs, Span<byte> readable, out int readLen, out ChainError err)
     {
-        var dma = _dma!;
-        long cap = 0;
-        readLen = 0;
-        if (head >= q.Size)
+        var collect = new WritableCollector(_dma!, _segAddr, _segLen, segs, readable);
+        err = SplitChain.Walk(q, _dma!, desc, head, ref collect);
+        readLen = err == ChainError.None ? collect.ReadLen : 0;
+        if (err != ChainError.None)
         {
-            err = ChainError.BadHead;
             return 0;
         }
-        Span<byte> table = desc;
-        int tableCount = q.Size;
-        int idx = head;
-        int visited = 0;
-        bool indirect = false;
-        bool sawWritable = false;
-        while (true)
+        segs = collect.Segs;
+        return collect.Capacity;
+    }
+
+    /// <summary>
+    /// An RX (or control) chain's buffers: device-writable ones become segments (mapped and writable); readable
+    /// ones are allowed only first and only when <c>readable</c> is given (the control queue's command).
+    /// </summary>
+    private ref struct WritableCollector(IovaMap dma, ulong[] segAddr, uint[] segLen, int segs, Span<byte> readable) : IChainVisitor
+    {
+        private readonly Span<byte> _readable = readable;
+        private bool _sawWritable;
+        public int Segs = segs;
+        public long Capacity;
+        public int ReadLen;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public ChainError Visit(ulong addr, uint len, bool writable)
         {
-            var d = table.Slice(idx * DescSize, DescSize);
-            ulong addr = BinaryPrimitives.ReadUInt64LittleEndian(d);
-            uint len = BinaryPrimitives.ReadUInt32LittleEndian(d[DescLen..]);
-            ushort flags = BinaryPrimitives.ReadUInt16LittleEndian(d[DescFlags..]);
-            ushort next = BinaryPrimitives.ReadUInt16LittleEndian(d[DescNext..]);
-            if ((flags & VIRTQ_DESC_F_INDIRECT) != 0)
-            {
-                err = EnterIndirect(q, dma, indirect, flags, addr, len, ref table, ref tableCount);
-                if (err != ChainError.None)
-                {
-                    return 0;
-                }
-                indirect = true;
-                idx = 0;
-                visited = 0;
-                continue;
-            }
             if (len > int.MaxValue)
             {
-                err = ChainError.LengthOverflow; // no single buffer of 2 GiB or more (spans are int-sized)
-                return 0;
+                return ChainError.LengthOverflow; // no single buffer of 2 GiB or more (spans are int-sized)
             }
-            if ((flags & VIRTQ_DESC_F_WRITE) != 0)
+            if (writable)
             {
-                sawWritable = true;
-                if (len != 0)
+                _sawWritable = true;
+                if (len == 0)
                 {
-                    if (segs >= MaxSegments)
-                    {
-                        err = ChainError.TooManySegments;
-                        return 0;
-                    }
-                    if (!dma.TryTranslate(addr, len, true, out _))
-                    {
-                        err = ChainError.BadAddress;
-                        return 0;
-                    }
-                    _segAddr[segs] = addr;
-                    _segLen[segs] = len;
-                    segs++;
-                    cap += len;
-                    if (cap > uint.MaxValue)
-                    {
-                        err = ChainError.LengthOverflow;
-                        return 0;
-                    }
+                    return ChainError.None;
                 }
-            }
-            else
-            {
-                if (readable.IsEmpty)
+                if (Segs >= MaxSegments)
                 {
-                    err = ChainError.ReadOnlyInDeviceBuffer;
-                    return 0;
+                    return ChainError.TooManySegments;
                 }
-                if (sawWritable)
+                if (!dma.TryTranslate(addr, len, true, out _))
                 {
-                    err = ChainError.ReadAfterWrite;
-                    return 0;
+                    return ChainError.BadAddress;
                 }
-                if (len != 0)
-                {
-                    if (!dma.TryTranslate(addr, len, false, out var src))
-                    {
-                        err = ChainError.BadAddress;
-                        return 0;
-                    }
-                    if ((ulong)readLen + len > uint.MaxValue)
-                    {
-                        err = ChainError.LengthOverflow;
-                        return 0;
-                    }
-                    int room = Math.Max(0, readable.Length - readLen);
-                    int take = (int)Math.Min(len, (uint)room);
-                    src[..take].CopyTo(readable[readLen..]);
-                    readLen = (int)Math.Min((long)readLen + len, int.MaxValue);
-                }
+                segAddr[Segs] = addr;
+                segLen[Segs] = len;
+                Segs++;
+                Capacity += len;
+                return Capacity > uint.MaxValue ? ChainError.LengthOverflow : ChainError.None;
             }
-            if ((flags & VIRTQ_DESC_F_NEXT) == 0)
+            if (_readable.IsEmpty)
             {
-                err = ChainError.None;
-                return cap;
+                return ChainError.ReadOnlyInDeviceBuffer;
             }
-            if (++visited >= tableCount)
+            if (_sawWritable)
             {
-                err = ChainError.Loop;
-                return 0;
+                return ChainError.ReadAfterWrite;
             }
-            if (next >= tableCount)
+            if (len == 0)
             {
-                err = ChainError.BadNext;
-                return 0;
+                return ChainError.None;
             }
-            idx = next;
+            if (!dma.TryTranslate(addr, len, false, out var src))
+            {
+                return ChainError.BadAddress;
+            }
+            if ((ulong)ReadLen + len > uint.MaxValue)
+            {
+                return ChainError.LengthOverflow;
+            }
+            int room = Math.Max(0, _readable.Length - ReadLen);
+            int take = (int)Math.Min(len, (uint)room);
+            src[..take].CopyTo(_readable[ReadLen..]);
+            ReadLen = (int)Math.Min((long)ReadLen + len, int.MaxValue);
+            return ChainError.None;
         }
     }
 
