@@ -44,11 +44,24 @@ public static class FuzzDriver
             return Mutate(double.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture), args[2],
                 args.Length >= 4 ? args[3] : Path.Combine(Path.GetTempPath(), "ifcvf-fuzz-crashes"), target);
         }
+        // FUZZ_CURRENT_INPUT=FILE: each input is written there before it runs. SharpFuzz runs every input in
+        // this one process, so a crash it cannot catch (an exception on another thread, a memory fault) kills
+        // the whole afl-fuzz session without a saved crash; scripts/fuzz.sh then keeps this file as the input.
+        using var current = Environment.GetEnvironmentVariable("FUZZ_CURRENT_INPUT") is { Length: > 0 } path
+            ? new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.ReadWrite, bufferSize: 0)
+            : null;
         Fuzzer.Run(stream =>
         {
             using var ms = new MemoryStream();
             stream.CopyTo(ms);
-            target(ms.GetBuffer().AsSpan(0, (int)ms.Length));
+            var input = ms.GetBuffer().AsSpan(0, (int)ms.Length);
+            if (current is not null)
+            {
+                current.Position = 0;
+                current.Write(input);
+                current.SetLength(input.Length);
+            }
+            target(input);
         });
         return 0;
     }

@@ -281,6 +281,7 @@ public sealed class FrontendProtocolTests : IDisposable
     [InlineData("area beyond the file")]
     [InlineData("socket descriptor")]
     [InlineData("unmappable descriptor")]
+    [InlineData("zero device at an offset")] // found by fuzz/VhostFrontendFuzz: mapped, then the first kick faulted (SIGBUS)
     public void BadHostNotifiersAreRefusedWithANonZeroAck(string kind)
     {
         using var be = new FakeVhostUserBackend();
@@ -288,6 +289,7 @@ public sealed class FrontendProtocolTests : IDisposable
         using var mem = FrontendSetup.BringUp(fe);
         using var bell = MappedMemory.CreateShared("doorbells", 0x3000);
         using var ev = EventFd.Create();
+        using var zero = File.OpenHandle("/dev/zero", FileMode.Open, FileAccess.ReadWrite);
         var (a, b) = UnixSocket.CreatePair();
         using var sa = a;
         using var sb = b;
@@ -307,6 +309,7 @@ public sealed class FrontendProtocolTests : IDisposable
             "area beyond the file" => be.BackendRequest(3, P(1, 0x1000, 0x3000), [f]),
             "socket descriptor" => be.BackendRequest(3, P(1, 0x1000, 0), [sa.Fd]),
             "unmappable descriptor" => be.BackendRequest(3, P(1, 0x1000, 0), [ev.Fd]),
+            "zero device at an offset" => be.BackendRequest(3, P(1, 0x1000, 0x3000), [(int)zero.DangerousGetHandle()]),
             _ => throw new ArgumentException(kind),
         };
         Assert.NotEqual(0UL, ack);
@@ -350,6 +353,77 @@ public sealed class FrontendProtocolTests : IDisposable
         fe.SetVqReady(1, false);
         Assert.Equal(5, fe.GetVqState(1).AvailIndex);
         Assert.Null(fe.BrokenReason);
+    }
+
+    /// <summary>
+    /// Found by fuzz/VhostFrontendFuzz (regression-unread-acks): a back-end that asks for acks on its channel
+    /// and never reads them made the ack send time out with an exception nobody caught, on the channel
+    /// thread, which ended the whole process. Now only the channel is closed.
+    /// </summary>
+    [Fact]
+    public void ABackEndThatNeverReadsItsChannelAcksLosesOnlyTheChannel()
+    {
+        using var be = new FakeVhostUserBackend();
+        using var fe = Connect(be, replyTimeoutMs: 200);
+        using var mem = FrontendSetup.BringUp(fe);
+        var ch = be.Channel!;
+        var msg = new byte[VhostUserWire.HeaderSize];
+        VhostUserCodec.WriteHeader(msg, 99, VhostUserWire.FlagVersion | VhostUserWire.FlagNeedReply, 0);
+        int sent = 0;
+        try
+        {
+            // Until the front-end stops reading (its ack sends are stuck) or closes the channel.
+            while (sent < 1_000_000 && ch.TrySend(msg, default, 1000))
+            {
+                sent++;
+            }
+        }
+        catch (IOException)
+        {
+            // the front-end closed the channel while we were still sending
+        }
+        Assert.True(sent > 0);
+        Assert.True(FrontendSetup.WaitFor(() => LogText.Contains("does not read its acks", StringComparison.Ordinal)), LogText);
+        Assert.True(FrontendSetup.WaitFor(() => ch.HasHangup()), "channel not closed");
+        // the process and the main connection carry on
+        be.Bases[1] = 7;
+        fe.SetVqReady(1, false);
+        Assert.Equal(7, fe.GetVqState(1).AvailIndex);
+        Assert.Null(fe.BrokenReason);
+    }
+
+    /// <summary>
+    /// Found with fuzz/VhostFrontendFuzz (regression-truncated-doorbell): a doorbell in a file the back-end can
+    /// still shrink passed the size check, and truncating it afterwards made the next kick fault (SIGBUS, the
+    /// process died). Only files sealed against shrinking (memfds as MappedMemory.CreateShared makes them) are taken.
+    /// </summary>
+    [Fact]
+    public void ADoorbellFileTheBackEndCouldTruncateIsRefused()
+    {
+        using var be = new FakeVhostUserBackend();
+        using var fe = Connect(be);
+        using var mem = FrontendSetup.BringUp(fe);
+        string dir = Directory.Exists("/dev/shm") ? "/dev/shm" : Path.GetTempPath();
+        string path = Path.Combine(dir, $"fe-test-bell-{Environment.ProcessId}-{Guid.NewGuid():N}");
+        using var file = File.OpenHandle(path, FileMode.CreateNew, FileAccess.ReadWrite, FileShare.ReadWrite | FileShare.Delete);
+        File.Delete(path);
+        RandomAccess.SetLength(file, 0x2000);
+
+        ulong ack = be.BackendRequest(3, FakeVhostUserBackend.HostNotifierPayload(1, 0x1000, 0x1000), [(int)file.DangerousGetHandle()]);
+        Assert.NotEqual(0UL, ack);
+        Assert.False(fe.HasHostNotifier(1));
+        Assert.Contains("not sealed against shrinking", LogText, StringComparison.Ordinal);
+        RandomAccess.SetLength(file, 0); // what the hostile back-end does next
+        fe.KickVq(1); // to the eventfd: nothing mapped can fault
+        Assert.Equal(1, fe.EventFdKicks(1));
+        Assert.Equal(0, fe.HostNotifierKicks(1));
+
+        // a sealed memfd is still a doorbell
+        using var bell = MappedMemory.CreateShared("doorbells", 0x2000);
+        Assert.Equal(0UL, be.BackendRequest(3, FakeVhostUserBackend.HostNotifierPayload(1, 0x1000, 0x1000), [bell.Fd!.Fd]));
+        Assert.True(fe.HasHostNotifier(1));
+        fe.KickVq(1);
+        Assert.Equal(1, BinaryPrimitives.ReadUInt16LittleEndian(bell.Span(0x1000, 2)));
     }
 
     public static TheoryData<string, string> BadReplies() => new()

@@ -124,6 +124,17 @@ public sealed unsafe class MappedMemory : IDisposable
         return false;
     }
 
+    /// <summary>
+    /// True when the file behind <paramref name="fd"/> is sealed against shrinking (F_SEAL_SHRINK, as
+    /// <see cref="CreateShared"/> seals): the peer that sent it cannot truncate it under a mapping made here,
+    /// which would make the next access fault (SIGBUS). False for files that cannot be sealed.
+    /// </summary>
+    public static bool IsSealedAgainstShrinking(int fd)
+    {
+        int seals = Libc.fcntl(fd, Libc.F_GET_SEALS, 0);
+        return seals >= 0 && (seals & Libc.F_SEAL_SHRINK) != 0;
+    }
+
     /// <summary>Maps <paramref name="length"/> bytes of a peer's fd starting at <paramref name="offset"/>.</summary>
     public static MappedMemory MapFd(int fd, ulong length, ulong offset)
     {

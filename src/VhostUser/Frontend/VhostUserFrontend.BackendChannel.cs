@@ -66,12 +66,16 @@ public sealed partial class VhostUserFrontend
             }
             using (m)
             {
-                Handle(conn, m);
+                if (!Handle(conn, m))
+                {
+                    return;
+                }
             }
         }
     }
 
-    private void Handle(VhostUserConnection conn, VhostUserMessage m)
+    /// <summary>Serves one request; false when the channel was closed because the back-end does not take its acks.</summary>
+    private bool Handle(VhostUserConnection conn, VhostUserMessage m)
     {
         Interlocked.Increment(ref _channelMessages);
         uint code = (uint)m.Request;
@@ -111,11 +115,21 @@ public sealed partial class VhostUserFrontend
             {
                 Log($"back-end channel: cannot ack: {e.Message}");
             }
+            catch (VhostUserProtocolException e)
+            {
+                // The ack could not go out within the timeout: the back-end asks for acks but does not read
+                // them. Stop serving it (the main connection is not affected).
+                Log($"back-end channel: the back-end does not read its acks ({e.Message}); closing the channel");
+                Interlocked.Increment(ref _channelErrors);
+                conn.Socket.Shutdown();
+                return false;
+            }
         }
         if (configChanged)
         {
             ConfigChanged();
         }
+        return true;
     }
 
     /// <summary>VRING_HOST_NOTIFIER_MSG: validate the area, map it, install it as the queue's doorbell (or remove it).</summary>
@@ -181,9 +195,21 @@ public sealed partial class VhostUserFrontend
         {
             return $"host notifier for queue {q}: [0x{a.Offset:x}, +0x{a.Size:x}) lies beyond the 0x{st.Size:x}-byte file";
         }
+        // Checked once, so the file must not be able to shrink afterwards either: a back-end that truncated
+        // it under the mapping would make the next kick fault.
+        if (st.IsRegular && !MappedMemory.IsSealedAgainstShrinking(fd))
+        {
+            return $"host notifier for queue {q}: the file is not sealed against shrinking (F_SEAL_SHRINK), so the back-end could truncate it under the mapping";
+        }
         if (st.IsSocket)
         {
             return $"host notifier for queue {q}: the descriptor is a socket";
+        }
+        // Whatever else mmap accepts is no doorbell: /dev/zero maps at any offset and faults (SIGBUS) on the
+        // first kick past its one page; /dev/mem would aim the kick at physical memory.
+        if (!st.IsRegular && !IsVfioDevice(fd))
+        {
+            return $"host notifier for queue {q}: {FdKind.Target(fd) ?? "the descriptor"} is neither a sealed memfd nor a VFIO device";
         }
         MappedMemory map;
         try
@@ -202,6 +228,10 @@ public sealed partial class VhostUserFrontend
         Log($"queue {q}: host notifier installed ({a.Size} bytes at offset 0x{a.Offset:x} of {FdKind.Target(fd) ?? "fd"}): kicks write the doorbell");
         return null;
     }
+
+    /// <summary>A VFIO device descriptor (group API: an anonymous inode; cdev API: /dev/vfio/devices/vfioN).</summary>
+    private static bool IsVfioDevice(int fd) => FdKind.Target(fd) is { } t &&
+        (t == "anon_inode:[vfio-device]" || t.StartsWith("/dev/vfio/devices/", StringComparison.Ordinal));
 
     /// <summary>
     /// Publishes <paramref name="map"/> as queue <paramref name="q"/>'s doorbell (null: back to the eventfd).
