@@ -105,7 +105,9 @@ public sealed partial class VirtioNetEngine
         {
             for (; i < _burst && PackedHeadAvailable(tv.Desc, q); i++)
             {
-                int len = WalkPacked(q, tv.Desc, gather: true, out ushort id, out int count, ref _scratchSegs, default, out _, out long _, out var err);
+                var gather = new TxGather(_dma!, _stage);
+                var err = WalkPacked(q, tv.Desc, ref gather, out ushort id, out int count);
+                int len = gather.Total;
                 if (err != ChainError.None)
                 {
                     Fail(dev, q, ChainErrors.Describe(err));
@@ -143,8 +145,6 @@ public sealed partial class VirtioNetEngine
         return i;
     }
 
-    private int _scratchSegs;
-
     private bool DeliverRxPacked(SoftIfcVf dev, Virtqueue rx, scoped ref RingView rv, Span<byte> frame)
     {
         int total = frame.Length;
@@ -162,7 +162,10 @@ public sealed partial class VirtioNetEngine
                 rx.Drops++;
                 return false;
             }
-            WalkPacked(rx, rv.Desc, gather: false, out ushort id, out int count, ref segs, default, out _, out long c, out var err);
+            var collect = new WritableCollector(_dma!, _segAddr, _segLen, segs, default);
+            var err = WalkPacked(rx, rv.Desc, ref collect, out ushort id, out int count);
+            segs = collect.Segs;
+            long c = collect.Capacity;
             if (err != ChainError.None)
             {
                 rx.LastAvail = startAvail;
@@ -198,8 +201,10 @@ public sealed partial class VirtioNetEngine
         int done = 0;
         for (; done < _burst && PackedHeadAvailable(v.Desc, q); done++)
         {
-            int segs = 0;
-            WalkPacked(q, v.Desc, gather: false, out ushort id, out int count, ref segs, _ctrlIn, out int inLen, out _, out var err);
+            var collect = new WritableCollector(_dma!, _segAddr, _segLen, 0, _ctrlIn);
+            var err = WalkPacked(q, v.Desc, ref collect, out ushort id, out int count);
+            int segs = collect.Segs;
+            int inLen = collect.ReadLen;
             if (err == ChainError.None && segs == 0)
             {
                 Fail(dev, q, "control command without a device-writable status byte");
@@ -234,21 +239,16 @@ public sealed partial class VirtioNetEngine
     }
 
     /// <summary>
-    /// Walks the chain at the device's avail position. <paramref name="gather"/>: a TX chain copied into the
-    /// staging buffer (returns its length). Otherwise: device-writable buffers collected into the segment
-    /// list (capacity in <paramref name="cap"/>), readable ones first copied into <paramref name="readable"/>
-    /// when given (control queue). <paramref name="count"/> is the number of ring slots the chain takes.
+    /// Walks the chain at the device's avail position, handing each buffer to <paramref name="visitor"/> (the
+    /// same TX gather and RX/control collect as for split rings). <paramref name="count"/> is the number of
+    /// ring slots the chain takes, <paramref name="id"/> its buffer id.
     /// </summary>
-    private int WalkPacked(Virtqueue q, Span<byte> ring, bool gather, out ushort id, out int count, ref int segs,
-        Span<byte> readable, out int readLen, out long cap, out ChainError err)
+    private ChainError WalkPacked<TVisitor>(Virtqueue q, Span<byte> ring, ref TVisitor visitor, out ushort id, out int count)
+        where TVisitor : IChainVisitor, allows ref struct
     {
         var dma = _dma!;
-        int total = 0;
-        readLen = 0;
-        cap = 0;
         count = 0;
         id = 0;
-        bool sawWritable = false;
         int pos = q.LastAvail;
         while (true)
         {
@@ -262,23 +262,19 @@ public sealed partial class VirtioNetEngine
             {
                 if (!q.Indirect)
                 {
-                    err = ChainError.IndirectNotNegotiated;
-                    return 0;
+                    return ChainError.IndirectNotNegotiated;
                 }
                 if ((flags & VIRTQ_DESC_F_NEXT) != 0)
                 {
-                    err = ChainError.IndirectWithNext;
-                    return 0;
+                    return ChainError.IndirectWithNext;
                 }
                 if (len == 0 || len % DescSize != 0 || len / DescSize > SplitRing.MaxSize)
                 {
-                    err = ChainError.BadIndirectLength;
-                    return 0;
+                    return ChainError.BadIndirectLength;
                 }
                 if (!dma.TryTranslate(addr, len, false, out var table))
                 {
-                    err = ChainError.BadAddress;
-                    return 0;
+                    return ChainError.BadAddress;
                 }
                 for (int k = 0; k < table.Length; k += DescSize)
                 {
@@ -286,111 +282,34 @@ public sealed partial class VirtioNetEngine
                     ushort tf = BinaryPrimitives.ReadUInt16LittleEndian(t[DescFlags..]);
                     if ((tf & VIRTQ_DESC_F_INDIRECT) != 0)
                     {
-                        err = ChainError.NestedIndirect;
-                        return 0;
+                        return ChainError.NestedIndirect;
                     }
-                    err = Segment(gather, BinaryPrimitives.ReadUInt64LittleEndian(t), BinaryPrimitives.ReadUInt32LittleEndian(t[DescLen..]),
-                        (tf & VIRTQ_DESC_F_WRITE) != 0, ref total, ref segs, ref cap, readable, ref readLen, ref sawWritable);
-                    if (err != ChainError.None)
+                    var verdict = visitor.Visit(BinaryPrimitives.ReadUInt64LittleEndian(t), BinaryPrimitives.ReadUInt32LittleEndian(t[DescLen..]),
+                        (tf & VIRTQ_DESC_F_WRITE) != 0);
+                    if (verdict != ChainError.None)
                     {
-                        return 0;
+                        return verdict;
                     }
                 }
-                err = ChainError.None;
-                return total;
+                return ChainError.None;
             }
-            err = Segment(gather, addr, len, (flags & VIRTQ_DESC_F_WRITE) != 0, ref total, ref segs, ref cap, readable, ref readLen, ref sawWritable);
+            var err = visitor.Visit(addr, len, (flags & VIRTQ_DESC_F_WRITE) != 0);
             if (err != ChainError.None)
             {
-                return 0;
+                return err;
             }
             if ((flags & VIRTQ_DESC_F_NEXT) == 0)
             {
-                return total;
+                return ChainError.None;
             }
             if (count >= q.Size)
             {
-                err = ChainError.Loop;
-                return 0;
+                return ChainError.Loop;
             }
             if (++pos == q.Size)
             {
                 pos = 0;
             }
         }
-    }
-
-    /// <summary>One data buffer of a chain, checked and either gathered (TX) or collected (RX / control).</summary>
-    private ChainError Segment(bool gather, ulong addr, uint len, bool write, ref int total, ref int segs, ref long cap,
-        Span<byte> readable, ref int readLen, ref bool sawWritable)
-    {
-        var dma = _dma!;
-        if (gather)
-        {
-            if (write)
-            {
-                return ChainError.WritableInDriverBuffer;
-            }
-            if (len == 0)
-            {
-                return ChainError.None;
-            }
-            if (len > (uint)(_stage.Length - total))
-            {
-                return ChainError.TooLarge;
-            }
-            if (!dma.TryTranslate(addr, len, false, out var src))
-            {
-                return ChainError.BadAddress;
-            }
-            src.CopyTo(_stage.AsSpan(total));
-            total += (int)len;
-            return ChainError.None;
-        }
-        if (len > int.MaxValue)
-        {
-            return ChainError.LengthOverflow;
-        }
-        if (write)
-        {
-            sawWritable = true;
-            if (len == 0)
-            {
-                return ChainError.None;
-            }
-            if (segs >= MaxSegments)
-            {
-                return ChainError.TooManySegments;
-            }
-            if (!dma.TryTranslate(addr, len, true, out _))
-            {
-                return ChainError.BadAddress;
-            }
-            _segAddr[segs] = addr;
-            _segLen[segs] = len;
-            segs++;
-            cap += len;
-            return cap > uint.MaxValue ? ChainError.LengthOverflow : ChainError.None;
-        }
-        if (readable.IsEmpty)
-        {
-            return ChainError.ReadOnlyInDeviceBuffer;
-        }
-        if (sawWritable)
-        {
-            return ChainError.ReadAfterWrite;
-        }
-        if (len == 0)
-        {
-            return ChainError.None;
-        }
-        if (!dma.TryTranslate(addr, len, false, out var r))
-        {
-            return ChainError.BadAddress;
-        }
-        int take = (int)Math.Min(len, (uint)Math.Max(0, readable.Length - readLen));
-        r[..take].CopyTo(readable[readLen..]);
-        readLen = (int)Math.Min((long)readLen + len, int.MaxValue);
-        return ChainError.None;
     }
 }
