@@ -963,11 +963,7 @@ public sealed class VhostUserSession : IDisposable
         else
         {
             ushort availBase = (ushort)r.Base;
-            ushort usedIdx = availBase;
-            if (_memory.TryGpaSpan(used + 2, 2, out var usedIdxSpan))
-            {
-                usedIdx = SharedIndex.Load16(usedIdxSpan, 0);
-            }
+            ushort usedIdx = TryReadUsedIdx(used, out ushort published) ? published : availBase;
             if (usedIdx != availBase)
             {
                 // As DPDK does: in-flight buffers are lost, resume from the used index (TX resent, RX dropped).
@@ -985,6 +981,18 @@ public sealed class VhostUserSession : IDisposable
         OfferHostNotifier(q);
     }
 
+    /// <summary>used->idx of a split ring whose used area is at guest-physical <paramref name="usedGpa"/>.</summary>
+    private bool TryReadUsedIdx(ulong usedGpa, out ushort idx)
+    {
+        idx = 0;
+        if (!_memory.TryGpaSpan(usedGpa + 2, 2, out var span))
+        {
+            return false;
+        }
+        idx = SharedIndex.Load16(span, 0);
+        return true;
+    }
+
     /// <summary>The ring base as GET_VRING_BASE reports it, from the device's saved state.</summary>
     private uint SavedBase(int q)
     {
@@ -1000,9 +1008,9 @@ public sealed class VhostUserSession : IDisposable
             // used->idx in guest memory (in-flight buffers are lost: TX resent, RX dropped).
             uint fallback = _rings[q].Base;
             if (!Packed && _rings[q].Addr is { } a && TranslateRingCore(q, a, _rings[q].Num, out var gpa) is null &&
-                _memory.TryGpaSpan(gpa.Used + 2, 2, out var usedIdx))
+                TryReadUsedIdx(gpa.Used, out ushort published))
             {
-                fallback = SharedIndex.Load16(usedIdx, 0);
+                fallback = published;
             }
             if (!_stateFallbackLogged)
             {

@@ -28,11 +28,7 @@ public static class SelfTestCommand
     private static int RunVfio(Keywords kv, TextWriter stdout)
     {
         string bdf = kv.Positional() ?? throw new CliException("selftest vfio needs a PCI address");
-        var ip = SelfTestRun.ParseIp(kv.Get("ip") ?? "169.254.77.2");
-        var peerIp = SelfTestRun.ParseIp(kv.Get("peer-ip") ?? "169.254.77.1");
-        string? peerIf = kv.Get("peer-if");
-        int serve = kv.Int("serve", 0);
-        string? readyFile = kv.Get("ready-file");
+        var plan = TrafficPlan.Parse(kv);
         bool mmap = kv.Get("mmap") switch
         {
             null or "on" => true,
@@ -41,20 +37,11 @@ public static class SelfTestCommand
         };
         kv.EnsureAllUsed();
         var run = new SelfTestRun(stdout, "VFIO");
-        try
-        {
-            VfioProof(run, PciSysfs.NormalizeAddress(bdf), ip, peerIp, peerIf, serve, readyFile, mmap);
-            run.Say("done", "ok");
-            return 0;
-        }
-        catch (Exception e) when (e is StepFailedException or VfioException or IfcvfProbeException or IfcvfDeviceException or IOException or ArgumentException or InvalidOperationException)
-        {
-            run.Fail(e);
-            return 1;
-        }
+        return run.Execute(() => VfioProof(run, PciSysfs.NormalizeAddress(bdf), plan, mmap),
+            e => e is VfioException or IfcvfProbeException or IfcvfDeviceException or IOException or ArgumentException or InvalidOperationException);
     }
 
-    private static void VfioProof(SelfTestRun run, string bdf, byte[] ip, byte[] peerIp, string? peerIf, int serve, string? readyFile, bool mmap)
+    private static void VfioProof(SelfTestRun run, string bdf, TrafficPlan plan, bool mmap)
     {
         run.Step = "open";
         using var pci = VfioPciFunction.Open(bdf, new VfioOptions { UseMmap = mmap });
@@ -82,14 +69,14 @@ public static class SelfTestCommand
             PingAgent? agent = null;
             using (var drv = new VirtioNetDriver(dev, new VirtioNetDriverOptions { QueuePairs = 1, QueueSize = 256 }))
             {
-                agent = new PingAgent(f => drv.Send(f), drv.Mac, ip, peerIp);
+                agent = new PingAgent(f => drv.Send(f), drv.Mac, plan.Ip, plan.PeerIp);
                 drv.SetFrameHandler(agent.OnFrame);
                 run.Say("driver-ok", $"status=0x{dev.GetStatus():x2} irq-mode={dev.IrqMode} mac={SelfTestRun.FormatMac(drv.Mac)} features=0x{drv.Features:x} link={(drv.LinkUp ? "up" : "down")} dma-maps={pci.DmaMapCount} msix-enabled={pci.EnabledMsixVectors}");
 
-                var (peerRx, peerTx) = run.Traffic(agent, ip, peerIf, serve, readyFile);
+                var (peerRx, peerTx) = run.Traffic(agent, plan);
                 var c = drv.Counters;
                 var rxq = dev.GetVqStats(0);
-                run.Say("counters", $"peer-if={peerIf ?? "-"} peer-rx+={peerRx} peer-tx+={peerTx} rx-frames={c.RxFrames} tx-frames={c.TxFrames} tx-drops={c.TxDrops} vq0-irqs={rxq.Interrupts} vq1-kicks={dev.GetKickCount(1)}");
+                run.Say("counters", $"peer-if={plan.PeerIf ?? "-"} peer-rx+={peerRx} peer-tx+={peerTx} rx-frames={c.RxFrames} tx-frames={c.TxFrames} tx-drops={c.TxDrops} vq0-irqs={rxq.Interrupts} vq1-kicks={dev.GetKickCount(1)}");
                 if (rxq.Interrupts == 0)
                 {
                     throw new StepFailedException("no MSI-X interrupt arrived for the RX queue");

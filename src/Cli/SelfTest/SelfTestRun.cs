@@ -4,6 +4,17 @@ using System.Net;
 
 namespace IfcVdpa.Cli.SelfTest;
 
+/// <summary>Who the self-test talks to and for how long: `ip A peer-ip B [peer-if IF] [serve SECONDS] [ready-file PATH]`.</summary>
+internal sealed record TrafficPlan(byte[] Ip, byte[] PeerIp, string? PeerIf, int Serve, string? ReadyFile)
+{
+    public static TrafficPlan Parse(Keywords kv) => new(
+        SelfTestRun.ParseIp(kv.Get("ip") ?? "169.254.77.2"),
+        SelfTestRun.ParseIp(kv.Get("peer-ip") ?? "169.254.77.1"),
+        kv.Get("peer-if"),
+        kv.Int("serve", 0),
+        kv.Get("ready-file"));
+}
+
 /// <summary>A self-test step failed: printed as `PREFIX-FAIL step: reason`.</summary>
 internal sealed class StepFailedException(string message) : Exception(message);
 
@@ -33,6 +44,22 @@ internal sealed class SelfTestRun(TextWriter o, string prefix)
         }
     }
 
+    /// <summary>Runs the proof: `PREFIX-STEP done ok` and 0, or `PREFIX-FAIL step: reason` and 1 for an expected failure.</summary>
+    public int Execute(Action proof, Func<Exception, bool> expected)
+    {
+        try
+        {
+            proof();
+            Say("done", "ok");
+            return 0;
+        }
+        catch (Exception e) when (e is StepFailedException || expected(e))
+        {
+            Fail(e);
+            return 1;
+        }
+    }
+
     public void Fail(Exception e)
     {
         o.WriteLine($"{prefix}-FAIL {Step}: {e.Message}");
@@ -52,9 +79,10 @@ internal sealed class SelfTestRun(TextWriter o, string prefix)
         }
     }
 
-    /// <summary>ARP for the peer, three pings, then answer the peer for <paramref name="serve"/> seconds.</summary>
-    public (long PeerRx, long PeerTx) Traffic(PingAgent agent, byte[] ip, string? peerIf, int serve, string? readyFile)
+    /// <summary>ARP for the peer, three pings, then answer the peer for the plan's serve seconds.</summary>
+    public (long PeerRx, long PeerTx) Traffic(PingAgent agent, TrafficPlan plan)
     {
+        var (ip, peerIf, serve, readyFile) = (plan.Ip, plan.PeerIf, plan.Serve, plan.ReadyFile);
         var before = PeerCounters(peerIf);
         Step = "arp";
         agent.RequestPeerMac();

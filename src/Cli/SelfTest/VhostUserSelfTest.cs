@@ -17,27 +17,14 @@ internal static class VhostUserSelfTest
     public static int Run(Keywords kv, TextWriter stdout)
     {
         string socket = kv.Positional() ?? throw new CliException("selftest vhost-user needs a socket path");
-        var ip = SelfTestRun.ParseIp(kv.Get("ip") ?? "169.254.77.2");
-        var peerIp = SelfTestRun.ParseIp(kv.Get("peer-ip") ?? "169.254.77.1");
-        string? peerIf = kv.Get("peer-if");
-        int serve = kv.Int("serve", 0);
-        string? readyFile = kv.Get("ready-file");
+        var plan = TrafficPlan.Parse(kv);
         kv.EnsureAllUsed();
         var run = new SelfTestRun(stdout, "VHOST");
-        try
-        {
-            Proof(run, socket, ip, peerIp, peerIf, serve, readyFile);
-            run.Say("done", "ok");
-            return 0;
-        }
-        catch (Exception e) when (e is StepFailedException or IOException or ArgumentException or InvalidOperationException or NotSupportedException or TimeoutException)
-        {
-            run.Fail(e);
-            return 1;
-        }
+        return run.Execute(() => Proof(run, socket, plan),
+            e => e is IOException or ArgumentException or InvalidOperationException or NotSupportedException or TimeoutException);
     }
 
-    private static void Proof(SelfTestRun run, string socket, byte[] ip, byte[] peerIp, string? peerIf, int serve, string? readyFile)
+    private static void Proof(SelfTestRun run, string socket, TrafficPlan plan)
     {
         run.Step = "connect";
         using var fe = VhostUserFrontend.Connect(socket, new VhostUserFrontendOptions { Name = "vhost-user-selftest", Log = run.Log });
@@ -46,16 +33,16 @@ internal static class VhostUserSelfTest
         run.Step = "driver-ok";
         using (var drv = new VirtioNetDriver(fe, new VirtioNetDriverOptions { QueuePairs = 1, QueueSize = 256 }))
         {
-            var agent = new PingAgent(f => drv.Send(f), drv.Mac, ip, peerIp);
+            var agent = new PingAgent(f => drv.Send(f), drv.Mac, plan.Ip, plan.PeerIp);
             drv.SetFrameHandler(agent.OnFrame);
             // the back-end offers host notifiers once the rings run; give its channel a moment
             SelfTestRun.WaitFor(() => fe.HasHostNotifier(1) || !Has(fe.ProtocolFeatures, VhostUserProtocolFeature.HOST_NOTIFIER), TimeSpan.FromSeconds(5), "no host notifier for the TX queue although HOST_NOTIFIER was negotiated");
             run.Say("driver-ok", $"mac={SelfTestRun.FormatMac(drv.Mac)} features=0x{drv.Features:x} link={(drv.LinkUp ? "up" : "down")} host-notifier-rx={fe.HasHostNotifier(0)} host-notifier-tx={fe.HasHostNotifier(1)}");
 
-            var (peerRx, peerTx) = run.Traffic(agent, ip, peerIf, serve, readyFile);
+            var (peerRx, peerTx) = run.Traffic(agent, plan);
             var c = drv.Counters;
             var rx = fe.GetVqStats(0);
-            run.Say("counters", $"peer-if={peerIf ?? "-"} peer-rx+={peerRx} peer-tx+={peerTx} rx-frames={c.RxFrames} tx-frames={c.TxFrames} tx-drops={c.TxDrops} " +
+            run.Say("counters", $"peer-if={plan.PeerIf ?? "-"} peer-rx+={peerRx} peer-tx+={peerTx} rx-frames={c.RxFrames} tx-frames={c.TxFrames} tx-drops={c.TxDrops} " +
                 $"rx-call-interrupts={rx.Interrupts} tx-doorbell-writes={fe.HostNotifierKicks(1)} tx-eventfd-kicks={fe.EventFdKicks(1)} rx-doorbell-writes={fe.HostNotifierKicks(0)} rx-eventfd-kicks={fe.EventFdKicks(0)}");
             if (rx.Interrupts == 0)
             {

@@ -115,15 +115,7 @@ public sealed partial class VirtioNetEngine
                 }
                 AdvanceAvail(q, count);
                 PutUsedPacked(tv.Desc, q, id, 0, count);
-                if (len < Hdr)
-                {
-                    q.Errors++;
-                    q.Drops++;
-                    continue;
-                }
-                q.Packets++;
-                q.Bytes += len - Hdr;
-                Transmit(dev, q, rx, ref rv, _stage.AsSpan(0, len), ref wakePeer);
+                TransmitGathered(dev, q, rx, ref rv, len, ref wakePeer);
             }
             if (q.UsedMark != oldUsed)
             {

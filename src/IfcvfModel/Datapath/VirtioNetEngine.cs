@@ -493,15 +493,7 @@ public sealed partial class VirtioNetEngine : IVirtqueueEngine, IQueueStatsSourc
                 }
                 q.LastAvail++;
                 PutUsed(tv.Used, q, head, 0);
-                if (len < Hdr)
-                {
-                    q.Errors++; // shorter than the virtio-net header: nothing to send
-                    q.Drops++;
-                    continue;
-                }
-                q.Packets++;
-                q.Bytes += len - Hdr;
-                Transmit(dev, q, rx, ref rv, _stage.AsSpan(0, len), ref wakePeer);
+                TransmitGathered(dev, q, rx, ref rv, len, ref wakePeer);
             }
             if (q.UsedMark != oldUsed || q.EventIdx)
             {
@@ -521,6 +513,21 @@ public sealed partial class VirtioNetEngine : IVirtqueueEngine, IQueueStatsSourc
             _backend.Peer!.Owner?.Wake();
         }
         return i;
+    }
+
+    /// <summary>Counts the frame gathered into the staging buffer and hands it over (split and packed TX).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void TransmitGathered(SoftIfcVf dev, Virtqueue q, Virtqueue? rx, scoped ref RingView rv, int len, ref bool wakePeer)
+    {
+        if (len < Hdr)
+        {
+            q.Errors++; // shorter than the virtio-net header: nothing to send
+            q.Drops++;
+            return;
+        }
+        q.Packets++;
+        q.Bytes += len - Hdr;
+        Transmit(dev, q, rx, ref rv, _stage.AsSpan(0, len), ref wakePeer);
     }
 
     /// <summary>Hands one TX frame (header + data) to the backend.</summary>
