@@ -52,7 +52,7 @@ public class DatapathBenchmarks
         _vf = new SoftIfcVf(new SoftIfcVfOptions { ControlQueue = false, MaxQueueSize = Size });
         _engine = new VirtioNetEngine(NetBackend.Loopback(), new EngineOptions { Mode = EngineMode.Manual, Burst = Burst });
         _vf.AttachEngine(_engine);
-        _vf.DmaMap(Iova, _mem.Length, _mem.Address, writable: true);
+        _vf.DmaMap(Iova, _mem.All, writable: true);
         var hw = IfcvfHw.Init(_vf);
         _vf.EnableMsix([null, new CallbackSink(() => { }), new CallbackSink(() => { })]);
         ulong next = Iova;

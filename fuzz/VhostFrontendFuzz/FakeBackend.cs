@@ -69,7 +69,7 @@ public sealed class FakeBackend : IDisposable
         _script = script;
         _fds = fds;
         _trace = trace;
-        _region = new MemoryRegionDesc(iova, fds.Dma.Length, (ulong)fds.Dma.Address, 0);
+        _region = new MemoryRegionDesc(iova, fds.Dma.Length, fds.Dma.All.UserAddress, 0);
         _dmaTarget = FdKind.Target(fds.Dma.Fd!.Fd);
         byte[] mac = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
         mac.CopyTo(_config, 0);

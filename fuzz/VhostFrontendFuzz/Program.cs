@@ -180,7 +180,7 @@ internal static class FrontendTarget
             BringUpToFeaturesOk(fe);
             if (!inp.Has(FrontendInput.NoDma))
             {
-                _mapped = Step("DmaMap", () => fe.DmaMap(FrontendInput.Iova, FrontendInput.DmaSize, s_dma!.Address, writable: true));
+                _mapped = Step("DmaMap", () => fe.DmaMap(FrontendInput.Iova, s_dma!.Slice(0, FrontendInput.DmaSize), writable: true));
             }
             channel.Checkpoint(fe, 1);
             SetUpQueues(fe);

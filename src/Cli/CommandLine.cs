@@ -1,4 +1,5 @@
 using IfcVdpa.Cli.SelfTest;
+using IfcVdpa.Daemon;
 using IfcVdpa.IfcvfModel;
 using IfcVdpa.Pci;
 using IfcVdpa.Virtio;
@@ -96,6 +97,12 @@ public static class CommandLine
         {
             stderr.WriteLine($"ifcvf: {e.Message}");
             return Task.FromResult(e.ExitCode);
+        }
+        catch (Exception e) when (DaemonErrors.IsRefusal(e))
+        {
+            // The one error contract: a device refusal (VdpaException) or an environment one is one line, never a stack.
+            stderr.WriteLine($"ifcvf: {e.Message}");
+            return Task.FromResult(1);
         }
     }
 

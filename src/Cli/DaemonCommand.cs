@@ -71,7 +71,7 @@ public static class DaemonCommand
         {
             fn = IfcVdpa.Vfio.VfioPciFunction.Open(bdf);
         }
-        catch (Exception e) when (e is IfcVdpa.Vfio.VfioException or ArgumentException or IOException)
+        catch (Exception e) when (e is ArgumentException || DaemonErrors.IsRefusal(e))
         {
             throw new CliException($"vfio {bdf}: {e.Message}");
         }
@@ -79,7 +79,7 @@ public static class DaemonCommand
         {
             host.Registry.AddPciFunction(fn, ownsFunction: true, acceptGenericVirtioNet: generic);
         }
-        catch (Exception e) when (e is IfcVdpa.Ifcvf.IfcvfProbeException or RegistryException)
+        catch (Exception e) when (DaemonErrors.IsRefusal(e))
         {
             fn.Dispose();
             throw new CliException($"vfio {bdf}: {e.Message}");

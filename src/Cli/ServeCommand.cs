@@ -1,4 +1,5 @@
 using System.Globalization;
+using IfcVdpa.Daemon;
 using IfcVdpa.Ifcvf;
 using IfcVdpa.IfcvfModel;
 using IfcVdpa.IfcvfModel.Backends;
@@ -188,7 +189,7 @@ public static class ServeCommand
         {
             fn = VfioPciFunction.Open(PciSysfs.NormalizeAddress(a.Vfio!));
         }
-        catch (Exception e) when (e is VfioException or ArgumentException or IOException)
+        catch (Exception e) when (e is ArgumentException || DaemonErrors.IsRefusal(e))
         {
             throw new CliException(e.Message);
         }
@@ -198,7 +199,7 @@ public static class ServeCommand
             return new ServedDevice(adapter, $"pci/{fn.Address} through VFIO, {(adapter.IsIfc ? "IFC VF" : "generic virtio-net")}, {adapter.NumVqs} virtqueues",
                 adapter.NumVqs / 2, () => { }, fn);
         }
-        catch (Exception e) when (e is IfcvfProbeException or IfcvfDeviceException or VfioException or IOException)
+        catch (Exception e) when (DaemonErrors.IsRefusal(e))
         {
             fn.Dispose();
             throw new CliException(e.Message);

@@ -2,7 +2,6 @@ using System.Buffers.Binary;
 using System.Net.Sockets;
 using System.Text;
 using System.Text.Json;
-using IfcVdpa.Ifcvf;
 using IfcVdpa.Interop.Primitives;
 
 namespace IfcVdpa.Daemon;
@@ -334,8 +333,7 @@ public sealed class ControlServer : IDisposable
         {
             return Error($"request is not valid JSON: {e.Message}");
         }
-        catch (Exception e) when (e is ControlException or RegistryException or ArgumentException or NotSupportedException
-                                      or InvalidOperationException or IfcvfProbeException or IfcvfDeviceException)
+        catch (Exception e) when (DaemonErrors.IsRefusal(e))
         {
             _log.Info("control request refused", ("cmd", ControlArgs.Truncate(cmd)), ("peer_uid", uid), ("error", e.Message));
             return Error(e.Message);

@@ -30,7 +30,7 @@ public sealed partial class DeviceRegistry
             {
                 handle = create(md.Device!);
             }
-            catch (Exception e) when (e is InvalidOperationException or ArgumentException or IOException or IfcvfDeviceException)
+            catch (Exception e) when (DaemonErrors.IsRefusal(e))
             {
                 throw new RegistryException($"{devName}: cannot attach {kind} consumer: {e.Message}");
             }

@@ -4,6 +4,7 @@ using IfcVdpa.IfcvfModel;
 using IfcVdpa.IfcvfModel.Backends;
 using IfcVdpa.IfcvfModel.Datapath;
 using IfcVdpa.Pci;
+using IfcVdpa.Vdpa;
 
 namespace IfcVdpa.Daemon;
 
@@ -257,7 +258,7 @@ public sealed partial class DeviceRegistry(DaemonLog? log = null) : IDisposable
             {
                 dev = md.AddDevice(p);
             }
-            catch (Exception e) when (e is ArgumentException or IfcvfProbeException or IfcvfDeviceException)
+            catch (VdpaException e)
             {
                 throw new RegistryException($"{md.Name}: {e.Message}");
             }
@@ -294,7 +295,7 @@ public sealed partial class DeviceRegistry(DaemonLog? log = null) : IDisposable
         {
             md.DeleteDevice();
         }
-        catch (IfcvfDeviceException e)
+        catch (VdpaException e)
         {
             _log.Warn("device did not reset cleanly on removal", ("dev", d.Name), ("error", e.Message));
         }

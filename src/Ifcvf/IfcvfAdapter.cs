@@ -1,3 +1,4 @@
+using IfcVdpa.Interop.Primitives;
 using IfcVdpa.Pci;
 using IfcVdpa.Vdpa;
 using IfcVdpa.Virtio;
@@ -87,7 +88,7 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IDisposable
 
     /// <summary>Probes a PCI function: identity check, capability walk, reset, queue geometry, provisioning.</summary>
     /// <exception cref="IfcvfProbeException">Not an IFC VF (or not a usable one).</exception>
-    /// <exception cref="ArgumentException">A provisioning attribute the VF cannot honour.</exception>
+    /// <exception cref="VdpaException">A provisioning attribute the VF cannot honour.</exception>
     public static IfcvfAdapter Probe(IPciFunction pci, IfcvfAdapterOptions? options = null)
     {
         ArgumentNullException.ThrowIfNull(pci);
@@ -141,11 +142,11 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IDisposable
             ulong extra = want & ~HardwareFeatures;
             if (extra != 0)
             {
-                throw new ArgumentException($"device_features 0x{want:x} are not a subset of what {_pci.Address} offers (0x{HardwareFeatures:x}): {string.Join(' ', Names(extra))} not supported");
+                throw new VdpaException($"device_features 0x{want:x} are not a subset of what {_pci.Address} offers (0x{HardwareFeatures:x}): {string.Join(' ', Names(extra))} not supported");
             }
             if (!Has(want, F_VERSION_1))
             {
-                throw new ArgumentException($"device_features 0x{want:x} lack VERSION_1: the IFC VF is a modern (virtio 1.x) device only");
+                throw new VdpaException($"device_features 0x{want:x} lack VERSION_1: the IFC VF is a modern (virtio 1.x) device only");
             }
             DeviceFeatures = want;
         }
@@ -155,11 +156,11 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IDisposable
         {
             if (pairs < 1 || pairs > hwPairs)
             {
-                throw new ArgumentException($"max_vqp {pairs} out of range: {_pci.Address} has {hwPairs} queue pair(s)");
+                throw new VdpaException($"max_vqp {pairs} out of range: {_pci.Address} has {hwPairs} queue pair(s)");
             }
             if (pairs < hwPairs && hasCvq)
             {
-                throw new ArgumentException($"max_vqp {pairs} below the VF's {hwPairs}: its control queue sits at index {2 * hwPairs}, so the pair count is fixed by hardware");
+                throw new VdpaException($"max_vqp {pairs} below the VF's {hwPairs}: its control queue sits at index {2 * hwPairs}, so the pair count is fixed by hardware");
             }
             maxVqPairs = pairs;
         }
@@ -167,14 +168,14 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IDisposable
         {
             if (!Has(DeviceFeatures, NET_F_MTU))
             {
-                throw new ArgumentException("mtu cannot be provisioned: the device features lack MTU");
+                throw new VdpaException("mtu cannot be provisioned: the device features lack MTU");
             }
             Span<byte> b = stackalloc byte[2];
             _hw.ReadDeviceConfig(VirtioNetConfig.Mtu, b);
             ushort hwMtu = (ushort)(b[0] | (b[1] << 8));
             if (m < 68 || m > hwMtu)
             {
-                throw new ArgumentException($"mtu {m} out of range: {_pci.Address} supports 68..{hwMtu}");
+                throw new VdpaException($"mtu {m} out of range: {_pci.Address} supports 68..{hwMtu}");
             }
             mtu = m;
         }
@@ -183,15 +184,15 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IDisposable
             var mac = macMem.Span;
             if (mac.Length != 6)
             {
-                throw new ArgumentException($"mac must be 6 bytes, not {mac.Length}");
+                throw new VdpaException($"mac must be 6 bytes, not {mac.Length}");
             }
             if ((mac[0] & 1) != 0 || !mac.ContainsAnyExcept((byte)0))
             {
-                throw new ArgumentException($"mac {FormatMac(mac)} is not a unicast address");
+                throw new VdpaException($"mac {FormatMac(mac)} is not a unicast address");
             }
             if (!Has(DeviceFeatures, NET_F_MAC))
             {
-                throw new ArgumentException("mac cannot be provisioned: the device features lack MAC");
+                throw new VdpaException("mac cannot be provisioned: the device features lack MAC");
             }
             _hw.WriteDeviceConfig(VirtioNetConfig.Mac, mac);
             Span<byte> back = stackalloc byte[6];
@@ -250,22 +251,22 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IDisposable
             ThrowIfRemoved();
             if ((_hw.GetStatus() & VirtioStatus.FEATURES_OK) != 0)
             {
-                throw new InvalidOperationException($"{Name}: driver features are frozen once FEATURES_OK is set (reset first)");
+                throw new VdpaException($"{Name}: driver features are frozen once FEATURES_OK is set (reset first)");
             }
             if (features != 0)
             {
                 if (!Has(features, F_VERSION_1))
                 {
-                    throw new ArgumentException($"{Name}: driver features 0x{features:x} lack VERSION_1: the IFC VF is a modern (virtio 1.x) device only");
+                    throw new VdpaException($"{Name}: driver features 0x{features:x} lack VERSION_1: the IFC VF is a modern (virtio 1.x) device only");
                 }
                 if (RequireAccessPlatform && !Has(features, F_ACCESS_PLATFORM))
                 {
-                    throw new ArgumentException($"{Name}: driver features 0x{features:x} lack ACCESS_PLATFORM, which vDPA requires (the device reaches memory only through its IOMMU domain)");
+                    throw new VdpaException($"{Name}: driver features 0x{features:x} lack ACCESS_PLATFORM, which vDPA requires (the device reaches memory only through its IOMMU domain)");
                 }
                 ulong extra = features & ~DeviceFeatures;
                 if (extra != 0)
                 {
-                    throw new ArgumentException($"{Name}: driver features 0x{features:x} include bits the device does not offer: {string.Join(' ', Names(extra))}");
+                    throw new VdpaException($"{Name}: driver features 0x{features:x} include bits the device does not offer: {string.Join(' ', Names(extra))}");
                 }
             }
             _hw.SetDriverFeatures(features);
@@ -352,10 +353,10 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IDisposable
     }
 
     public void Suspend() =>
-        throw new NotSupportedException($"{Name}: the IFC VF cannot suspend the whole device; disable queues one by one (SetVqReady false) to stop them and save their ring state");
+        throw new VdpaNotSupportedException($"{Name}: the IFC VF cannot suspend the whole device; disable queues one by one (SetVqReady false) to stop them and save their ring state");
 
     public void Resume() =>
-        throw new NotSupportedException($"{Name}: the IFC VF has no suspend, so nothing to resume; re-enable queues with SetVqReady true");
+        throw new VdpaNotSupportedException($"{Name}: the IFC VF has no suspend, so nothing to resume; re-enable queues with SetVqReady true");
 
     // ---- virtqueues ----------------------------------------------------------------------------
 
@@ -386,7 +387,7 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IDisposable
             CheckQueue(qid);
             if (num == 0 || num > _maxSize[qid] || (num & (num - 1)) != 0)
             {
-                throw new ArgumentOutOfRangeException(nameof(num), $"{Name}: queue {qid} size {num} must be a power of two in 1..{_maxSize[qid]}");
+                throw new VdpaException($"{Name}: queue {qid} size {num} must be a power of two in 1..{_maxSize[qid]}");
             }
             RequireDisabled(qid, "change its size");
             _hw.SetVqNum(qid, (ushort)num);
@@ -450,23 +451,30 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IDisposable
         }
     }
 
-    /// <summary>set_vq_state: writes the queue's ring-state word in BAR4 (queue must be disabled).</summary>
+    /// <summary>
+    /// set_vq_state: writes the queue's ring-state word in BAR4 (queue must be disabled). The ring format is
+    /// the negotiated one (RING_PACKED), so set the driver features first.
+    /// </summary>
     public void SetVqState(int qid, VdpaVqState state)
     {
         lock (_ctl)
         {
             ThrowIfRemoved();
             CheckQueue(qid);
+            bool packed = Has(_hw.GetDriverFeatures(), F_RING_PACKED);
             if (!_useLm)
             {
-                if (state.AvailIndex == 0 && state.UsedIndex == 0)
+                if (state == (packed ? VdpaVqState.PackedInitial : default))
                 {
                     return; // the state every queue starts from after reset
                 }
-                throw new NotSupportedException($"{Name}: set_vq_state needs the IFC live-migration block (BAR4), which this function does not have");
+                throw new VdpaNotSupportedException($"{Name}: set_vq_state needs the IFC live-migration block (BAR4), which this function does not have");
             }
             RequireDisabled(qid, "set its state");
-            _hw.SetVqState(qid, state.AvailIndex, state.UsedIndex);
+            var (avail, used) = packed
+                ? (IfcLiveMigration.PackedMark(state.AvailIndex, state.AvailWrapCounter), IfcLiveMigration.PackedMark(state.UsedIndex, state.UsedWrapCounter))
+                : (state.AvailIndex, state.UsedIndex);
+            _hw.SetVqState(qid, avail, used);
         }
     }
 
@@ -479,10 +487,16 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IDisposable
             CheckQueue(qid);
             if (!_useLm)
             {
-                throw new NotSupportedException($"{Name}: get_vq_state needs the IFC live-migration block (BAR4), which this function does not have");
+                throw new VdpaNotSupportedException($"{Name}: get_vq_state needs the IFC live-migration block (BAR4), which this function does not have");
             }
             var (avail, used) = _hw.GetVqRingState(qid);
-            return new VdpaVqState(avail, used);
+            if (!Has(_hw.GetDriverFeatures(), F_RING_PACKED))
+            {
+                return VdpaVqState.Split(avail, used);
+            }
+            var (a, aw) = IfcLiveMigration.UnpackMark(avail);
+            var (u, uw) = IfcLiveMigration.UnpackMark(used);
+            return VdpaVqState.Packed(a, aw, u, uw);
         }
     }
 
@@ -529,7 +543,7 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IDisposable
     {
         if (_hw.GetVqReady(qid))
         {
-            throw new InvalidOperationException($"{Name}: queue {qid} is enabled; disable it before you {what}");
+            throw new VdpaException($"{Name}: queue {qid} is enabled; disable it before you {what}");
         }
     }
 
@@ -580,7 +594,7 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IDisposable
     {
         if ((ulong)offset + (ulong)length > GetConfigSize())
         {
-            throw new ArgumentOutOfRangeException(nameof(offset), $"{Name}: config [{offset}, +{length}) beyond the {GetConfigSize()}-byte config space");
+            throw new VdpaException($"{Name}: config [{offset}, +{length}) beyond the {GetConfigSize()}-byte config space");
         }
     }
 
@@ -598,13 +612,21 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IDisposable
 
     // ---- DMA -----------------------------------------------------------------------------------
 
-    public void DmaMap(ulong iova, ulong size, nint hostAddress, bool writable)
+    /// <summary>dma_map into the function's IOMMU domain; a range the domain refuses (overlap, full, VFIO error) is a <see cref="VdpaException"/>.</summary>
+    public void DmaMap(ulong iova, MemorySlice memory, bool writable)
     {
         lock (_ctl)
         {
             ThrowIfRemoved();
-            _pci.DmaMap(iova, size, hostAddress, writable);
-            _dmaMaps[(iova, size)] = writable;
+            try
+            {
+                _pci.DmaMap(iova, memory, writable);
+            }
+            catch (Exception e) when (e is ArgumentException or InvalidOperationException or IOException)
+            {
+                throw new IfcvfDeviceException($"{Name}: DMA map [0x{iova:x}, +0x{memory.Length:x}) refused: {e.Message}", e);
+            }
+            _dmaMaps[(iova, memory.Length)] = writable;
         }
     }
 
@@ -613,8 +635,11 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IDisposable
         lock (_ctl)
         {
             ThrowIfRemoved();
+            if (!_dmaMaps.Remove((iova, size)))
+            {
+                throw new VdpaException($"{Name}: no DMA mapping [0x{iova:x}, +0x{size:x})");
+            }
             _pci.DmaUnmap(iova, size);
-            _dmaMaps.Remove((iova, size));
         }
     }
 

@@ -232,7 +232,7 @@ public sealed partial class SoftIfcVf : IPciFunction
 
     // ---- DMA ----------------------------------------------------------------------------------
 
-    public void DmaMap(ulong iova, ulong size, nint host, bool writable) => Dma.Map(iova, size, host, writable);
+    public void DmaMap(ulong iova, MemorySlice memory, bool writable) => Dma.Map(iova, memory, writable);
 
     public void DmaUnmap(ulong iova, ulong size)
     {

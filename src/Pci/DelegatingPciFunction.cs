@@ -1,3 +1,5 @@
+using IfcVdpa.Interop.Primitives;
+
 namespace IfcVdpa.Pci;
 
 /// <summary>
@@ -27,7 +29,7 @@ public abstract class DelegatingPciFunction(IPciFunction inner, bool ownsInner) 
     public virtual int MsixVectorCount => inner.MsixVectorCount;
     public virtual void EnableMsix(IReadOnlyList<IMsixSink?> sinks) => inner.EnableMsix(sinks);
     public virtual void DisableMsix() => inner.DisableMsix();
-    public virtual void DmaMap(ulong iova, ulong size, nint host, bool writable) => inner.DmaMap(iova, size, host, writable);
+    public virtual void DmaMap(ulong iova, MemorySlice memory, bool writable) => inner.DmaMap(iova, memory, writable);
     public virtual void DmaUnmap(ulong iova, ulong size) => inner.DmaUnmap(iova, size);
     public virtual int DmaMapCount => inner.DmaMapCount;
     public virtual PciBarMapping? GetBarMapping(int bar) => inner.GetBarMapping(bar);

@@ -62,8 +62,8 @@ public interface IPciFunction : IDisposable
     /// <summary>Disables MSI-X; no sink is signalled after this returns.</summary>
     void DisableMsix();
 
-    /// <summary>Maps [iova, iova+size) of the device's DMA space onto host memory at <paramref name="host"/>.</summary>
-    void DmaMap(ulong iova, ulong size, nint host, bool writable);
+    /// <summary>Maps [iova, iova + memory.Length) of the device's DMA space onto <paramref name="memory"/>.</summary>
+    void DmaMap(ulong iova, MemorySlice memory, bool writable);
 
     /// <summary>Removes a mapping made with exactly this IOVA and size.</summary>
     void DmaUnmap(ulong iova, ulong size);

@@ -35,8 +35,46 @@ public sealed class VdpaCallback
     }
 }
 
-/// <summary>vdpa_vq_state for split rings: the next avail index the device will process.</summary>
-public readonly record struct VdpaVqState(ushort AvailIndex, ushort UsedIndex);
+/// <summary>
+/// vdpa_vq_state: where a stopped virtqueue stands.
+/// <list type="bullet">
+/// <item>Split ring: <see cref="AvailIndex"/> is the next avail index the device will process (free-running
+/// 16-bit), <see cref="UsedIndex"/> the next used index it will write (equal to it when nothing is in flight);
+/// the wrap counters are unused (false).</item>
+/// <item>Packed ring (vdpa_vq_state_packed): both indices are ring positions (0..size-1, 15 bits), each with
+/// its wrap counter. A fresh packed ring is position 0 with both counters set (<see cref="PackedInitial"/>).</item>
+/// </list>
+/// No wire encoding travels here: a consumer whose protocol packs the wrap counter into bit 15 (vhost-user)
+/// decodes it itself.
+/// </summary>
+public readonly record struct VdpaVqState(ushort AvailIndex, ushort UsedIndex)
+{
+    /// <summary>Packed ring only: the driver ring wrap counter that goes with <see cref="AvailIndex"/>.</summary>
+    public bool AvailWrapCounter { get; init; }
+
+    /// <summary>Packed ring only: the device ring wrap counter that goes with <see cref="UsedIndex"/>.</summary>
+    public bool UsedWrapCounter { get; init; }
+
+    /// <summary>A split ring's state.</summary>
+    public static VdpaVqState Split(ushort availIndex, ushort usedIndex) => new(availIndex, usedIndex);
+
+    /// <summary>A packed ring's state (positions below 0x8000).</summary>
+    public static VdpaVqState Packed(ushort availIndex, bool availWrapCounter, ushort usedIndex, bool usedWrapCounter)
+    {
+        if (availIndex >= 0x8000 || usedIndex >= 0x8000)
+        {
+            throw new ArgumentOutOfRangeException(nameof(availIndex), $"packed ring positions are 15 bits (avail {availIndex}, used {usedIndex})");
+        }
+        return new(availIndex, usedIndex) { AvailWrapCounter = availWrapCounter, UsedWrapCounter = usedWrapCounter };
+    }
+
+    /// <summary>A packed ring nothing has used yet: position 0, both wrap counters 1.</summary>
+    public static VdpaVqState PackedInitial => Packed(0, true, 0, true);
+
+    public override string ToString() => AvailWrapCounter || UsedWrapCounter
+        ? $"avail {AvailIndex} wrap {(AvailWrapCounter ? 1 : 0)}, used {UsedIndex} wrap {(UsedWrapCounter ? 1 : 0)}"
+        : $"avail {AvailIndex}, used {UsedIndex}";
+}
 
 /// <summary>
 /// Doorbell location for direct mapping (get_vq_notification): PCI BAR, offset in it, size of the
@@ -61,7 +99,9 @@ public readonly record struct VdpaVqStats(
 /// <summary>
 /// A vDPA device: the operation set of Linux's <c>struct vdpa_config_ops</c>, with the same names in C#
 /// form. Consumers (vhost-user back-end, in-process virtio-net driver) only ever see this interface.
-/// Operations a device cannot do throw <see cref="NotSupportedException"/> with the reason.
+/// Errors: a device refusal (an operation it does not support, a value it does not accept, a queue that
+/// will not start) is a <see cref="VdpaException"/> with the reason, which consumers report; anything else
+/// (an out-of-range queue index, a use after removal) is a caller's bug.
 /// </summary>
 public interface IVdpaDevice
 {
@@ -109,7 +149,8 @@ public interface IVdpaDevice
     void SetConfigCallback(VdpaCallback? callback);
 
     // ---- DMA (the device's IOMMU domain: IOVA -> host memory) ----
-    void DmaMap(ulong iova, ulong size, nint hostAddress, bool writable);
+    /// <summary>Maps [iova, iova + memory.Length) onto <paramref name="memory"/> (pinned until unmapped).</summary>
+    void DmaMap(ulong iova, MemorySlice memory, bool writable);
     void DmaUnmap(ulong iova, ulong size);
 
     // ---- statistics ----

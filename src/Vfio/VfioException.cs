@@ -1,7 +1,7 @@
 namespace IfcVdpa.Vfio;
 
 /// <summary>Why a PCI function cannot be opened or driven through VFIO, worded so the user can fix it.</summary>
-public sealed class VfioException : Exception
+public sealed class VfioException : IOException
 {
     public VfioException(string message) : base(message) { }
 

@@ -37,7 +37,7 @@ public sealed partial class VfioPciFunction : IPciFunction
     private readonly long _configOffset;
     private readonly BarAccess?[] _bars = new BarAccess?[6];
     private readonly Lock _dmaLock = new();
-    private readonly Dictionary<(ulong Iova, ulong Size), nint> _dma = [];
+    private readonly Dictionary<(ulong Iova, ulong Size), MemorySlice> _dma = [];
     private int _disposed;
 
     private sealed class BarAccess(ulong size, long regionOffset, uint regionFlags, MappedMemory? map)
@@ -439,11 +439,12 @@ public sealed partial class VfioPciFunction : IPciFunction
 
     // ---- DMA (type1) ------------------------------------------------------------------------------
 
-    public void DmaMap(ulong iova, ulong size, nint host, bool writable)
+    public void DmaMap(ulong iova, MemorySlice memory, bool writable)
     {
-        if (size == 0 || iova % PageSize != 0 || size % PageSize != 0 || (ulong)host % PageSize != 0 || iova + size < iova)
+        ulong size = memory.Length;
+        if (iova % PageSize != 0 || size % PageSize != 0 || memory.UserAddress % PageSize != 0 || iova + size < iova)
         {
-            throw new ArgumentException($"{Address}: DMA map iova 0x{iova:x} size 0x{size:x} host 0x{host:x} must be non-empty and page-aligned");
+            throw new ArgumentException($"{Address}: DMA map iova 0x{iova:x} size 0x{size:x} host 0x{memory.UserAddress:x} must be page-aligned");
         }
         lock (_dmaLock)
         {
@@ -455,15 +456,17 @@ public sealed partial class VfioPciFunction : IPciFunction
                     throw new ArgumentException($"{Address}: DMA map [0x{iova:x}, +0x{size:x}) overlaps [0x{k.Iova:x}, +0x{k.Size:x})");
                 }
             }
+            memory.Memory.Pin();
             try
             {
-                VfioIoctl.MapDma(_container, iova, size, host, writable);
+                VfioIoctl.MapDma(_container, iova, memory, writable);
             }
             catch (IOException e)
             {
+                memory.Memory.Unpin();
                 throw new VfioException($"{Address}: {e.Message}{(e.HResult is Errnos.ENOMEM or Errnos.EPERM ? " (the locked-memory limit, ulimit -l, may be too low)" : "")}", e);
             }
-            _dma[(iova, size)] = host;
+            _dma[(iova, size)] = memory;
         }
     }
 
@@ -472,11 +475,18 @@ public sealed partial class VfioPciFunction : IPciFunction
         lock (_dmaLock)
         {
             ObjectDisposedException.ThrowIf(_disposed != 0, this);
-            if (!_dma.Remove((iova, size)))
+            if (!_dma.Remove((iova, size), out var memory))
             {
                 throw new ArgumentException($"no DMA mapping at IOVA 0x{iova:x} of 0x{size:x} bytes");
             }
-            VfioIoctl.UnmapDma(_container, iova, size);
+            try
+            {
+                VfioIoctl.UnmapDma(_container, iova, size);
+            }
+            finally
+            {
+                memory.Memory.Unpin();
+            }
         }
     }
 
@@ -504,7 +514,7 @@ public sealed partial class VfioPciFunction : IPciFunction
         }
         lock (_dmaLock)
         {
-            foreach (var (k, _) in _dma)
+            foreach (var (k, memory) in _dma)
             {
                 try
                 {
@@ -512,7 +522,11 @@ public sealed partial class VfioPciFunction : IPciFunction
                 }
                 catch (IOException)
                 {
-                    // closing the container tears the domain down anyway
+                    // closing the container tears the domain down anyway (the kernel keeps the pages pinned until then)
+                }
+                finally
+                {
+                    memory.Memory.Unpin();
                 }
             }
             _dma.Clear();

@@ -8,7 +8,7 @@ public sealed class VhostUserRequestException(string message) : Exception(messag
 /// <summary>
 /// One front-end memory region mapped into this process: guest-physical range, the front-end's virtual
 /// address of it, and where it lives here. The fd is mapped from its offset rounded down to the file's
-/// block size (hugetlbfs needs huge-page-aligned offsets), and <see cref="Host"/> points at mmap_offset.
+/// block size (hugetlbfs needs huge-page-aligned offsets), and <see cref="Memory"/> starts at mmap_offset.
 /// </summary>
 public sealed class GuestMemoryRegion : IDisposable
 {
@@ -37,8 +37,8 @@ public sealed class GuestMemoryRegion : IDisposable
 
     public ulong UserAddr => Desc.UserAddr;
 
-    /// <summary>Local address of guest-physical <see cref="GuestPhysAddr"/>.</summary>
-    public nint Host => _mapping.Address + (nint)_skew;
+    /// <summary>The region's bytes (guest-physical <see cref="GuestPhysAddr"/> onwards), to hand to a device.</summary>
+    public MemorySlice Memory => _mapping.Slice(_skew, Size);
 
     /// <summary>A bounds-checked view of [gpa, gpa+length) when it lies inside this region.</summary>
     public Span<byte> Span(ulong offsetInRegion, int length) => _mapping.Span(_skew + offsetInRegion, length);

@@ -908,7 +908,7 @@ public sealed class VhostUserSession : IDisposable
 
     private void MapForDevice(GuestMemoryRegion r)
     {
-        _device.DmaMap(r.GuestPhysAddr, r.Size, r.Host, writable: true);
+        _device.DmaMap(r.GuestPhysAddr, r.Memory, writable: true);
         _dmaMapped.Add((r.GuestPhysAddr, r.Size));
     }
 
@@ -955,10 +955,7 @@ public sealed class VhostUserSession : IDisposable
         VdpaVqState state;
         if (Packed)
         {
-            // Bits 0-15: avail position + wrap counter; 16-31: used (DPDK 22.11 sends 0 there: same as avail).
-            ushort a = (ushort)r.Base;
-            ushort u = r.Base >> 16 == 0 ? a : (ushort)(r.Base >> 16);
-            state = new VdpaVqState(a, u);
+            state = VringBase.Decode(r.Base, packed: true)!.Value;
         }
         else
         {
@@ -999,9 +996,9 @@ public sealed class VhostUserSession : IDisposable
         try
         {
             var st = _device.GetVqState(q);
-            return Packed ? st.AvailIndex | ((uint)st.UsedIndex << 16) : st.AvailIndex;
+            return VringBase.Encode(st, Packed);
         }
-        catch (NotSupportedException e)
+        catch (VdpaNotSupportedException e)
         {
             // A device that cannot report its ring state (a plain virtio function without the IFC LM block):
             // as vhost-vdpa does for a device it could not suspend, resume from what the device published,

@@ -43,6 +43,15 @@ public static class IfcLiveMigration
         _ => RingStateBase + (numQueues * 4),
     };
 
+    /// <summary>
+    /// One half of a ring-state word for a packed ring: the ring position in bits 0..14 and its wrap counter
+    /// in bit 15 (a split ring stores its free-running 16-bit index instead).
+    /// </summary>
+    public static ushort PackedMark(ushort position, bool wrapCounter) => (ushort)((position & 0x7fff) | (wrapCounter ? 0x8000 : 0));
+
+    /// <summary>The inverse of <see cref="PackedMark"/>.</summary>
+    public static (ushort Position, bool WrapCounter) UnpackMark(ushort mark) => ((ushort)(mark & 0x7fff), (mark & 0x8000) != 0);
+
     /// <summary>Packs a ring-state word: last_avail_idx in bits 0..15, last_used_idx in bits 16..31.</summary>
     public static uint Pack(ushort lastAvail, ushort lastUsed) => lastAvail | ((uint)lastUsed << 16);
 }

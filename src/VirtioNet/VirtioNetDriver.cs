@@ -111,7 +111,7 @@ public sealed class VirtioNetDriver : IDisposable
         // memfd-backed, so that a device in another process (a vhost-user back-end behind
         // VhostUserFrontend) can be given this memory by file descriptor; any other device maps it as usual.
         _mem = MappedMemory.CreateShared($"virtio-net {_dev.Name}", total);
-        _dev.DmaMap(_options.IovaBase, total, _mem.Address, writable: true);
+        _dev.DmaMap(_options.IovaBase, _mem.All, writable: true);
 
         _rx = new DriverQueue[pairsAllocated];
         _tx = new DriverQueue[pairsAllocated];

@@ -92,7 +92,7 @@ public class HostileRingTests
     public void RxBufferInReadOnlyMapping() => RunCase(nic =>
     {
         using var ro = MappedMemory.Allocate(4096);
-        nic.Vf.DmaMap(0x7000_0000, 4096, ro.Address, writable: false);
+        nic.Vf.DmaMap(0x7000_0000, ro.All, writable: false);
         nic.Queues[0].AddChain([(0x7000_0000, 2048, true)]);
         nic.Send(1, TestNic.Frame(64, 1));
         nic.WaitFor(() => nic.NeedsReset);
@@ -113,7 +113,7 @@ public class HostileRingTests
         using var big = MappedMemory.Allocate(0x8000_0000UL);
         RunCase(nic =>
         {
-            nic.Vf.DmaMap(0x1_0000_0000, 0x8000_0000, big.Address, writable: true);
+            nic.Vf.DmaMap(0x1_0000_0000, big.Slice(0, 0x8000_0000), writable: true);
             var rx = nic.Queues[0];
             rx.AddChain([(0x1_0000_0000, 0x7fff_ffff, true), (0x1_0000_0000, 0x7fff_ffff, true), (0x1_0000_0000, 0x7fff_ffff, true)]);
             nic.Send(1, TestNic.Frame(64, 1));

@@ -35,7 +35,7 @@ public sealed class TestNic : IDisposable
         Vf.AttachEngine(Engine);
         Hw = IfcvfHw.Init(Vf);
         _mem = MappedMemory.Allocate(memBytes);
-        Vf.DmaMap(IovaBase, memBytes, _mem.Address, writable: true);
+        Vf.DmaMap(IovaBase, _mem.All, writable: true);
         _next = IovaBase;
         _irqs = new long[Vf.MsixVectorCount];
         var sinks = new IMsixSink?[Vf.MsixVectorCount];

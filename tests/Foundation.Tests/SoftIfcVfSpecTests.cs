@@ -369,9 +369,9 @@ public class SoftIfcVfSpecTests
     {
         using var vf = new SoftIfcVf();
         using var mem = IfcVdpa.Interop.Primitives.MappedMemory.Allocate(0x4000);
-        vf.DmaMap(0x10000, 0x4000, mem.Address, true);
-        Assert.Throws<ArgumentException>(() => vf.DmaMap(0x12000, 0x1000, mem.Address, true));
-        Assert.Throws<ArgumentException>(() => vf.DmaMap(ulong.MaxValue - 10, 0x100, mem.Address, true));
+        vf.DmaMap(0x10000, mem.All, true);
+        Assert.Throws<ArgumentException>(() => vf.DmaMap(0x12000, mem.Slice(0x2000, 0x1000), true));
+        Assert.Throws<ArgumentException>(() => vf.DmaMap(ulong.MaxValue - 10, mem.Slice(0, 0x100), true));
         Assert.Throws<ArgumentException>(() => vf.DmaUnmap(0x10000, 0x1000));
         Assert.True(vf.Dma.TryTranslate(0x13FF0, 16, write: true, out var span));
         Assert.Equal(16, span.Length);

@@ -1,7 +1,6 @@
-using System.Runtime.InteropServices;
+using IfcVdpa.Interop.Primitives;
 using IfcVdpa.Ifcvf;
 using IfcVdpa.IfcvfModel;
-using IfcVdpa.Interop.Primitives;
 using IfcVdpa.Pci;
 using IfcVdpa.Virtio;
 using static IfcVdpa.Virtio.VirtioFeature;
@@ -274,11 +273,11 @@ public class AdapterTests
     {
         using var vf = new SoftIfcVf();
         using var a = IfcvfAdapter.Probe(vf);
-        var e = Assert.Throws<ArgumentException>(() => a.SetDriverFeatures(Bit(F_ACCESS_PLATFORM) | Bit(NET_F_MAC)));
+        var e = Assert.Throws<VdpaException>(() => a.SetDriverFeatures(Bit(F_ACCESS_PLATFORM) | Bit(NET_F_MAC)));
         Assert.Contains("VERSION_1", e.Message, StringComparison.Ordinal);
-        e = Assert.Throws<ArgumentException>(() => a.SetDriverFeatures(Bit(F_VERSION_1) | Bit(NET_F_MAC)));
+        e = Assert.Throws<VdpaException>(() => a.SetDriverFeatures(Bit(F_VERSION_1) | Bit(NET_F_MAC)));
         Assert.Contains("ACCESS_PLATFORM", e.Message, StringComparison.Ordinal);
-        e = Assert.Throws<ArgumentException>(() => a.SetDriverFeatures(BaseFeatures | Bit(F_RING_PACKED)));
+        e = Assert.Throws<VdpaException>(() => a.SetDriverFeatures(BaseFeatures | Bit(F_RING_PACKED)));
         Assert.Contains("RING_PACKED", e.Message, StringComparison.Ordinal);
         Assert.Equal(0UL, vf.DriverFeatures);
 
@@ -286,7 +285,7 @@ public class AdapterTests
         a.SetDriverFeatures(Bit(F_VERSION_1) | Bit(NET_F_MAC));
         Assert.Equal(Bit(F_VERSION_1) | Bit(NET_F_MAC), vf.DriverFeatures);
         a.SetStatus(S.ACKNOWLEDGE | S.DRIVER | S.FEATURES_OK);
-        Assert.Throws<InvalidOperationException>(() => a.SetDriverFeatures(BaseFeatures));
+        Assert.Throws<VdpaException>(() => a.SetDriverFeatures(BaseFeatures));
     }
 
     [Fact]
@@ -315,7 +314,7 @@ public class AdapterTests
             a.SetVqState(q, new VdpaVqState((ushort)(10 + q), (ushort)(10 + q)));
             a.SetVqReady(q, true);
         }
-        Assert.Throws<InvalidOperationException>(() => a.SetVqState(0, new VdpaVqState(1, 1)));
+        Assert.Throws<VdpaException>(() => a.SetVqState(0, new VdpaVqState(1, 1)));
         a.SetStatus(S.ACKNOWLEDGE | S.DRIVER | S.FEATURES_OK | S.DRIVER_OK);
         for (int q = 0; q < 4; q++)
         {
@@ -331,12 +330,12 @@ public class AdapterTests
         using var vf = new SoftIfcVf();
         using var a = IfcvfAdapter.Probe(vf);
         BringUp(a, BaseFeatures);
-        Assert.Throws<InvalidOperationException>(() => a.SetVqNum(0, 128));
-        Assert.Throws<InvalidOperationException>(() => a.SetVqAddress(0, 1, 2, 3));
+        Assert.Throws<VdpaException>(() => a.SetVqNum(0, 128));
+        Assert.Throws<VdpaException>(() => a.SetVqAddress(0, 1, 2, 3));
         a.SetVqReady(0, false);
-        Assert.Throws<ArgumentOutOfRangeException>(() => a.SetVqNum(0, 100));
-        Assert.Throws<ArgumentOutOfRangeException>(() => a.SetVqNum(0, 2048));
-        Assert.Throws<ArgumentOutOfRangeException>(() => a.SetVqNum(0, 0));
+        Assert.Throws<VdpaException>(() => a.SetVqNum(0, 100));
+        Assert.Throws<VdpaException>(() => a.SetVqNum(0, 2048));
+        Assert.Throws<VdpaException>(() => a.SetVqNum(0, 0));
         Assert.Throws<ArgumentOutOfRangeException>(() => a.SetVqNum(3, 64));
         Assert.Throws<ArgumentOutOfRangeException>(() => a.KickVq(3));
         Assert.Throws<ArgumentOutOfRangeException>(() => a.KickVq(-1));
@@ -359,8 +358,8 @@ public class AdapterTests
     {
         using var vf = new SoftIfcVf();
         using var a = IfcvfAdapter.Probe(vf);
-        Assert.Contains("SetVqReady", Assert.Throws<NotSupportedException>(a.Suspend).Message, StringComparison.Ordinal);
-        Assert.Throws<NotSupportedException>(a.Resume);
+        Assert.Contains("SetVqReady", Assert.Throws<VdpaNotSupportedException>(a.Suspend).Message, StringComparison.Ordinal);
+        Assert.Throws<VdpaNotSupportedException>(a.Resume);
     }
 
     [Fact]
@@ -372,8 +371,8 @@ public class AdapterTests
         var mac = new byte[6];
         a.GetConfig(0, mac);
         Assert.Equal(vf.Mac, mac);
-        Assert.Throws<ArgumentOutOfRangeException>(() => a.GetConfig(20, new byte[8]));
-        Assert.Throws<ArgumentOutOfRangeException>(() => a.GetConfig(uint.MaxValue, new byte[2]));
+        Assert.Throws<VdpaException>(() => a.GetConfig(20, new byte[8]));
+        Assert.Throws<VdpaException>(() => a.GetConfig(uint.MaxValue, new byte[2]));
         a.SetConfig(0, new byte[] { 0x02, 1, 2, 3, 4, 5 });
         Assert.Equal(new byte[] { 0x02, 1, 2, 3, 4, 5 }, vf.Mac);
     }
@@ -383,11 +382,11 @@ public class AdapterTests
     {
         using var vf = new SoftIfcVf();
         var a = IfcvfAdapter.Probe(vf);
-        nint mem = Marshal.AllocHGlobal(0x4000);
+        var mem = MappedMemory.Allocate(0x4000);
         try
         {
-            a.DmaMap(0x1000_0000, 0x2000, mem, true);
-            a.DmaMap(0x2000_0000, 0x2000, mem + 0x2000, false);
+            a.DmaMap(0x1000_0000, mem.Slice(0, 0x2000), true);
+            a.DmaMap(0x2000_0000, mem.Slice(0x2000, 0x2000), false);
             Assert.Equal(2, vf.DmaMapCount);
             a.DmaUnmap(0x1000_0000, 0x2000);
             Assert.Equal(1, vf.DmaMapCount);
@@ -401,7 +400,7 @@ public class AdapterTests
         }
         finally
         {
-            Marshal.FreeHGlobal(mem);
+            mem.Dispose();
         }
     }
 
@@ -459,8 +458,8 @@ public class AdapterTests
         Assert.False(a.IsIfc);
         Assert.False(a.HasLiveMigrationBlock);
         Assert.Equal(0x1af4u, a.GetVendorId());
-        Assert.Throws<NotSupportedException>(() => a.GetVqState(0));
-        Assert.Throws<NotSupportedException>(() => a.SetVqState(0, new VdpaVqState(5, 5)));
+        Assert.Throws<VdpaNotSupportedException>(() => a.GetVqState(0));
+        Assert.Throws<VdpaNotSupportedException>(() => a.SetVqState(0, new VdpaVqState(5, 5)));
         a.SetVqState(0, new VdpaVqState(0, 0)); // the reset state is fine
         BringUp(a, BaseFeatures);
         a.KickVq(0);
@@ -485,7 +484,7 @@ public class AdapterTests
         Assert.False(a.GetVqReady(1));
         Assert.True(a.GetVqReady(0));
         Assert.Equal(1, HwQueueEnable(1));
-        Assert.Throws<NotSupportedException>(() => a.GetVqState(1));
+        Assert.Throws<VdpaNotSupportedException>(() => a.GetVqState(1));
         var e = Assert.Throws<IfcvfDeviceException>(() => a.SetVqReady(1, true));
         Assert.Contains("only after a device reset", e.Message, StringComparison.Ordinal);
 

@@ -1,3 +1,4 @@
+using IfcVdpa.Interop.Primitives;
 using IfcVdpa.Vdpa;
 using IfcVdpa.Virtio;
 
@@ -36,7 +37,7 @@ public sealed class FakeVdpaDevice : IVdpaDevice
 
     public int NumVqs { get; }
 
-    public List<(ulong Iova, ulong Size, nint Host)> Maps { get; } = [];
+    public List<(ulong Iova, ulong Size, ulong UserAddress)> Maps { get; } = [];
 
     public IReadOnlyList<string> Ops
     {
@@ -96,9 +97,9 @@ public sealed class FakeVdpaDevice : IVdpaDevice
         _status = 0;
     }
 
-    public void Suspend() => throw new NotSupportedException("no suspend");
+    public void Suspend() => throw new VdpaNotSupportedException("no suspend");
 
-    public void Resume() => throw new NotSupportedException("no resume");
+    public void Resume() => throw new VdpaNotSupportedException("no resume");
 
     public ushort GetVqNumMax() => 1024;
 
@@ -152,10 +153,10 @@ public sealed class FakeVdpaDevice : IVdpaDevice
         ConfigCallback = callback;
     }
 
-    public void DmaMap(ulong iova, ulong size, nint hostAddress, bool writable)
+    public void DmaMap(ulong iova, MemorySlice memory, bool writable)
     {
-        Op($"map 0x{iova:x} 0x{size:x}");
-        Maps.Add((iova, size, hostAddress));
+        Op($"map 0x{iova:x} 0x{memory.Length:x}");
+        Maps.Add((iova, memory.Length, memory.UserAddress));
     }
 
     public void DmaUnmap(ulong iova, ulong size)

@@ -40,7 +40,7 @@ public static class FrontendSetup
         var mem = MappedMemory.CreateShared("fe-test", 0x1_0000);
         try
         {
-            fe.DmaMap(Iova, mem.Length, mem.Address, writable: true);
+            fe.DmaMap(Iova, mem.All, writable: true);
             for (int q = 0; q < 2; q++)
             {
                 ulong at = Iova + ((ulong)q * 0x4000);
@@ -65,39 +65,43 @@ public static class FrontendSetup
     public static bool WaitFor(Func<bool> cond, int timeoutMs = 5000) => Wait.Until(cond, timeoutMs);
 }
 
-/// <summary>The shared-memory lookup the front-end's DmaMap relies on.</summary>
+/// <summary>Memory handed to devices as slices of owned mappings, pinned while mapped.</summary>
 public sealed class SharedMemoryRegistryTests
 {
     [Fact]
-    public void FindsTheMemfdAndOffsetOfAnAddressInsideASharedRegion()
+    public void ASliceIsBoundsCheckedAndNamesItsMemfdOffset()
     {
-        using var m = MappedMemory.CreateShared("registry", 0x4000);
+        using var m = MappedMemory.CreateShared("slice", 0x4000);
         m.Span(0x2000, 4).Fill(0x5A);
-        Assert.True(MappedMemory.TryFindShared(m.Address + 0x2000, 0x1000, out var fd, out ulong off));
-        using (fd)
+        var s = m.Slice(0x2000, 0x1000);
+        Assert.Equal(0x2000UL, s.Offset);
+        Assert.Equal(0x1000UL, s.Length);
+        Assert.Equal(m.All.UserAddress + 0x2000, s.UserAddress);
+        using (var view = MappedMemory.MapFd(m.Fd!.Fd, 0x1000, s.Offset))
         {
-            Assert.Equal(0x2000UL, off);
-            Assert.NotEqual(m.Fd!.Fd, fd.Fd); // a duplicate the caller owns
-            using var view = MappedMemory.MapFd(fd.Fd, 0x1000, off);
             Assert.Equal(0x5A, view.Span(0, 1)[0]);
         }
-        Assert.True(MappedMemory.TryFindShared(m.Address, 0x4000, out var whole, out off));
-        whole.Dispose();
-        Assert.Equal(0UL, off);
+        Assert.Throws<ArgumentOutOfRangeException>(() => m.Slice(0x3000, 0x2000));
+        Assert.Throws<ArgumentOutOfRangeException>(() => m.Slice(0x4000, 1));
+        Assert.Throws<ArgumentOutOfRangeException>(() => m.Slice(0, 0));
+        Assert.Throws<ArgumentOutOfRangeException>(() => s.Slice(0x800, 0x801));
+        Assert.Equal(m.Slice(0x2800, 0x10), s.Slice(0x800, 0x10));
     }
 
     [Fact]
-    public void RefusesRangesCrossingTheEndPrivateMemoryAndDisposedRegions()
+    public void MemoryPinnedByADmaMapOutlivesItsDisposeUntilUnmapped()
     {
-        var m = MappedMemory.CreateShared("registry", 0x4000);
-        Assert.False(MappedMemory.TryFindShared(m.Address + 0x3000, 0x2000, out _, out _));
-        Assert.False(MappedMemory.TryFindShared(m.Address + 0x4000, 1, out _, out _));
-        Assert.False(MappedMemory.TryFindShared(m.Address, 0, out _, out _));
-        using var priv = MappedMemory.Allocate(0x4000);
-        Assert.False(MappedMemory.TryFindShared(priv.Address, 0x1000, out _, out _));
-        nint a = m.Address;
-        m.Dispose();
-        Assert.False(MappedMemory.TryFindShared(a, 0x1000, out _, out _));
+        var map = new IovaMap();
+        var m = MappedMemory.Allocate(0x2000);
+        m.Span(0x1000, 4).Fill(0x77);
+        map.Map(0x10_0000, m.All, writable: true);
+        m.Dispose(); // the owner gets the order wrong: the device still has it mapped
+        Assert.True(map.TryTranslate(0x10_1000, 4, write: true, out var span));
+        Assert.Equal(0x77, span[3]);
+        Assert.Throws<ObjectDisposedException>(() => map.Map(0x20_0000, m.Slice(0, 0x1000), writable: true));
+        Assert.True(map.Unmap(0x10_0000, 0x2000));
+        Assert.Equal(0, map.Count);
+        Assert.Throws<ObjectDisposedException>(() => m.Span(0, 1)); // now really unmapped
     }
 
     [Fact]
@@ -168,13 +172,13 @@ public sealed class FrontendProtocolTests : IDisposable
         var add = be.Of(VhostUserRequest.ADD_MEM_REG).Single();
         Assert.Equal(1, add.FdCount);
         var region = MemoryRegionDesc.Read(add.Payload.AsSpan(8));
-        Assert.Equal(new MemoryRegionDesc(FrontendSetup.Iova, 0x1_0000, (ulong)mem.Address, 0), region);
+        Assert.Equal(new MemoryRegionDesc(FrontendSetup.Iova, 0x1_0000, mem.All.UserAddress, 0), region);
 
         var addrs = be.Of(VhostUserRequest.SET_VRING_ADDR).Select(r => VringAddr.Read(r.Payload)).ToArray();
         Assert.Equal(2, addrs.Length);
         for (uint q = 0; q < 2; q++)
         {
-            ulong va = (ulong)mem.Address + (q * 0x4000);
+            ulong va = mem.All.UserAddress + (q * 0x4000);
             Assert.Equal(new VringAddr(q, 0, va, va + 0x2000, va + 0x1000, 0), addrs[q]);
         }
         // QEMU's order per ring, then DRIVER_OK, then enable (all with NEED_REPLY: REPLY_ACK is negotiated)
@@ -550,7 +554,7 @@ public sealed class FrontendProtocolTests : IDisposable
         using var be = new FakeVhostUserBackend();
         using var fe = Connect(be);
         using var priv = MappedMemory.Allocate(0x1000);
-        var e = Assert.Throws<NotSupportedException>(() => fe.DmaMap(0x1000, 0x1000, priv.Address, true));
+        var e = Assert.Throws<VdpaNotSupportedException>(() => fe.DmaMap(0x1000, priv.All, true));
         Assert.Contains("memfd", e.Message, StringComparison.Ordinal);
         Assert.Empty(be.Of(VhostUserRequest.ADD_MEM_REG));
     }
@@ -562,16 +566,16 @@ public sealed class FrontendProtocolTests : IDisposable
         using var fe = Connect(be);
         using var a = MappedMemory.CreateShared("a", 0x4000);
         using var b = MappedMemory.CreateShared("b", 0x4000);
-        fe.DmaMap(0x1_0000, 0x4000, a.Address, true);
-        fe.DmaMap(0x2_0000, 0x1000, b.Address + 0x2000, true); // part of a file: the offset goes along
+        fe.DmaMap(0x1_0000, a.All, true);
+        fe.DmaMap(0x2_0000, b.Slice(0x2000, 0x1000), true); // part of a file: the offset goes along
         fe.DmaUnmap(0x1_0000, 0x4000);
         var tables = be.Of(VhostUserRequest.SET_MEM_TABLE).ToArray();
         Assert.Equal(3, tables.Length);
         Assert.Equal([1, 2, 1], tables.Select(t => t.FdCount).ToArray());
         static MemoryRegionDesc[] Regions(ReceivedRequest r) => Enumerable.Range(0, (int)BinaryPrimitives.ReadUInt32LittleEndian(r.Payload))
             .Select(i => MemoryRegionDesc.Read(r.Payload.AsSpan(8 + (32 * i)))).ToArray();
-        var second = new MemoryRegionDesc(0x2_0000, 0x1000, (ulong)b.Address + 0x2000, 0x2000);
-        Assert.Equal([new MemoryRegionDesc(0x1_0000, 0x4000, (ulong)a.Address, 0), second], Regions(tables[1]));
+        var second = new MemoryRegionDesc(0x2_0000, 0x1000, b.Slice(0x2000, 0x1000).UserAddress, 0x2000);
+        Assert.Equal([new MemoryRegionDesc(0x1_0000, 0x4000, a.All.UserAddress, 0), second], Regions(tables[1]));
         Assert.Equal([second], Regions(tables[2]));
         Assert.Empty(be.Of(VhostUserRequest.ADD_MEM_REG));
     }

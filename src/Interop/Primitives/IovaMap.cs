@@ -5,16 +5,19 @@ namespace IfcVdpa.Interop.Primitives;
 /// A device model reads and writes guest memory only through <see cref="TryTranslate"/>, which
 /// returns a span that lies entirely inside one mapped range or nothing at all.
 ///
-/// Safety contract: a caller of <see cref="Map"/> guarantees that [host, host+size) stays readable
-/// (and writable when <c>writable</c>) until the matching <see cref="Unmap"/> or <see cref="Clear"/>
-/// returns, and that no device is processing queues through this map when it removes a range.
+/// Safety contract: memory comes in as a <see cref="MemorySlice"/>, which <see cref="Map"/> pins, so it stays
+/// mapped until the matching <see cref="Unmap"/> or <see cref="Clear"/> (even if its owner disposes it
+/// first); a caller guarantees that no device is processing queues through this map when it removes a range.
 /// Readers never lock: updates publish a new immutable entry array.
 /// </summary>
 public sealed unsafe class IovaMap
 {
-    public readonly record struct Entry(ulong Iova, ulong Size, nint Host, bool Writable)
+    /// <summary>One mapped range: IOVA, size, access, and the memory behind it.</summary>
+    public readonly record struct Entry(ulong Iova, ulong Size, bool Writable, MemorySlice Memory)
     {
         public ulong Last => Iova + Size - 1;
+
+        internal nint Host { get; } = Memory.Address;
     }
 
     private readonly Lock _writeLock = new();
@@ -27,20 +30,17 @@ public sealed unsafe class IovaMap
 
     public IReadOnlyList<Entry> Entries => Volatile.Read(ref _entries);
 
-    /// <summary>Adds a range. Zero size, wrap-around and overlap with an existing range are refused.</summary>
-    public void Map(ulong iova, ulong size, nint host, bool writable)
+    /// <summary>
+    /// Maps [iova, iova + memory.Length) onto <paramref name="memory"/>. Wrap-around and overlap with an
+    /// existing range are refused (<see cref="ArgumentException"/>), as is a full map.
+    /// </summary>
+    public void Map(ulong iova, MemorySlice memory, bool writable)
     {
-        if (size == 0)
-        {
-            throw new ArgumentException("DMA map of zero bytes");
-        }
+        ArgumentNullException.ThrowIfNull(memory.Memory, nameof(memory));
+        ulong size = memory.Length;
         if (iova + size - 1 < iova)
         {
             throw new ArgumentException($"DMA map [0x{iova:x}, +0x{size:x}) wraps around the IOVA space");
-        }
-        if (host == 0)
-        {
-            throw new ArgumentException("DMA map to a null host address");
         }
         lock (_writeLock)
         {
@@ -49,7 +49,7 @@ public sealed unsafe class IovaMap
             {
                 throw new InvalidOperationException($"DMA map is full ({MaxEntries} ranges)");
             }
-            var e = new Entry(iova, size, host, writable);
+            var e = new Entry(iova, size, writable, memory);
             int at = 0;
             foreach (var x in old)
             {
@@ -62,6 +62,7 @@ public sealed unsafe class IovaMap
                     at++;
                 }
             }
+            memory.Memory.Pin();
             var next = new Entry[old.Length + 1];
             Array.Copy(old, next, at);
             next[at] = e;
@@ -85,15 +86,22 @@ public sealed unsafe class IovaMap
             Array.Copy(old, next, i);
             Array.Copy(old, i + 1, next, i, old.Length - i - 1);
             Volatile.Write(ref _entries, next);
+            old[i].Memory.Memory.Unpin();
             return true;
         }
     }
 
+    /// <summary>Removes every range.</summary>
     public void Clear()
     {
         lock (_writeLock)
         {
+            var old = _entries;
             Volatile.Write(ref _entries, []);
+            foreach (var e in old)
+            {
+                e.Memory.Memory.Unpin();
+            }
         }
     }
 

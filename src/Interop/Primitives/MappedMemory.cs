@@ -1,4 +1,3 @@
-using System.Diagnostics.CodeAnalysis;
 using IfcVdpa.Interop.Native;
 
 namespace IfcVdpa.Interop.Primitives;
@@ -9,16 +8,16 @@ namespace IfcVdpa.Interop.Primitives;
 /// <see cref="Dispose"/>; every span handed out is bounds-checked against it. Whoever registers the
 /// address in an <see cref="IovaMap"/> must unregister it before disposing.
 ///
-/// Regions made with <see cref="CreateShared"/> are also listed in a process-wide registry until they are
-/// disposed, so that code handed only an address (a vDPA DmaMap) can find the memfd and file offset behind
-/// it (<see cref="TryFindShared"/>) and pass the memory to another process (a vhost-user back-end).
+/// Memory leaves Interop only as a <see cref="MemorySlice"/> (<see cref="Slice"/>): a device is pointed at
+/// it by slice, never by address. A mapping that is pinned by a DMA map (<see cref="Pin"/>) outlives
+/// <see cref="Dispose"/> until the last pin is released.
 /// </summary>
 public sealed unsafe class MappedMemory : IDisposable
 {
-    private static readonly Lock s_sharedLock = new();
-    private static readonly List<MappedMemory> s_shared = [];
-
+    private readonly Lock _pinLock = new();
     private nint _address;
+    private int _pins;
+    private bool _disposeRequested;
 
     private MappedMemory(nint address, ulong length, SafeFd? fd)
     {
@@ -27,11 +26,13 @@ public sealed unsafe class MappedMemory : IDisposable
         Fd = fd;
     }
 
-    public nint Address => _address;
+    /// <summary>The mapping's address: for the audited primitives only (others use <see cref="Slice"/>).</summary>
+    internal nint Address => _address;
 
     public ulong Length { get; }
 
-    /// <summary>The backing memfd, when the region was created with <see cref="CreateShared"/>.</summary>
+    /// <summary>The backing memfd, when the region was created with <see cref="CreateShared"/>: what a peer
+    /// process maps to share the memory (a vhost-user memory region).</summary>
     public SafeFd? Fd { get; }
 
     /// <summary>Anonymous private memory (zeroed).</summary>
@@ -49,7 +50,7 @@ public sealed unsafe class MappedMemory : IDisposable
     /// <summary>
     /// Memory backed by a new memfd, so it can be shared with another process by fd. The file is sealed
     /// against shrinking and growing: a peer that receives the fd cannot truncate it, which would make
-    /// every access here fault (SIGBUS). Listed for <see cref="TryFindShared"/> until disposed.
+    /// every access here fault (SIGBUS).
     /// </summary>
     public static MappedMemory CreateShared(string name, ulong length)
     {
@@ -79,49 +80,7 @@ public sealed unsafe class MappedMemory : IDisposable
             safe.Dispose();
             throw Errno.Exception($"mmap(memfd, {length})");
         }
-        var m = new MappedMemory(p, length, safe);
-        lock (s_sharedLock)
-        {
-            s_shared.Add(m);
-        }
-        return m;
-    }
-
-    /// <summary>
-    /// Finds the live <see cref="CreateShared"/> region that holds all of [address, address+length) and
-    /// returns a duplicate of its memfd (owned by the caller, valid after the region is disposed) and the
-    /// file offset of <paramref name="address"/>. False when no such region exists (private memory, a
-    /// range that crosses a region's end, a disposed region).
-    /// </summary>
-    public static bool TryFindShared(nint address, ulong length, [NotNullWhen(true)] out SafeFd? fd, out ulong fileOffset)
-    {
-        fd = null;
-        fileOffset = 0;
-        if (address == 0 || length == 0)
-        {
-            return false;
-        }
-        ulong a = (ulong)address;
-        lock (s_sharedLock)
-        {
-            foreach (var m in s_shared)
-            {
-                ulong start = (ulong)m._address;
-                if (start == 0 || a < start)
-                {
-                    continue;
-                }
-                ulong off = a - start;
-                if (off < m.Length && length <= m.Length - off)
-                {
-                    // Duplicated under the lock: Dispose unregisters under it before closing the fd.
-                    fd = SafeFd.Dup(m.Fd!.Fd);
-                    fileOffset = off;
-                    return true;
-                }
-            }
-        }
-        return false;
+        return new MappedMemory(p, length, safe);
     }
 
     /// <summary>
@@ -150,6 +109,49 @@ public sealed unsafe class MappedMemory : IDisposable
         return new MappedMemory(p, length, null);
     }
 
+    /// <summary>The whole mapping as a <see cref="MemorySlice"/>.</summary>
+    public MemorySlice All => Slice(0, Length);
+
+    /// <summary>A bounds-checked window of the mapping, to hand to a device (DMA map).</summary>
+    public MemorySlice Slice(ulong offset, ulong length)
+    {
+        ObjectDisposedException.ThrowIf(_address == 0, this);
+        if (length == 0 || offset > Length || length > Length - offset)
+        {
+            throw new ArgumentOutOfRangeException(nameof(offset), $"[0x{offset:x}, +0x{length:x}) outside a 0x{Length:x}-byte region");
+        }
+        return new MemorySlice(this, offset, length);
+    }
+
+    /// <summary>
+    /// Keeps the mapping alive for a DMA map: until the matching <see cref="Unpin"/>, <see cref="Dispose"/>
+    /// does not unmap it. Fails on a disposed mapping.
+    /// </summary>
+    public void Pin()
+    {
+        lock (_pinLock)
+        {
+            ObjectDisposedException.ThrowIf(_disposeRequested || _address == 0, this);
+            _pins++;
+        }
+    }
+
+    /// <summary>Releases a <see cref="Pin"/>; the last one after <see cref="Dispose"/> unmaps.</summary>
+    public void Unpin()
+    {
+        lock (_pinLock)
+        {
+            if (_pins == 0)
+            {
+                throw new InvalidOperationException("MappedMemory unpinned more often than pinned");
+            }
+            if (--_pins == 0 && _disposeRequested)
+            {
+                Unmap();
+            }
+        }
+    }
+
     /// <summary>A bounds-checked view of part of the region.</summary>
     public Span<byte> Span(ulong offset, int length)
     {
@@ -161,20 +163,26 @@ public sealed unsafe class MappedMemory : IDisposable
         return new Span<byte>((byte*)_address + offset, length);
     }
 
+    /// <summary>Unmaps the region (at once, or when the last DMA pin is released) and closes its memfd.</summary>
     public void Dispose()
     {
-        if (Fd is not null)
+        lock (_pinLock)
         {
-            lock (s_sharedLock)
+            _disposeRequested = true;
+            if (_pins == 0)
             {
-                s_shared.Remove(this);
+                Unmap();
             }
         }
+        Fd?.Dispose();
+    }
+
+    private void Unmap()
+    {
         nint p = Interlocked.Exchange(ref _address, 0);
         if (p != 0)
         {
             Libc.munmap(p, (nuint)Length);
         }
-        Fd?.Dispose();
     }
 }

@@ -127,14 +127,15 @@ public static unsafe class VfioIoctl
 
     public static void Reset(SafeFd device) => Check(Libc.ioctl(device.Fd, VfioAbi.VFIO_DEVICE_RESET, null), "VFIO_DEVICE_RESET");
 
-    /// <summary>VFIO_IOMMU_MAP_DMA (type1): [iova, iova+size) → [vaddr, vaddr+size) of this process.</summary>
-    public static void MapDma(SafeFd container, ulong iova, ulong size, nint vaddr, bool writable)
+    /// <summary>VFIO_IOMMU_MAP_DMA (type1): [iova, iova + memory.Length) → the slice's bytes of this process.</summary>
+    public static void MapDma(SafeFd container, ulong iova, MemorySlice memory, bool writable)
     {
+        ulong size = memory.Length;
         var m = new VfioDmaMap
         {
             Argsz = (uint)sizeof(VfioDmaMap),
             Flags = VfioAbi.VFIO_DMA_MAP_FLAG_READ | (writable ? VfioAbi.VFIO_DMA_MAP_FLAG_WRITE : 0),
-            Vaddr = (ulong)vaddr,
+            Vaddr = (ulong)memory.Address,
             Iova = iova,
             Size = size,
         };

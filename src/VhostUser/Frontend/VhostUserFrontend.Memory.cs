@@ -1,14 +1,15 @@
 using System.Buffers.Binary;
 using IfcVdpa.Interop.Primitives;
+using IfcVdpa.Vdpa;
 
 namespace IfcVdpa.VhostUser.Frontend;
 
 public sealed partial class VhostUserFrontend
 {
     /// <summary>One DMA mapping: the driver's IOVA range, where it lives here, and the memfd behind it.</summary>
-    private sealed record DmaRegion(ulong Iova, ulong Size, nint Host, ulong FileOffset, SafeFd Fd)
+    private sealed record DmaRegion(ulong Iova, ulong Size, ulong UserAddress, ulong FileOffset, SafeFd Fd)
     {
-        public MemoryRegionDesc Desc => new(Iova, Size, (ulong)Host, FileOffset);
+        public MemoryRegionDesc Desc => new(Iova, Size, UserAddress, FileOffset);
 
         public ulong Last => Iova + Size - 1;
     }
@@ -33,12 +34,13 @@ public sealed partial class VhostUserFrontend
     }
 
     /// <summary>
-    /// Gives the back-end [iova, iova+size) as a memory region (GPA = IOVA, UVA = host address): the memory
-    /// must be a live <see cref="MappedMemory.CreateShared"/> region, because vhost-user passes memory by
-    /// file descriptor. The back-end can write every region (vhost-user has no read-only regions).
+    /// Gives the back-end [iova, iova + memory.Length) as a memory region (GPA = IOVA, UVA = where this process
+    /// sees it): the memory must be memfd-backed (<see cref="MappedMemory.CreateShared"/>), because vhost-user
+    /// passes memory by file descriptor. The back-end can write every region (vhost-user has no read-only regions).
     /// </summary>
-    public void DmaMap(ulong iova, ulong size, nint hostAddress, bool writable)
+    public void DmaMap(ulong iova, MemorySlice memory, bool writable)
     {
+        ulong size = memory.Length;
         lock (_ctl)
         {
             ThrowIfDisposed();
@@ -58,13 +60,14 @@ public sealed partial class VhostUserFrontend
             {
                 throw new InvalidOperationException($"{Name}: all {limit} vhost-user memory regions are in use");
             }
-            if (!MappedMemory.TryFindShared(hostAddress, size, out var fd, out ulong offset))
+            if (memory.Memory.Fd is not { } shared)
             {
-                throw new NotSupportedException(
-                    $"{Name}: DMA map of 0x{hostAddress:x} (+0x{size:x}) is not memfd-backed shared memory; a vhost-user back-end " +
+                throw new VdpaNotSupportedException(
+                    $"{Name}: DMA map of {memory} is not memfd-backed shared memory; a vhost-user back-end " +
                     "can only be given memory by file descriptor (allocate it with MappedMemory.CreateShared)");
             }
-            var r = new DmaRegion(iova, size, hostAddress, offset, fd);
+            var fd = SafeFd.Dup(shared.Fd);
+            var r = new DmaRegion(iova, size, memory.UserAddress, memory.Offset, fd);
             _regions.Add(r);
             try
             {
@@ -191,7 +194,7 @@ public sealed partial class VhostUserFrontend
             ulong off = iova - r.Iova;
             if (iova >= r.Iova && off < r.Size && length <= r.Size - off)
             {
-                return (ulong)r.Host + off;
+                return r.UserAddress + off;
             }
         }
         throw new InvalidOperationException($"{Name}: queue {q} {what} at IOVA 0x{iova:x} (+{length}) is not inside one DMA mapping");

@@ -200,7 +200,7 @@ public sealed partial class VhostUserFrontend
     }
 
     public VdpaNotificationArea GetVqNotification(int qid) =>
-        throw new NotSupportedException($"{Name}: a vhost-user front-end has no PCI doorbell BAR (kicks are eventfds or host-notifier pages)");
+        throw new VdpaNotSupportedException($"{Name}: a vhost-user front-end has no PCI doorbell BAR (kicks are eventfds or host-notifier pages)");
 
     /// <summary>True when queue <paramref name="qid"/> kicks through a host-notifier page from the back-end.</summary>
     public bool HasHostNotifier(int qid) => Volatile.Read(ref Queue(qid).Notifier) is not null;
@@ -246,7 +246,7 @@ public sealed partial class VhostUserFrontend
             avail = TranslateRing(q, v.Avail, 4 + (2 * num) + (eventIdx ? 2UL : 0), "avail ring");
             used = TranslateRing(q, v.Used, 4 + (8 * num) + (eventIdx ? 2UL : 0), "used ring");
         }
-        uint baseValue = Packed ? v.State.AvailIndex | ((uint)v.State.UsedIndex << 16) : v.State.AvailIndex;
+        uint baseValue = VringBase.Encode(v.State, Packed);
         Span<byte> st = stackalloc byte[VhostUserWire.VringStateSize];
         new VringState((uint)q, v.Num).Write(st);
         Request(VhostUserRequest.SET_VRING_NUM, st);
@@ -295,18 +295,8 @@ public sealed partial class VhostUserFrontend
             {
                 throw Broken($"GET_VRING_BASE for ring {q} answered ring {r.Index}");
             }
-            if (Packed)
-            {
-                v.State = new VdpaVqState((ushort)r.Num, (ushort)(r.Num >> 16));
-            }
-            else
-            {
-                if (r.Num > 0xFFFF)
-                {
-                    throw Broken($"GET_VRING_BASE for split ring {q} answered 0x{r.Num:x}, beyond a 16-bit index");
-                }
-                v.State = new VdpaVqState((ushort)r.Num, (ushort)r.Num);
-            }
+            v.State = VringBase.Decode(r.Num, Packed)
+                ?? throw Broken($"GET_VRING_BASE for split ring {q} answered 0x{r.Num:x}, beyond a 16-bit index");
         }
         finally
         {
