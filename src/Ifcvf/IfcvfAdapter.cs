@@ -318,6 +318,11 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IDisposable
             if (wantOk && !hadOk)
             {
                 RequestIrqs();
+                if (_useLm)
+                {
+                    // As DPDK's ifc driver does on start: the firmware learns how many queue pairs are in use.
+                    _hw.SetMq(EnabledQueuePairs());
+                }
             }
             else if (!wantOk && hadOk)
             {
@@ -468,7 +473,7 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IDisposable
                 {
                     return; // the state every queue starts from after reset
                 }
-                throw new VdpaNotSupportedException($"{Name}: set_vq_state needs the IFC live-migration block (BAR4), which this function does not have");
+                RequireLiveMigrationBlock("set_vq_state");
             }
             RequireDisabled(qid, "set its state");
             var (avail, used) = packed
@@ -485,10 +490,7 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IDisposable
         {
             ThrowIfRemoved();
             CheckQueue(qid);
-            if (!_useLm)
-            {
-                throw new VdpaNotSupportedException($"{Name}: get_vq_state needs the IFC live-migration block (BAR4), which this function does not have");
-            }
+            RequireLiveMigrationBlock("get_vq_state");
             var (avail, used) = _hw.GetVqRingState(qid);
             if (!Has(_hw.GetDriverFeatures(), F_RING_PACKED))
             {
@@ -607,6 +609,61 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IDisposable
             {
                 buffer[(int)pos] = (byte)(value >> (8 * i));
             }
+        }
+    }
+
+    private uint EnabledQueuePairs()
+    {
+        int dataQueues = NumVqs - (NumVqs % 2); // the control queue (odd count) is not a pair
+        uint pairs = 0;
+        for (int q = 0; q < dataQueues; q += 2)
+        {
+            if (_hw.GetVqReady(q) || _hw.GetVqReady(q + 1))
+            {
+                pairs++;
+            }
+        }
+        return pairs;
+    }
+
+    // ---- dirty page log (IFC vendor extension: the LM block's logging registers) ----------------
+
+    /// <summary>
+    /// Starts the VF's dirty-page log (DPDK's ifcvf_enable_logging): a bitmap of one bit per 4 KiB page, at
+    /// IOVA [<paramref name="logIova"/>, +<paramref name="logSize"/>) of the device's DMA space (map it first,
+    /// outside guest memory). The VF marks the pages of the buffers it writes; the used rings are the
+    /// driver's to mark when the queues stop.
+    /// </summary>
+    public void EnableDirtyLog(ulong logIova, ulong logSize)
+    {
+        lock (_ctl)
+        {
+            ThrowIfRemoved();
+            RequireLiveMigrationBlock("a dirty-page log");
+            if (logSize == 0 || logIova + logSize < logIova)
+            {
+                throw new VdpaException($"{Name}: dirty log [0x{logIova:x}, +0x{logSize:x}) is empty or wraps around");
+            }
+            _hw.EnableDirtyLog(logIova, logSize);
+        }
+    }
+
+    /// <summary>Stops the dirty-page log (DPDK's ifcvf_disable_logging).</summary>
+    public void DisableDirtyLog()
+    {
+        lock (_ctl)
+        {
+            ThrowIfRemoved();
+            RequireLiveMigrationBlock("a dirty-page log");
+            _hw.DisableDirtyLog();
+        }
+    }
+
+    private void RequireLiveMigrationBlock(string what)
+    {
+        if (!_useLm)
+        {
+            throw new VdpaNotSupportedException($"{Name}: {what} needs the IFC live-migration block (BAR4), which this function does not have");
         }
     }
 

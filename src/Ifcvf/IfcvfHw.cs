@@ -21,9 +21,6 @@ public sealed record IfcvfHwOptions
     public int QueueStopPolls { get; init; } = 10;
 }
 
-/// <summary>One queue as the start sequence programs it.</summary>
-public readonly record struct HwQueue(bool Enabled, ushort Size, ulong Desc, ulong Avail, ulong Used, ushort LastAvail, ushort LastUsed, ushort Vector);
-
 /// <summary>
 /// The IFC VF hardware layer (Linux/DPDK ifcvf_base): capability walk, common config, doorbells,
 /// ISR, device config, and the BAR4 live-migration block. Registers only: no policy, no threads.
@@ -121,18 +118,6 @@ public sealed class IfcvfHw
 
     public void SetStatus(byte status) => W8(DeviceStatus, status);
 
-    /// <summary>Read-modify-write of the status byte, as ifcvf_add_status (followed by a flushing read).</summary>
-    public byte AddStatus(byte bits)
-    {
-        byte s = GetStatus();
-        if (s != 0)
-        {
-            bits |= s;
-        }
-        SetStatus(bits);
-        return GetStatus();
-    }
-
     /// <summary>Writes 0 and polls every millisecond until the device reads 0, bounded by the reset timeout.</summary>
     public void Reset()
     {
@@ -175,16 +160,6 @@ public sealed class IfcvfHw
         W32(DriverFeatureSelect, 1);
         ulong hi = R32(DriverFeature);
         return lo | (hi << 32);
-    }
-
-    /// <summary>Sets FEATURES_OK and checks that the device kept it (VIRTIO 1.2 §3.1.1 step 6).</summary>
-    public void VerifyFeaturesOk()
-    {
-        byte s = AddStatus(VirtioStatus.FEATURES_OK);
-        if ((s & VirtioStatus.FEATURES_OK) == 0)
-        {
-            throw new IfcvfDeviceException($"{_pci.Address}: device refused the driver features (FEATURES_OK not set)");
-        }
     }
 
     // ---- device config ------------------------------------------------------------------------
@@ -359,9 +334,6 @@ public sealed class IfcvfHw
         return ((ushort)word, (ushort)(word >> 16));
     }
 
-    /// <summary>get_vq_state: the split-ring avail index the device will process next.</summary>
-    public ushort GetVqState(int q) => GetVqRingState(q).LastAvail;
-
     /// <summary>Restores a queue's ring state before it is enabled.</summary>
     public void SetVqState(int q, ushort lastAvail, ushort lastUsed)
     {
@@ -377,9 +349,6 @@ public sealed class IfcvfHw
             _pci.WriteBar32(IfcLiveMigration.Bar, off, IfcLiveMigration.Pack(lastAvail, lastUsed));
         }
     }
-
-    /// <summary>set_vq_state: avail index only; the used index restarts equal to it (no in-flight buffers).</summary>
-    public void SetVqState(int q, ushort lastAvail) => SetVqState(q, lastAvail, lastAvail);
 
     /// <summary>Programs the dirty-page log (bitmap at IOVA <paramref name="logBase"/>, <paramref name="logSize"/> bytes) and enables it.</summary>
     public void EnableDirtyLog(ulong logBase, ulong logSize)
@@ -406,82 +375,5 @@ public sealed class IfcvfHw
         {
             _pci.WriteBar32(IfcLiveMigration.Bar, IfcLiveMigration.MqRegister, queuePairs);
         }
-    }
-
-    // ---- start / stop sequences ---------------------------------------------------------------
-
-    /// <summary>
-    /// Brings the device up in the DPDK/Linux (lazy) order: reset; ACK; DRIVER; features; FEATURES_OK
-    /// verified; config vector with read-back; MQ register; per enabled queue: addresses, size, vector with
-    /// read-back, ring state, enable; DRIVER_OK.
-    /// </summary>
-    public void StartHw(ulong features, IReadOnlyList<HwQueue> queues, ushort configVector, uint mqPairs)
-    {
-        if (queues.Count > NumQueues)
-        {
-            throw new ArgumentException($"{queues.Count} queues given, device has {NumQueues}");
-        }
-        Reset();
-        AddStatus(VirtioStatus.ACKNOWLEDGE);
-        AddStatus(VirtioStatus.DRIVER);
-        SetDriverFeatures(features);
-        VerifyFeaturesOk();
-        if (SetConfigVector(configVector) != configVector && configVector != NoVector)
-        {
-            throw new IfcvfDeviceException($"{_pci.Address}: device refused config vector {configVector}");
-        }
-        if (mqPairs > 0)
-        {
-            SetMq(mqPairs);
-        }
-        for (int q = 0; q < queues.Count; q++)
-        {
-            var hq = queues[q];
-            if (!hq.Enabled)
-            {
-                continue;
-            }
-            SetVqAddress(q, hq.Desc, hq.Avail, hq.Used);
-            SetVqNum(q, hq.Size);
-            if (SetVqVector(q, hq.Vector) != hq.Vector && hq.Vector != NoVector)
-            {
-                throw new IfcvfDeviceException($"{_pci.Address}: device refused vector {hq.Vector} for queue {q}");
-            }
-            if (HasLm)
-            {
-                SetVqState(q, hq.LastAvail, hq.LastUsed);
-            }
-            SetVqReady(q, true);
-            if (!GetVqReady(q))
-            {
-                throw new IfcvfDeviceException($"{_pci.Address}: queue {q} did not enable (size {hq.Size})");
-            }
-        }
-        AddStatus(VirtioStatus.DRIVER_OK);
-    }
-
-    /// <summary>
-    /// Stops the device in the DPDK order: vectors off, each enabled queue disabled and waited for, its ring
-    /// state read from the LM block, then reset. Returns the saved state per queue (null: queue was not enabled).
-    /// </summary>
-    public (ushort LastAvail, ushort LastUsed)?[] StopHw()
-    {
-        var saved = new (ushort, ushort)?[NumQueues];
-        SetConfigVector(NoVector);
-        for (int q = 0; q < NumQueues; q++)
-        {
-            if (!GetVqReady(q))
-            {
-                continue;
-            }
-            DisableVqAndWait(q);
-            SetVqVector(q, NoVector);
-            if (HasLm)
-            {
-                saved[q] = GetVqRingState(q);
-            }
-        }
-        Reset();
-        return saved;
     }
 }

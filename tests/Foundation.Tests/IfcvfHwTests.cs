@@ -1,6 +1,8 @@
-using IfcVdpa.IfcvfModel;
 using IfcVdpa.Ifcvf;
+using IfcVdpa.IfcvfModel;
+using IfcVdpa.Interop.Primitives;
 using IfcVdpa.Pci;
+using IfcVdpa.Vdpa;
 using IfcVdpa.Virtio;
 
 namespace IfcVdpa.Foundation.Tests;
@@ -12,8 +14,33 @@ public class IfcvfHwTests
         VirtioFeature.Bit(VirtioFeature.F_VERSION_1) | VirtioFeature.Bit(VirtioFeature.F_ACCESS_PLATFORM) |
         VirtioFeature.Bit(VirtioFeature.NET_F_MAC) | VirtioFeature.Bit(VirtioFeature.NET_F_MRG_RXBUF);
 
-    private static HwQueue Q(int i, ushort lastAvail = 0, ushort lastUsed = 0, ushort vector = 0) =>
-        new(true, 256, 0x10_0000UL + ((ulong)i * 0x1_0000), 0x10_4000UL + ((ulong)i * 0x1_0000), 0x10_8000UL + ((ulong)i * 0x1_0000), lastAvail, lastUsed, vector);
+    private const ushort NoVec = VirtioPci.NoVector;
+
+    private static ulong Ring(int q) => 0x10_0000UL + ((ulong)q * 0x1_0000);
+
+    /// <summary>
+    /// Brings the queues up through the driver's production path (the adapter's vDPA ops: features, then per
+    /// queue size, addresses, ring state, ready, then DRIVER_OK), with guest memory mapped under the rings so
+    /// the device never finds a ring outside its DMA map.
+    /// </summary>
+    private static MappedMemory BringUp(IfcvfAdapter a, ulong features, IReadOnlyList<(int Q, VdpaVqState State)> queues)
+    {
+        var mem = MappedMemory.Allocate(0x10_0000);
+        a.DmaMap(Ring(0), mem.All, writable: true);
+        a.Reset();
+        a.SetStatus(VirtioStatus.ACKNOWLEDGE | VirtioStatus.DRIVER);
+        a.SetDriverFeatures(features);
+        a.SetStatus(VirtioStatus.ACKNOWLEDGE | VirtioStatus.DRIVER | VirtioStatus.FEATURES_OK);
+        foreach (var (q, state) in queues)
+        {
+            a.SetVqNum(q, 256);
+            a.SetVqAddress(q, Ring(q), Ring(q) + 0x4000, Ring(q) + 0x8000);
+            a.SetVqState(q, state);
+            a.SetVqReady(q, true);
+        }
+        a.SetStatus(VirtioStatus.ACKNOWLEDGE | VirtioStatus.DRIVER | VirtioStatus.FEATURES_OK | VirtioStatus.DRIVER_OK);
+        return mem;
+    }
 
     [Fact]
     public void InitFindsCapabilitiesQueuesAndLmBlock()
@@ -27,29 +54,28 @@ public class IfcvfHwTests
     }
 
     [Fact]
-    public void StartProgramsEveryQueueAndStopSavesState()
+    public void StartProgramsEveryQueueAndTheMqRegisterAndStopSavesState()
     {
         using var vf = new SoftIfcVf();
-        var hw = IfcvfHw.Init(vf);
-        vf.EnableMsix(new IMsixSink?[vf.MsixVectorCount]);
-        hw.StartHw(NetFeatures, [Q(0, 5, 5, vector: 1), Q(1, 9, 7, vector: 2)], configVector: 0, mqPairs: 1);
+        using var a = IfcvfAdapter.Probe(vf);
+        using var mem = BringUp(a, NetFeatures, [(0, VdpaVqState.Split(5, 5)), (1, VdpaVqState.Split(9, 7))]);
 
-        Assert.Equal(VirtioStatus.ACKNOWLEDGE | VirtioStatus.DRIVER | VirtioStatus.FEATURES_OK | VirtioStatus.DRIVER_OK, hw.GetStatus());
+        Assert.Equal(VirtioStatus.ACKNOWLEDGE | VirtioStatus.DRIVER | VirtioStatus.FEATURES_OK | VirtioStatus.DRIVER_OK, a.GetStatus());
         Assert.Equal(NetFeatures, vf.DriverFeatures);
-        Assert.Equal(NetFeatures, hw.GetDriverFeatures());
         Assert.True(vf.IsQueueRunning(0));
         Assert.True(vf.IsQueueRunning(1));
         Assert.False(vf.IsQueueRunning(2));
-        Assert.Equal((0x11_0000UL, 0x11_4000UL, 0x11_8000UL), hw.GetVqAddress(1));
-        Assert.Equal(256, hw.GetVqNum(1));
-        Assert.Equal(2, vf.QueueVector(1));
-        Assert.Equal(1u, vf.MqRegister);
+        Assert.Equal((Ring(1), Ring(1) + 0x4000, Ring(1) + 0x8000), a.Hw.GetVqAddress(1));
+        Assert.Equal(256, a.Hw.GetVqNum(1));
+        Assert.NotEqual(NoVec, vf.QueueVector(1));
+        Assert.Equal(1u, vf.MqRegister); // written on DRIVER_OK, as DPDK's driver does
 
-        var saved = hw.StopHw();
-        Assert.Equal(((ushort)5, (ushort)5), saved[0]);
-        Assert.Equal(((ushort)9, (ushort)7), saved[1]);
-        Assert.Null(saved[2]);
-        Assert.Equal(0, hw.GetStatus());
+        a.SetVqReady(0, false);
+        a.SetVqReady(1, false);
+        Assert.Equal(VdpaVqState.Split(5, 5), a.GetVqState(0));
+        Assert.Equal(VdpaVqState.Split(9, 7), a.GetVqState(1));
+        a.Reset();
+        Assert.Equal(0, a.GetStatus());
         Assert.False(vf.IsQueueRunning(0));
     }
 
@@ -60,48 +86,57 @@ public class IfcvfHwTests
     {
         // Linux once computed the LM pair index as qid / nr_vring: all queues aliased pair 0.
         using var vf = new SoftIfcVf(new SoftIfcVfOptions { QueuePairs = 4, LmLayout = layout });
-        var hw = IfcvfHw.Init(vf, new IfcvfHwOptions { LmLayout = layout });
-        var queues = Enumerable.Range(0, 8).Select(i => Q(i, (ushort)(100 + i), (ushort)(100 + i), NoVec)).ToList();
-        hw.StartHw(NetFeatures | VirtioFeature.Bit(VirtioFeature.NET_F_MQ) | VirtioFeature.Bit(VirtioFeature.NET_F_CTRL_VQ), queues, NoVec, 4);
-        for (int i = 0; i < 8; i++)
+        using var a = IfcvfAdapter.Probe(vf, new IfcvfAdapterOptions { Hw = new IfcvfHwOptions { LmLayout = layout } });
+        ulong features = NetFeatures | VirtioFeature.Bit(VirtioFeature.NET_F_MQ) | VirtioFeature.Bit(VirtioFeature.NET_F_CTRL_VQ);
+        var first = Enumerable.Range(0, 8).Select(i => (i, VdpaVqState.Split((ushort)(100 + i), (ushort)(100 + i)))).ToList();
+        using (BringUp(a, features, first))
         {
-            Assert.Equal((ushort)(100 + i), hw.GetVqState(i));
-        }
-        var saved = hw.StopHw();
-        for (int i = 0; i < 8; i++)
-        {
-            Assert.Equal((ushort)(100 + i), saved[i]!.Value.LastAvail);
-        }
-        // Restore into a fresh start with the saved values shifted: still per-queue.
-        var again = Enumerable.Range(0, 8).Select(i => Q(i, (ushort)(saved[i]!.Value.LastAvail + 1000), (ushort)(saved[i]!.Value.LastAvail + 1000), NoVec)).ToList();
-        hw.StartHw(NetFeatures, again, NoVec, 4);
-        var saved2 = hw.StopHw();
-        for (int i = 0; i < 8; i++)
-        {
-            Assert.Equal((ushort)(1100 + i), saved2[i]!.Value.LastAvail);
+            for (int i = 0; i < 8; i++)
+            {
+                Assert.Equal((ushort)(100 + i), a.GetVqState(i).AvailIndex);
+            }
+            for (int i = 0; i < 8; i++)
+            {
+                a.SetVqReady(i, false);
+            }
+            var saved = Enumerable.Range(0, 8).Select(a.GetVqState).ToList();
+            for (int i = 0; i < 8; i++)
+            {
+                Assert.Equal((ushort)(100 + i), saved[i].AvailIndex);
+            }
+            // Restore into a fresh start with the saved values shifted: still per-queue.
+            a.Reset();
+            a.DmaUnmap(Ring(0), 0x10_0000);
+            var again = Enumerable.Range(0, 8).Select(i => (i, VdpaVqState.Split((ushort)(saved[i].AvailIndex + 1000), (ushort)(saved[i].AvailIndex + 1000)))).ToList();
+            using (BringUp(a, features, again))
+            {
+                for (int i = 0; i < 8; i++)
+                {
+                    a.SetVqReady(i, false);
+                    Assert.Equal((ushort)(1100 + i), a.GetVqState(i).AvailIndex);
+                }
+            }
         }
     }
 
-    private const ushort NoVec = VirtioPci.NoVector;
-
     [Fact]
-    public void StartFailsClearlyWhenDeviceRefusesFeatures()
+    public void DeviceRefusesFeaturesOkForBitsItDoesNotOffer()
     {
         using var vf = new SoftIfcVf();
         var hw = IfcvfHw.Init(vf);
-        var e = Assert.Throws<IfcvfDeviceException>(() =>
-            hw.StartHw(NetFeatures | VirtioFeature.Bit(VirtioFeature.F_RING_PACKED), [Q(0)], NoVec, 0));
-        Assert.Contains("FEATURES_OK", e.Message);
-        Assert.Equal(0, hw.GetStatus() & VirtioStatus.DRIVER_OK);
+        hw.SetStatus(VirtioStatus.ACKNOWLEDGE | VirtioStatus.DRIVER);
+        hw.SetDriverFeatures(NetFeatures | VirtioFeature.Bit(VirtioFeature.F_RING_PACKED));
+        hw.SetStatus(VirtioStatus.ACKNOWLEDGE | VirtioStatus.DRIVER | VirtioStatus.FEATURES_OK);
+        Assert.Equal(0, hw.GetStatus() & VirtioStatus.FEATURES_OK);
     }
 
     [Fact]
-    public void StartFailsClearlyWhenDeviceRefusesAVector()
+    public void DeviceRefusesAVectorBeyondItsTableAndReadsBackNoVector()
     {
         using var vf = new SoftIfcVf(new SoftIfcVfOptions { MsixVectors = 2 });
         var hw = IfcvfHw.Init(vf);
-        var e = Assert.Throws<IfcvfDeviceException>(() => hw.StartHw(NetFeatures, [Q(0, vector: 1), Q(1, vector: 2)], 0, 0));
-        Assert.Contains("vector 2 for queue 1", e.Message);
+        Assert.Equal((ushort)1, hw.SetVqVector(0, 1));
+        Assert.Equal(NoVec, hw.SetVqVector(1, 2));
     }
 
     [Fact]
@@ -109,7 +144,7 @@ public class IfcvfHwTests
     {
         using var vf = new SoftIfcVf(new SoftIfcVfOptions { ResetLatency = TimeSpan.FromMilliseconds(20) });
         var hw = IfcvfHw.Init(vf);
-        hw.AddStatus(VirtioStatus.ACKNOWLEDGE);
+        hw.SetStatus(VirtioStatus.ACKNOWLEDGE);
         hw.Reset();
         Assert.Equal(0, hw.GetStatus());
     }
@@ -119,7 +154,7 @@ public class IfcvfHwTests
     {
         using var vf = new SoftIfcVf(new SoftIfcVfOptions { NeverCompleteReset = true });
         var hw = IfcvfHw.Init(vf, new IfcvfHwOptions { ResetTimeout = TimeSpan.FromMilliseconds(50) });
-        hw.AddStatus(VirtioStatus.ACKNOWLEDGE);
+        hw.SetStatus(VirtioStatus.ACKNOWLEDGE);
         var sw = System.Diagnostics.Stopwatch.StartNew();
         var e = Assert.Throws<IfcvfDeviceException>(hw.Reset);
         Assert.Contains("did not finish reset", e.Message);
@@ -179,15 +214,24 @@ public class IfcvfHwTests
     }
 
     [Fact]
-    public void DirtyLogAndMqRegistersAreProgrammed()
+    public void DirtyLogRegistersAreProgrammedThroughTheAdapter()
     {
         using var vf = new SoftIfcVf(new SoftIfcVfOptions { QueuePairs = 2 });
-        var hw = IfcvfHw.Init(vf);
-        hw.EnableDirtyLog(0x1000_0000_0000, 0x8000);
+        using var a = IfcvfAdapter.Probe(vf);
+        a.EnableDirtyLog(0x1000_0000_0000, 0x8000);
         Assert.Equal((true, 0x1000_0000_0000UL, 0x1000_0000_8000UL), vf.DirtyLog);
-        hw.DisableDirtyLog();
+        a.DisableDirtyLog();
         Assert.False(vf.DirtyLog.Enabled);
-        hw.SetMq(2);
+        Assert.Throws<VdpaException>(() => a.EnableDirtyLog(ulong.MaxValue - 10, 0x100));
+    }
+
+    [Fact]
+    public void TwoPairsInUseAreWrittenToTheMqRegister()
+    {
+        using var vf = new SoftIfcVf(new SoftIfcVfOptions { QueuePairs = 2 });
+        using var a = IfcvfAdapter.Probe(vf);
+        ulong features = NetFeatures | VirtioFeature.Bit(VirtioFeature.NET_F_MQ) | VirtioFeature.Bit(VirtioFeature.NET_F_CTRL_VQ);
+        using var mem = BringUp(a, features, Enumerable.Range(0, 5).Select(q => (q, default(VdpaVqState))).ToList());
         Assert.Equal(2u, vf.MqRegister);
     }
 
@@ -195,17 +239,17 @@ public class IfcvfHwTests
     public void DisablingAQueueWaitsForTheDeviceAndKeepsOthersRunning()
     {
         using var vf = new SoftIfcVf(new SoftIfcVfOptions { QueuePairs = 2 });
-        var hw = IfcvfHw.Init(vf);
-        hw.StartHw(NetFeatures, [Q(0, 3, 3, NoVec), Q(1, 4, 4, NoVec), Q(2, 5, 5, NoVec), Q(3, 6, 6, NoVec)], NoVec, 2);
-        hw.DisableVqAndWait(2);
+        using var a = IfcvfAdapter.Probe(vf);
+        using var mem = BringUp(a, NetFeatures, Enumerable.Range(0, 4).Select(q => (q, VdpaVqState.Split((ushort)(3 + q), (ushort)(3 + q)))).ToList());
+        a.SetVqReady(2, false);
         Assert.False(vf.IsQueueRunning(2));
         Assert.True(vf.IsQueueRunning(3));
-        Assert.Equal(5, hw.GetVqState(2));
+        Assert.Equal(5, a.GetVqState(2).AvailIndex);
         // Re-enable with a new state while the device stays DRIVER_OK (DPDK set_vring_state).
-        hw.SetVqState(2, 42);
-        hw.SetVqReady(2, true);
+        a.SetVqState(2, VdpaVqState.Split(42, 42));
+        a.SetVqReady(2, true);
         Assert.True(vf.IsQueueRunning(2));
-        Assert.Equal(42, hw.GetVqState(2));
+        Assert.Equal(42, a.GetVqState(2).AvailIndex);
     }
 
     [Fact]
@@ -213,10 +257,11 @@ public class IfcvfHwTests
     {
         using var vf = new SoftIfcVf();
         var noBar4 = new WithoutBar(vf, 4);
-        var hw = IfcvfHw.Init(noBar4);
-        Assert.False(hw.HasLm);
-        hw.StartHw(NetFeatures, [Q(0, vector: NoVec)], NoVec, 1);
-        Assert.Throws<IfcvfDeviceException>(() => hw.GetVqState(0));
+        using var a = IfcvfAdapter.Probe(noBar4);
+        Assert.False(a.HasLiveMigrationBlock);
+        using var mem = BringUp(a, NetFeatures, [(0, default(VdpaVqState))]);
+        Assert.True(vf.IsQueueRunning(0));
+        Assert.Throws<VdpaNotSupportedException>(() => a.GetVqState(0));
         Assert.Equal(0u, vf.MqRegister);
     }
 
