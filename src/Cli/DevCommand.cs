@@ -1,7 +1,8 @@
 using System.Globalization;
-using System.Text;
 using System.Text.Json;
+using System.Text;
 using IfcVdpa.Daemon;
+using IfcVdpa.Virtio;
 
 namespace IfcVdpa.Cli;
 
@@ -70,7 +71,7 @@ public static class DevCommand
         int maxVqp = kv.Int("max_vqp", 0);
         string? features = kv.Get("device_features");
         kv.EnsureAllUsed();
-        if (mac is not null && ControlArgs.ParseMac(mac) is null)
+        if (mac is not null && MacAddress.TryParse(mac) is null)
         {
             throw new CliException($"mac must look like 00:e0:ed:00:00:01, not \"{mac}\"");
         }

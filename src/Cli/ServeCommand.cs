@@ -1,11 +1,12 @@
 using System.Globalization;
 using IfcVdpa.Daemon;
 using IfcVdpa.Ifcvf;
-using IfcVdpa.IfcvfModel;
 using IfcVdpa.IfcvfModel.Backends;
 using IfcVdpa.IfcvfModel.Datapath;
+using IfcVdpa.IfcvfModel;
 using IfcVdpa.Vfio;
 using IfcVdpa.VhostUser;
+using IfcVdpa.Virtio;
 
 namespace IfcVdpa.Cli;
 
@@ -287,16 +288,7 @@ public static class ServeCommand
 
     private static byte[] ParseMac(string s)
     {
-        var parts = s.Split(':');
-        var mac = new byte[6];
-        if (parts.Length != 6 || !parts.Select((p, i) => byte.TryParse(p, NumberStyles.HexNumber, CultureInfo.InvariantCulture, out mac[i]) && p.Length is 1 or 2).All(x => x))
-        {
-            throw new CliException($"bad MAC address \"{s}\" (expected xx:xx:xx:xx:xx:xx)");
-        }
-        if ((mac[0] & 1) != 0)
-        {
-            throw new CliException($"{s} is a multicast address");
-        }
-        return mac;
+        var mac = MacAddress.TryParse(s) ?? throw new CliException($"bad MAC address \"{s}\" (expected xx:xx:xx:xx:xx:xx)");
+        return MacAddress.IsUnicast(mac) ? mac : throw new CliException($"mac {s} is not a unicast address");
     }
 }

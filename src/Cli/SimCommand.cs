@@ -1,5 +1,5 @@
 using System.Text.Json;
-using IfcVdpa.Daemon;
+using IfcVdpa.Virtio;
 
 namespace IfcVdpa.Cli;
 
@@ -20,7 +20,7 @@ public static class SimCommand
                 int vectors = kv.Int("msix_vectors", 0);
                 string? backend = kv.Get("backend");
                 kv.EnsureAllUsed();
-                if (mac is not null && ControlArgs.ParseMac(mac) is null)
+                if (mac is not null && MacAddress.TryParse(mac) is null)
                 {
                     throw new CliException($"mac must look like 00:e0:ed:00:00:01, not \"{mac}\"");
                 }

@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text.Json;
+using IfcVdpa.Virtio;
 
 namespace IfcVdpa.Daemon;
 
@@ -131,25 +132,7 @@ public sealed class ControlArgs
         {
             return null;
         }
-        return ParseMac(s) ?? throw new ControlException($"argument \"{name}\" must be a MAC like 00:e0:ed:00:00:01, not \"{s}\"");
-    }
-
-    public static byte[]? ParseMac(string s)
-    {
-        var parts = s.Split(':');
-        if (parts.Length != 6)
-        {
-            return null;
-        }
-        var mac = new byte[6];
-        for (int i = 0; i < 6; i++)
-        {
-            if (parts[i].Length != 2 || !byte.TryParse(parts[i], NumberStyles.AllowHexSpecifier, CultureInfo.InvariantCulture, out mac[i]))
-            {
-                return null;
-            }
-        }
-        return mac;
+        return MacAddress.TryParse(s) ?? throw new ControlException($"argument \"{name}\" must be a MAC like 00:e0:ed:00:00:01, not \"{s}\"");
     }
 
     /// <summary>Call after reading every argument: anything else in the object is refused.</summary>

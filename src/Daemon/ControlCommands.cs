@@ -258,7 +258,7 @@ public static class ControlCommands
             w.WriteStartObject(d.Name);
             if (VirtioFeature.Has(features, VirtioFeature.NET_F_MAC))
             {
-                w.WriteString("mac", IfcvfAdapter.FormatMac(full[..6]));
+                w.WriteString("mac", MacAddress.Format(full[..6]));
             }
             ushort st = BinaryPrimitives.ReadUInt16LittleEndian(full[VirtioNetConfig.Status..]);
             bool hasStatus = VirtioFeature.Has(features, VirtioFeature.NET_F_STATUS);

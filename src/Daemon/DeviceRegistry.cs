@@ -1,10 +1,11 @@
 using System.Text.RegularExpressions;
 using IfcVdpa.Ifcvf;
-using IfcVdpa.IfcvfModel;
 using IfcVdpa.IfcvfModel.Backends;
 using IfcVdpa.IfcvfModel.Datapath;
+using IfcVdpa.IfcvfModel;
 using IfcVdpa.Pci;
 using IfcVdpa.Vdpa;
+using IfcVdpa.Virtio;
 
 namespace IfcVdpa.Daemon;
 
@@ -170,7 +171,7 @@ public sealed partial class DeviceRegistry(DaemonLog? log = null) : IDisposable
                 }
                 _mgmt.Add(md);
                 added.Add(md);
-                _log.Info("software VF added", ("mgmtdev", md.Name), ("address", vf.Address), ("mac", IfcvfAdapter.FormatMac(mac)), ("queue_pairs", queuePairs));
+                _log.Info("software VF added", ("mgmtdev", md.Name), ("address", vf.Address), ("mac", MacAddress.Format(mac)), ("queue_pairs", queuePairs));
             }
             return added;
         }

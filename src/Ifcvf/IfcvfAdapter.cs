@@ -33,8 +33,6 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IDisposable
     /// <summary>VIRTIO_ID_NET.</summary>
     public const uint VirtioIdNet = 1;
 
-    private const ushort IntelVendor = 0x8086;
-
     private readonly Lock _ctl = new();
     private readonly IfcvfHw _hw;
     private readonly IPciFunction _pci;
@@ -114,12 +112,11 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IDisposable
         {
             throw new IfcvfProbeException($"{pci.Address}: {id} is not a virtio function (vendor must be 1af4)");
         }
-        switch (device, subVendor, subDevice)
+        switch (IfcPciIds.Find(vendor, device, subVendor, subDevice)?.Class)
         {
-            case (VirtioPci.ModernNetDeviceId, IntelVendor, 0x001A):
-            case (VirtioPci.TransitionalNetDeviceId, IntelVendor, 0x0001):
+            case IfcDeviceClass.Net:
                 return (true, subVendor);
-            case (0x1001 or 0x1042, IntelVendor, 0x0002 or 0x0000):
+            case IfcDeviceClass.Block:
                 throw new IfcvfProbeException($"{pci.Address}: {id} is an IFC virtio-blk VF; only the net VF is supported");
         }
         if (device == VirtioPci.ModernNetDeviceId)
@@ -186,9 +183,9 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IDisposable
             {
                 throw new VdpaException($"mac must be 6 bytes, not {mac.Length}");
             }
-            if ((mac[0] & 1) != 0 || !mac.ContainsAnyExcept((byte)0))
+            if (!MacAddress.IsUnicast(mac))
             {
-                throw new VdpaException($"mac {FormatMac(mac)} is not a unicast address");
+                throw new VdpaException($"mac {MacAddress.Format(mac)} is not a unicast address");
             }
             if (!Has(DeviceFeatures, NET_F_MAC))
             {
@@ -199,13 +196,10 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IDisposable
             _hw.ReadDeviceConfig(VirtioNetConfig.Mac, back);
             if (!back.SequenceEqual(mac))
             {
-                throw new IfcvfDeviceException($"{_pci.Address}: the VF did not take mac {FormatMac(mac)} (reads {FormatMac(back)})");
+                throw new IfcvfDeviceException($"{_pci.Address}: the VF did not take mac {MacAddress.Format(mac)} (reads {MacAddress.Format(back)})");
             }
         }
     }
-
-    public static string FormatMac(ReadOnlySpan<byte> mac) =>
-        mac.Length == 6 ? $"{mac[0]:x2}:{mac[1]:x2}:{mac[2]:x2}:{mac[3]:x2}:{mac[4]:x2}:{mac[5]:x2}" : $"<{mac.Length} bytes>";
 
     // ---- identity and properties ---------------------------------------------------------------
 

@@ -17,14 +17,15 @@ public sealed partial class SoftIfcVf
     {
         var c = _cfg.AsSpan();
         bool t = _options.Transitional;
-        W16(c, PciConfig.VendorId, VirtioPci.VendorId);
-        W16(c, PciConfig.DeviceId, t ? VirtioPci.TransitionalNetDeviceId : VirtioPci.ModernNetDeviceId);
+        var id = t ? IfcPciIds.C5000XNet : IfcPciIds.N3000Net;
+        W16(c, PciConfig.VendorId, id.Vendor);
+        W16(c, PciConfig.DeviceId, id.Device);
         W16(c, PciConfig.Status, PciConfig.StatusCapList);
         c[PciConfig.RevisionId] = 0x01;
         c[PciConfig.ClassCode] = 0x00; // Ethernet controller
         c[PciConfig.ClassCode + 1] = 0x02; // Network controller
-        W16(c, PciConfig.SubsystemVendorId, 0x8086);
-        W16(c, PciConfig.SubsystemId, t ? (ushort)0x0001 : (ushort)0x001A);
+        W16(c, PciConfig.SubsystemVendorId, id.SubsystemVendor);
+        W16(c, PciConfig.SubsystemId, id.SubsystemDevice);
         c[PciConfig.CapabilitiesPointer] = L.CapMsix;
         foreach (var b in _bars)
         {

@@ -23,12 +23,7 @@ public static class LspciFormatter
         string vname = vendor == VirtioPci.VendorId ? "Red Hat, Inc." : $"Vendor {vendor:x4}";
         sb.AppendLine($"{f.Address} Ethernet controller [0200]: {vname} {name} [{vendor:x4}:{device:x4}] (rev {rev:x2})");
         string sub = svid == 0x8086 ? "Intel Corporation" : $"Vendor {svid:x4}";
-        string subName = (svid, sid) switch
-        {
-            (0x8086, 0x001A) => "IFC VF (N3000 FPGA 100G, vDPA)",
-            (0x8086, 0x0001) => "IFC VF (C5000X-PL net, transitional ID)",
-            _ => $"Device {sid:x4}",
-        };
+        string subName = IfcPciIds.Find(vendor, device, svid, sid)?.Description ?? $"Device {sid:x4}";
         sb.AppendLine($"\tSubsystem: {sub} {subName} [{svid:x4}:{sid:x4}]");
         ushort cmd = f.ReadConfig16(PciConfig.Command);
         sb.AppendLine($"\tControl: I/O- Mem{Pm(cmd & PciConfig.CommandMemory)} BusMaster{Pm(cmd & PciConfig.CommandBusMaster)} DisINTx{Pm(cmd & PciConfig.CommandIntxDisable)}");

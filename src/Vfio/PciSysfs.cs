@@ -1,4 +1,5 @@
 using System.Globalization;
+using IfcVdpa.Virtio;
 
 namespace IfcVdpa.Vfio;
 
@@ -18,10 +19,8 @@ public sealed record PciDeviceInfo(string Address, ushort Vendor, ushort Device,
     /// <summary>Virtio vendor (1af4): every virtio function and the IFC VF.</summary>
     public bool IsVirtio => Vendor == 0x1AF4;
 
-    /// <summary>The IFC VF IDs of the ifcvf PCI table (N3000 net, C5000X-PL net).</summary>
-    public bool IsIfcVf =>
-        Vendor == 0x1AF4 && SubsystemVendor == 0x8086 &&
-        ((Device == 0x1041 && SubsystemDevice == 0x001A) || (Device == 0x1000 && SubsystemDevice == 0x0001));
+    /// <summary>An entry of the IFC VF PCI table (net or block).</summary>
+    public bool IsIfcVf => IfcPciIds.Find(Vendor, Device, SubsystemVendor, SubsystemDevice) is not null;
 
     /// <summary>A short description: "ifc-vf", "virtio-net (modern)", "virtio-net (transitional)", "virtio 1af4:xxxx".</summary>
     public string Kind =>

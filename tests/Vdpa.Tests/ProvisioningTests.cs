@@ -65,7 +65,7 @@ public class ProvisioningTests
         using var vf = new SoftIfcVf(new SoftIfcVfOptions { QueuePairs = 2 });
         var e = Assert.Throws<VdpaException>(() => IfcvfAdapter.Probe(vf, new IfcvfAdapterOptions
         {
-            Mac = mac is null ? (ReadOnlyMemory<byte>?)null : ControlArgs.ParseMac(mac)!,
+            Mac = mac is null ? (ReadOnlyMemory<byte>?)null : MacAddress.TryParse(mac)!,
             Mtu = mtu,
             MaxVqPairs = maxVqp,
         }));
@@ -84,7 +84,7 @@ public class ProvisioningTests
     public void SoftwareVfsGetNamesOnTheirOwnBus()
     {
         using var reg = NewRegistry();
-        var added = reg.AddSoftwareVfs(3, ControlArgs.ParseMac("02:00:00:00:00:fe"), 2);
+        var added = reg.AddSoftwareVfs(3, MacAddress.TryParse("02:00:00:00:00:fe"), 2);
         Assert.Equal(["sim/ifcvf0", "sim/ifcvf1", "sim/ifcvf2"], added.Select(m => m.Name));
         Assert.Equal("sim:00:02.0", added[1].Function.Address);
         Assert.Equal(5, added[0].MaxSupportedVqs);

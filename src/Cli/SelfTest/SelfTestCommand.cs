@@ -1,5 +1,6 @@
 using IfcVdpa.Ifcvf;
 using IfcVdpa.Vfio;
+using IfcVdpa.Virtio;
 using IfcVdpa.VirtioNet;
 
 namespace IfcVdpa.Cli.SelfTest;
@@ -71,7 +72,7 @@ public static class SelfTestCommand
             {
                 agent = new PingAgent(f => drv.Send(f), drv.Mac, plan.Ip, plan.PeerIp);
                 drv.SetFrameHandler(agent.OnFrame);
-                run.Say("driver-ok", $"status=0x{dev.GetStatus():x2} irq-mode={dev.IrqMode} mac={SelfTestRun.FormatMac(drv.Mac)} features=0x{drv.Features:x} link={(drv.LinkUp ? "up" : "down")} dma-maps={pci.DmaMapCount} msix-enabled={pci.EnabledMsixVectors}");
+                run.Say("driver-ok", $"status=0x{dev.GetStatus():x2} irq-mode={dev.IrqMode} mac={MacAddress.Format(drv.Mac)} features=0x{drv.Features:x} link={(drv.LinkUp ? "up" : "down")} dma-maps={pci.DmaMapCount} msix-enabled={pci.EnabledMsixVectors}");
 
                 var (peerRx, peerTx) = run.Traffic(agent, plan);
                 var c = drv.Counters;

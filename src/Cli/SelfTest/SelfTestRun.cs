@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Net;
+using IfcVdpa.Virtio;
 
 namespace IfcVdpa.Cli.SelfTest;
 
@@ -87,7 +88,7 @@ internal sealed class SelfTestRun(TextWriter o, string prefix)
         Step = "arp";
         agent.RequestPeerMac();
         WaitFor(() => agent.PeerMac is not null, TimeSpan.FromSeconds(10), "no ARP reply from the peer");
-        Say("arp", $"peer-mac={FormatMac(agent.PeerMac!)}");
+        Say("arp", $"peer-mac={MacAddress.Format(agent.PeerMac!)}");
 
         Step = "ping";
         for (int i = 0; i < 3; i++)
@@ -134,7 +135,6 @@ internal sealed class SelfTestRun(TextWriter o, string prefix)
                 long.Parse(File.ReadAllText(Path.Combine(d, "tx_packets")).Trim(), CultureInfo.InvariantCulture));
     }
 
-    public static string FormatMac(ReadOnlySpan<byte> m) => $"{m[0]:x2}:{m[1]:x2}:{m[2]:x2}:{m[3]:x2}:{m[4]:x2}:{m[5]:x2}";
 
     public static byte[] ParseIp(string s) =>
         IPAddress.TryParse(s, out var a) && a.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork

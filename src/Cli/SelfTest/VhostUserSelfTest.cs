@@ -1,5 +1,6 @@
-using IfcVdpa.VhostUser;
 using IfcVdpa.VhostUser.Frontend;
+using IfcVdpa.VhostUser;
+using IfcVdpa.Virtio;
 using IfcVdpa.VirtioNet;
 
 namespace IfcVdpa.Cli.SelfTest;
@@ -37,7 +38,7 @@ internal static class VhostUserSelfTest
             drv.SetFrameHandler(agent.OnFrame);
             // the back-end offers host notifiers once the rings run; give its channel a moment
             SelfTestRun.WaitFor(() => fe.HasHostNotifier(1) || !Has(fe.ProtocolFeatures, VhostUserProtocolFeature.HOST_NOTIFIER), TimeSpan.FromSeconds(5), "no host notifier for the TX queue although HOST_NOTIFIER was negotiated");
-            run.Say("driver-ok", $"mac={SelfTestRun.FormatMac(drv.Mac)} features=0x{drv.Features:x} link={(drv.LinkUp ? "up" : "down")} host-notifier-rx={fe.HasHostNotifier(0)} host-notifier-tx={fe.HasHostNotifier(1)}");
+            run.Say("driver-ok", $"mac={MacAddress.Format(drv.Mac)} features=0x{drv.Features:x} link={(drv.LinkUp ? "up" : "down")} host-notifier-rx={fe.HasHostNotifier(0)} host-notifier-tx={fe.HasHostNotifier(1)}");
 
             var (peerRx, peerTx) = run.Traffic(agent, plan);
             var c = drv.Counters;

@@ -352,7 +352,7 @@ public sealed partial class VirtioNetEngine : IVirtqueueEngine, IQueueStatsSourc
             if (!_stopping && PollOnce() == 0)
             {
                 _backend.PcapWriter?.Flush();
-                Poll2.WaitEither(_wake.Fd, _tapDead ? -1 : tapFd, AnyRunning() ? 50 : 200);
+                Poll.WaitEither(_wake.Fd, _tapDead ? -1 : tapFd, AnyRunning() ? 50 : 200);
                 _wake.TryConsume(out _);
             }
             Volatile.Write(ref _sleeping, 0);

@@ -50,30 +50,3 @@ public sealed class EventFd : IDisposable
 
     public void Dispose() => _fd.Dispose();
 }
-
-/// <summary>poll(2) for a single descriptor.</summary>
-public static class Poll
-{
-    public static unsafe bool WaitReadable(int fd, int timeoutMs)
-    {
-        var p = new Libc.PollFd { Fd = fd, Events = Libc.POLLIN };
-        while (true)
-        {
-            int r = Libc.poll(&p, 1, timeoutMs);
-            if (r >= 0)
-            {
-                return r > 0 && (p.Revents & Libc.POLLIN) != 0;
-            }
-            if (Errno.Last != Libc.EINTR)
-            {
-                throw Errno.Exception("poll");
-            }
-        }
-    }
-}
-
-/// <summary>Process identity queries.</summary>
-public static class ProcessIdentity
-{
-    public static uint EffectiveUid => Libc.geteuid();
-}

@@ -59,5 +59,5 @@ public sealed class PollSet
     public bool IsReadable(int i) => (_fds[i].Revents & Libc.POLLIN) != 0;
 
     /// <summary>Descriptor <paramref name="i"/> hung up, is in error or is not open (POLLHUP/ERR/NVAL).</summary>
-    public bool IsBroken(int i) => (_fds[i].Revents & (LibcSocket.POLLHUP | LibcSocket.POLLERR | LibcSocket.POLLNVAL)) != 0;
+    public bool IsBroken(int i) => (_fds[i].Revents & Poll.Broken) != 0;
 }

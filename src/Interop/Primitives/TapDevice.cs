@@ -102,36 +102,3 @@ public sealed unsafe class TapDevice : IDisposable
 
     public void Dispose() => _fd.Dispose();
 }
-
-/// <summary>sched_setaffinity(2) for the calling thread.</summary>
-public static class CpuAffinity
-{
-    /// <summary>Pins the calling OS thread to one CPU (0..1023). Returns false (errno kept) on failure.</summary>
-    public static unsafe bool PinCurrentThread(int cpu)
-    {
-        if (cpu is < 0 or >= 1024)
-        {
-            throw new ArgumentOutOfRangeException(nameof(cpu), "CPU must be 0..1023");
-        }
-        ulong* mask = stackalloc ulong[16];
-        for (int i = 0; i < 16; i++)
-        {
-            mask[i] = 0;
-        }
-        mask[cpu / 64] = 1UL << (cpu % 64);
-        return Libc.sched_setaffinity(0, 16 * sizeof(ulong), mask) == 0;
-    }
-}
-
-/// <summary>poll(2) over two descriptors (a wake-up eventfd and a data fd), for event-mode workers.</summary>
-public static class Poll2
-{
-    /// <summary>Waits until either descriptor is readable (fd2 &lt; 0: ignored) or the timeout (ms) passes.</summary>
-    public static unsafe void WaitEither(int fd1, int fd2, int timeoutMs)
-    {
-        var p = stackalloc Libc.PollFd[2];
-        p[0] = new Libc.PollFd { Fd = fd1, Events = Libc.POLLIN };
-        p[1] = new Libc.PollFd { Fd = fd2, Events = Libc.POLLIN };
-        Libc.poll(p, fd2 >= 0 ? 2u : 1u, timeoutMs); // EINTR or timeout: the caller re-checks its work anyway
-    }
-}

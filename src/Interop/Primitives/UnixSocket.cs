@@ -306,28 +306,7 @@ public sealed unsafe class UnixSocket : IDisposable
     }
 
     /// <summary>poll(2) for POLLOUT up to <paramref name="timeoutMs"/>; true when writable or broken (the next send reports which).</summary>
-    private bool WaitWritable(int timeoutMs)
-    {
-        long deadline = Environment.TickCount64 + timeoutMs;
-        while (true)
-        {
-            var p = new Libc.PollFd { Fd = _fd.Fd, Events = LibcSocket.POLLOUT };
-            int r = Libc.poll(&p, 1, timeoutMs);
-            if (r > 0)
-            {
-                return true;
-            }
-            if (r < 0 && Errno.Last != Libc.EINTR)
-            {
-                throw Errno.Exception("poll");
-            }
-            timeoutMs = (int)Math.Max(0, deadline - Environment.TickCount64);
-            if (r == 0 || timeoutMs == 0)
-            {
-                return false;
-            }
-        }
-    }
+    private bool WaitWritable(int timeoutMs) => Poll.Wait(_fd.Fd, LibcSocket.POLLOUT, timeoutMs) != 0;
 
     /// <summary>The peer's process and user (SO_PEERCRED).</summary>
     public (int Pid, uint Uid, uint Gid) PeerCredentials
@@ -345,11 +324,7 @@ public sealed unsafe class UnixSocket : IDisposable
     }
 
     /// <summary>True when the peer hung up or the socket has an error (poll without waiting).</summary>
-    public bool HasHangup()
-    {
-        var p = new Libc.PollFd { Fd = _fd.Fd, Events = Libc.POLLIN };
-        return Libc.poll(&p, 1, 0) > 0 && (p.Revents & (LibcSocket.POLLHUP | LibcSocket.POLLERR | LibcSocket.POLLNVAL)) != 0;
-    }
+    public bool HasHangup() => (Poll.Wait(_fd.Fd, Libc.POLLIN, 0) & Poll.Broken) != 0;
 
     /// <summary>Shuts both directions down: a thread blocked in a receive on this socket returns.</summary>
     public void Shutdown() => LibcSocket.shutdown(_fd.Fd, LibcSocket.SHUT_RDWR);
