@@ -497,7 +497,8 @@ public class AdapterTests
     [Theory]
     [InlineData(0x8086, 0x1041, 0x8086, 0x001a, "not a virtio function")]
     [InlineData(0x1af4, 0x1001, 0x8086, 0x0002, "virtio-blk")]
-    [InlineData(0x1af4, 0x1042, 0x8086, 0x0000, "virtio-blk")]
+    [InlineData(0x1af4, 0x1042, 0x8086, 0x0002, "virtio-blk")]
+    [InlineData(0x1af4, 0x1042, 0x8086, 0x0000, "not an IFC VF")]
     [InlineData(0x1af4, 0x1000, 0x1af4, 0x0001, "not an IFC VF")]
     [InlineData(0x1af4, 0x1043, 0x8086, 0x001a, "not an IFC VF")]
     public void ProbeRejectsOtherFunctionsWithAClearError(int vendor, int device, int subVendor, int subDevice, string expected)
