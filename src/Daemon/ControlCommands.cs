@@ -1,6 +1,6 @@
 using System.Buffers.Binary;
 using System.Text.Json;
-using IfcVdpa.Ifcvf;
+using IfcVdpa.Vdpa;
 using IfcVdpa.VhostUser;
 using IfcVdpa.VirtioNet;
 using IfcVdpa.Virtio;
@@ -199,7 +199,7 @@ public static class ControlCommands
         w.WriteEndObject();
     }
 
-    private static IEnumerable<IfcvfAdapter> Select(DeviceRegistry registry, string? name) =>
+    private static IEnumerable<IVdpaDevice> Select(DeviceRegistry registry, string? name) =>
         name is null ? registry.Devices : [registry.FindDevice(name) ?? throw new ControlException($"vDPA device \"{name}\" not found")];
 
     private static void DevShow(DeviceRegistry registry, ControlArgs a, Utf8JsonWriter w)
@@ -214,7 +214,7 @@ public static class ControlCommands
         w.WriteEndObject();
     }
 
-    private static void WriteDev(DeviceRegistry registry, IfcvfAdapter d, Utf8JsonWriter w)
+    private static void WriteDev(DeviceRegistry registry, IVdpaDevice d, Utf8JsonWriter w)
     {
         w.WriteStartObject(d.Name);
         w.WriteString("type", "network");
@@ -233,13 +233,19 @@ public static class ControlCommands
             status = 0;
         }
         w.WriteString("status", VirtioStatus.Describe(status));
-        w.WriteString("irq_mode", d.IrqMode.ToString());
+        if (d is IVdpaDeviceDiagnostics diag)
+        {
+            w.WriteString("irq_mode", diag.InterruptMode);
+        }
         if (registry.ConsumerOf(d.Name) is { } c)
         {
             w.WriteString("consumer", c.Kind);
             w.WriteString("consumer_detail", c.Detail);
         }
-        w.WriteNumber("dma_maps", d.DmaMapCount);
+        if (d is IVdpaDeviceDiagnostics dm)
+        {
+            w.WriteNumber("dma_maps", dm.DmaMapCount);
+        }
         w.WriteEndObject();
     }
 
@@ -319,7 +325,7 @@ public static class ControlCommands
         w.WriteEndObject();
     }
 
-    private static Vdpa.VdpaVqStats WriteQueueStats(Utf8JsonWriter w, IfcvfAdapter d, int q)
+    private static Vdpa.VdpaVqStats WriteQueueStats(Utf8JsonWriter w, IVdpaDevice d, int q)
     {
         var s = d.GetVqStats(q);
         w.WriteNumber("queue_index", q);

@@ -1,4 +1,4 @@
-using IfcVdpa.Ifcvf;
+using IfcVdpa.Vdpa;
 
 namespace IfcVdpa.Daemon;
 
@@ -14,7 +14,7 @@ public sealed partial class DeviceRegistry
     /// Attaches a consumer built by <paramref name="create"/> to device <paramref name="devName"/>.
     /// Fails if the device does not exist or already has a consumer.
     /// </summary>
-    public ConsumerInfo AttachConsumer(string devName, string kind, string detail, Func<IfcvfAdapter, IDisposable> create)
+    public ConsumerInfo AttachConsumer(string devName, string kind, string detail, Func<IVdpaDevice, IDisposable> create)
     {
         ArgumentNullException.ThrowIfNull(create);
         lock (_lock)

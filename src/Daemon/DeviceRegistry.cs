@@ -1,5 +1,4 @@
 using System.Text.RegularExpressions;
-using IfcVdpa.Ifcvf;
 using IfcVdpa.IfcvfModel.Backends;
 using IfcVdpa.IfcvfModel.Datapath;
 using IfcVdpa.IfcvfModel;
@@ -27,10 +26,10 @@ public sealed partial class DeviceRegistry(DaemonLog? log = null) : IDisposable
     private bool _disposed;
 
     /// <summary>Raised (under the registry lock) after a vDPA device is created.</summary>
-    public event Action<IfcvfAdapter>? DeviceAdded;
+    public event Action<IVdpaDevice>? DeviceAdded;
 
     /// <summary>Raised (under the registry lock) before a vDPA device is removed: consumers detach here.</summary>
-    public event Action<IfcvfAdapter>? DeviceRemoving;
+    public event Action<IVdpaDevice>? DeviceRemoving;
 
     [GeneratedRegex("^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")]
     private static partial Regex DeviceNamePattern();
@@ -42,7 +41,7 @@ public sealed partial class DeviceRegistry(DaemonLog? log = null) : IDisposable
         get { lock (_lock) { return _mgmt.ToArray(); } }
     }
 
-    public IReadOnlyList<IfcvfAdapter> Devices
+    public IReadOnlyList<IVdpaDevice> Devices
     {
         get
         {
@@ -54,7 +53,7 @@ public sealed partial class DeviceRegistry(DaemonLog? log = null) : IDisposable
     }
 
     /// <summary>Finds a vDPA device by name (consumers bind to it), or null.</summary>
-    public IfcvfAdapter? FindDevice(string name)
+    public IVdpaDevice? FindDevice(string name)
     {
         lock (_lock)
         {
@@ -235,7 +234,7 @@ public sealed partial class DeviceRegistry(DaemonLog? log = null) : IDisposable
     }
 
     /// <summary>dev add.</summary>
-    public IfcvfAdapter AddDevice(string mgmtdev, VdpaProvisioning p)
+    public IVdpaDevice AddDevice(string mgmtdev, VdpaProvisioning p)
     {
         ArgumentNullException.ThrowIfNull(p);
         if (!IsValidDeviceName(p.Name))
@@ -254,7 +253,7 @@ public sealed partial class DeviceRegistry(DaemonLog? log = null) : IDisposable
             {
                 throw new RegistryException($"{md.Name} already has vDPA device {existing.Name} (one device per VF)");
             }
-            IfcvfAdapter dev;
+            IVdpaDevice dev;
             try
             {
                 dev = md.AddDevice(p);
@@ -263,7 +262,7 @@ public sealed partial class DeviceRegistry(DaemonLog? log = null) : IDisposable
             {
                 throw new RegistryException($"{md.Name}: {e.Message}");
             }
-            _log.Info("vDPA device added", ("dev", dev.Name), ("mgmtdev", md.Name), ("features", $"0x{dev.DeviceFeatures:x}"));
+            _log.Info("vDPA device added", ("dev", dev.Name), ("mgmtdev", md.Name), ("features", $"0x{dev.GetDeviceFeatures():x}"));
             DeviceAdded?.Invoke(dev);
             return dev;
         }
@@ -279,7 +278,7 @@ public sealed partial class DeviceRegistry(DaemonLog? log = null) : IDisposable
         }
     }
 
-    private void DeleteDeviceLocked(ManagementDevice md, IfcvfAdapter d)
+    private void DeleteDeviceLocked(ManagementDevice md, IVdpaDevice d)
     {
         try
         {

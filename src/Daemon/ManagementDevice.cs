@@ -1,5 +1,6 @@
 using IfcVdpa.Ifcvf;
 using IfcVdpa.Pci;
+using IfcVdpa.Vdpa;
 
 namespace IfcVdpa.Daemon;
 
@@ -28,10 +29,7 @@ public sealed class ManagementDevice : IDisposable
         AcceptGenericVirtioNet = acceptGenericVirtioNet;
         // What the mgmtdev reports (supported features, max vqs) comes from the hardware, read without
         // touching any state: identity check + capability walk + device_feature.
-        IfcvfAdapter.CheckIdentity(function, acceptGenericVirtioNet);
-        var hw = IfcvfHw.Init(function);
-        SupportedFeatures = hw.GetDeviceFeatures();
-        MaxSupportedVqs = hw.NumQueues;
+        (SupportedFeatures, MaxSupportedVqs) = IfcvfAdapter.DescribeFunction(function, acceptGenericVirtioNet);
     }
 
     /// <summary>`sim` or `pci`.</summary>
@@ -52,15 +50,15 @@ public sealed class ManagementDevice : IDisposable
     public int MaxSupportedVqs { get; }
 
     /// <summary>The vDPA device on this VF, if one was added.</summary>
-    public IfcvfAdapter? Device => _device;
+    public IVdpaDevice? Device => _device;
 
     /// <summary>dev add: probes the VF into a vDPA device with the provisioning applied.</summary>
-    public IfcvfAdapter AddDevice(VdpaProvisioning p)
+    public IVdpaDevice AddDevice(VdpaProvisioning p)
     {
         ArgumentNullException.ThrowIfNull(p);
         if (_device is not null)
         {
-            throw new InvalidOperationException($"{Name} already has vDPA device {_device.Name} (one device per VF)");
+            throw new VdpaException($"{Name} already has vDPA device {_device.Name} (one device per VF)");
         }
         _device = IfcvfAdapter.Probe(Function, new IfcvfAdapterOptions
         {

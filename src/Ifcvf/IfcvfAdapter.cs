@@ -22,7 +22,7 @@ namespace IfcVdpa.Ifcvf;
 /// device-wide stop that keeps state: disable queues one by one with SetVqReady(false), which stores
 /// their ring state in BAR4).
 /// </remarks>
-public sealed partial class IfcvfAdapter : IVdpaDevice, IDisposable
+public sealed partial class IfcvfAdapter : IVdpaDevice, IVdpaDeviceDiagnostics, IDisposable
 {
     /// <summary>IFCVF_MIN_VQ_SIZE.</summary>
     public const ushort MinVqSize = 64;
@@ -94,6 +94,17 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IDisposable
         var (isIfc, subVendor) = CheckIdentity(pci, options.AcceptGenericVirtioNet);
         var hw = IfcvfHw.Init(pci, options.Hw);
         return new IfcvfAdapter(pci, hw, options, isIfc, subVendor);
+    }
+
+    /// <summary>
+    /// What a management device reports for a function before any vDPA device exists on it (`vdpa mgmtdev
+    /// show`: supported features, max vqs): identity check, capability walk and device_feature, nothing written.
+    /// </summary>
+    public static (ulong SupportedFeatures, int MaxSupportedVqs) DescribeFunction(IPciFunction pci, bool acceptGenericVirtioNet)
+    {
+        CheckIdentity(pci, acceptGenericVirtioNet);
+        var hw = IfcvfHw.Init(pci);
+        return (hw.GetDeviceFeatures(), hw.NumQueues);
     }
 
     /// <summary>
@@ -693,6 +704,8 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IDisposable
             _pci.DmaUnmap(iova, size);
         }
     }
+
+    string IVdpaDeviceDiagnostics.InterruptMode => IrqMode.ToString();
 
     /// <summary>DMA mappings installed through this device and not yet removed.</summary>
     public int DmaMapCount

@@ -97,6 +97,19 @@ public readonly record struct VdpaVqStats(
     long Packets, long Bytes, long Kicks, long Interrupts, long Errors, long Drops);
 
 /// <summary>
+/// Optional driver-side facts a management tool prints beside the ops (`dev show`): how interrupts are wired
+/// and how many DMA mappings the device holds.
+/// </summary>
+public interface IVdpaDeviceDiagnostics
+{
+    /// <summary>How used-buffer notifications are delivered (per-queue vectors, shared, config only, ...).</summary>
+    string InterruptMode { get; }
+
+    /// <summary>DMA mappings installed through the device and not yet removed.</summary>
+    int DmaMapCount { get; }
+}
+
+/// <summary>
 /// A vDPA device: the operation set of Linux's <c>struct vdpa_config_ops</c>, with the same names in C#
 /// form. Consumers (vhost-user back-end, in-process virtio-net driver) only ever see this interface.
 /// Errors: a device refusal (an operation it does not support, a value it does not accept, a queue that

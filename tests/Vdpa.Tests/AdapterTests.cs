@@ -13,7 +13,7 @@ public class AdapterTests
 {
     internal static readonly ulong BaseFeatures = Bit(F_VERSION_1) | Bit(F_ACCESS_PLATFORM) | Bit(NET_F_MAC) | Bit(NET_F_STATUS);
 
-    internal static void BringUp(IfcvfAdapter a, ulong features, ushort size = 256)
+    internal static void BringUp(IVdpaDevice a, ulong features, ushort size = 256)
     {
         a.Reset();
         a.SetStatus(S.ACKNOWLEDGE);
