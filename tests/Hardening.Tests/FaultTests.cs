@@ -18,7 +18,10 @@ public sealed class FaultTests : IDisposable
         _other.Dispose();
     }
 
-    /// <summary>Sends TX frames on ring 1 until stopped, each waiting (briefly) for the device to take it.</summary>
+    /// <summary>
+    /// Sends TX frames on ring 1 until stopped, each waiting (briefly) for the device to take it. It is the
+    /// load of the fault tests, not a check: a frame the device does not take in 20 ms is given up.
+    /// </summary>
     private sealed class Traffic : IDisposable
     {
         private readonly Thread _thread;
@@ -32,6 +35,7 @@ public sealed class FaultTests : IDisposable
                 byte seed = 0;
                 while (!_stop)
                 {
+                    Interlocked.Increment(ref Attempts);
                     net.QueueTx(1, VirtioNetFrontEnd.Frame(64 + (seed % 64), seed++));
                     sent++;
                     net.Kicks[1].Signal();
@@ -47,7 +51,7 @@ public sealed class FaultTests : IDisposable
                     else
                     {
                         sent = net.Mem.UsedIdx(1); // the device stopped: keep what it did, re-offer
-                        Thread.Sleep(1);
+                        Thread.Sleep(1); // pacing the load while the device is down, not a wait for anything
                     }
                 }
             }) { IsBackground = true };
@@ -56,10 +60,20 @@ public sealed class FaultTests : IDisposable
 
         public long Completed;
 
+        /// <summary>Frames offered so far (taken or given up).</summary>
+        public long Attempts;
+
+        /// <summary>Waits until <paramref name="n"/> more frames have been offered: the load has reached the device as it is now.</summary>
+        public void WaitForAttempts(int n, string what)
+        {
+            long from = Interlocked.Read(ref Attempts);
+            Assert.True(Proc.WaitFor(() => Interlocked.Read(ref Attempts) >= from + n), $"the traffic thread offered no {n} frames {what}");
+        }
+
         public void Dispose()
         {
             _stop = true;
-            _thread.Join();
+            Assert.True(_thread.Join(10_000), "the traffic thread did not stop");
         }
     }
 
@@ -93,7 +107,7 @@ public sealed class FaultTests : IDisposable
                     }
                 }) { IsBackground = true };
                 t.Start();
-                Thread.Sleep(rng.Next(0, 4));
+                Thread.Sleep(rng.Next(0, 4)); // the fault: a random point in the bring-up (not a wait for anything)
                 Kill(fe);
                 // The test's own front-end thread ends at the latest when its 5 s reply timeout fires: if the
                 // socket was closed between its poll calls, the fd number can be reused and the poll only
@@ -106,7 +120,7 @@ public sealed class FaultTests : IDisposable
                 net.Start();
                 using (var traffic = new Traffic(net))
                 {
-                    Thread.Sleep(rng.Next(1, 15));
+                    Thread.Sleep(rng.Next(1, 15)); // the fault: a random point in the traffic (not a wait for anything)
                     Kill(fe); // abrupt: no GET_VRING_BASE, no reset, rings still running
                 }
                 duringTraffic++;
@@ -142,12 +156,13 @@ public sealed class FaultTests : IDisposable
         using var fe = _host.Connect();
         using var net = new VirtioNetFrontEnd(fe, mem);
         net.Start();
-        long before;
+        long before = 0;
         using (var traffic = new Traffic(net))
         {
             for (int i = 0; i < 20; i++)
             {
-                Thread.Sleep(5);
+                // Mid-stream: frames are being taken (the first time; afterwards the check below saw them resume).
+                Assert.True(Proc.WaitFor(() => Interlocked.Read(ref traffic.Completed) > before), "traffic did not start");
                 before = Interlocked.Read(ref traffic.Completed);
                 Assert.Equal(0UL, fe.SetU64(VhostUserRequest.SET_STATUS, 0)); // the driver resets the device mid-stream
                 Assert.False(_host.Backend.Session!.Configured);
@@ -158,7 +173,7 @@ public sealed class FaultTests : IDisposable
             }
             // The host resets the vDPA device underneath the session (as `vdpa dev del` would start to).
             _host.Dev.Adapter.Reset();
-            Thread.Sleep(20);
+            traffic.WaitForAttempts(2, "after the host reset"); // at least one frame offered wholly after the reset
             _other.Ping(1);
         }
         // The front-end can still talk to the back-end and restart the device.
@@ -191,14 +206,14 @@ public sealed class FaultTests : IDisposable
                 {
                     Assert.Equal(0, Run("ip", "link", "del", tap));
                 }
-                Thread.Sleep(200); // frames keep coming at a TAP that is gone
+                traffic.WaitForAttempts(10, "after the TAP change"); // frames keep coming at a TAP that is gone
                 _other.Ping(1);
             }
             // Idle now: nothing may spin on the dead TAP (its reader or writer retrying forever).
-            Thread.Sleep(1000); // let background JIT tiering settle
+            Thread.Sleep(1000); // not a barrier: lets background JIT tiering settle before the CPU is measured
             var threads = Proc.ThreadTicks();
             var sw = Stopwatch.StartNew();
-            Thread.Sleep(1000);
+            Thread.Sleep(1000); // not a barrier: the window over which the idle CPU use is measured
             // Count the project's threads only: the runtime's own (".NET Tiered Compilation", GC...) may still
             // be busy in a CI run where other test processes load the machine.
             long usedMs = 10 * Proc.ThreadTicks()
@@ -261,9 +276,9 @@ public sealed class FaultTests : IDisposable
             var f = VirtioNetFrontEnd.Frame(64, 1);
             net.Send(1, f);
             Assert.Equal(f, net.Receive(0, 1));
-            using (new Traffic(net))
+            using (var traffic = new Traffic(net))
             {
-                Thread.Sleep(50);
+                Assert.True(Proc.WaitFor(() => Interlocked.Read(ref traffic.Completed) > 0), "traffic did not start");
                 Assert.Equal(0, Run("kill", "-TERM", proc.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)));
                 Assert.True(proc.WaitForExit(20_000), "daemon did not exit on SIGTERM");
             }

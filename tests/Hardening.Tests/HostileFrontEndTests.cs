@@ -199,14 +199,20 @@ public sealed class HostileFrontEndTests : IDisposable
                 fe.SetU64(VhostUserRequest.SET_VRING_CALL, q, [call.Fd]);
                 fe.SetState(VhostUserRequest.SET_VRING_ENABLE, q, 1);
             }
-            fe.SetU64(VhostUserRequest.SET_STATUS, 0xF);
+            fe.SetU64(VhostUserRequest.SET_STATUS, 0xF); // acked: the device is started (or refused) when this returns
             kick.Signal();
-            Thread.Sleep(100);
-            bool running = _host.Dev.Vf.IsQueueRunning(0) || _host.Dev.Vf.IsQueueRunning(1);
-            ulong status = fe.GetU64(VhostUserRequest.GET_STATUS);
-            // Either the ring never started, or the device refused the state (NEEDS_RESET): never a ring at 0x7000 of 256.
-            Assert.True(!running || (status & 0x40) != 0,
-                $"a packed ring started at position 0x7000 of a 256-entry ring (status 0x{status:x})\n{_host.LogText}\n{string.Join('\n', _host.EngineLogs)}");
+            // Either the ring never started, or the device refuses the state (NEEDS_RESET, raised by the worker once
+            // the kick reaches it): never a ring at 0x7000 of 256. A ring that started there fails this wait.
+            bool running = false;
+            ulong status = 0;
+            bool refused = Proc.WaitFor(() =>
+            {
+                running = _host.Dev.Vf.IsQueueRunning(0) || _host.Dev.Vf.IsQueueRunning(1);
+                status = fe.GetU64(VhostUserRequest.GET_STATUS);
+                return !running || (status & 0x40) != 0;
+            });
+            Assert.True(refused,
+                $"a packed ring started at position 0x7000 of a 256-entry ring (status 0x{status:x}, running {running})\n{_host.LogText}\n{string.Join('\n', _host.EngineLogs)}");
             // ...and the worker never tripped over the ring (it used to throw every 100 ms, stalling the VF).
             Assert.DoesNotContain(_host.EngineLogs, l => l.Contains("worker error", StringComparison.Ordinal));
             _other.Ping(2);
@@ -314,50 +320,40 @@ public sealed class HostileFrontEndTests : IDisposable
     [Fact]
     public void RequestsStreamedWithoutReadingRepliesDoNotWedgeTheBackend() => Attack(fe =>
     {
-        // 20000 GET_FEATURES, never reading a reply: the back-end blocks writing replies once the socket
-        // buffer is full; that must stall only this connection, and closing it must free the back-end.
-        var h = new byte[12 * 1000];
-        for (int i = 0; i < 1000; i++)
+        // GET_FEATURES after GET_FEATURES, never reading a reply: the back-end blocks writing replies once the
+        // socket buffer is full, then stops reading requests, and the requests fill the other direction. That
+        // must stall only this connection, and closing it must free the back-end.
+        var h = new byte[12];
+        VhostUserCodec.WriteHeader(h, (uint)VhostUserRequest.GET_FEATURES, 1, 0);
+        const int Limit = 200_000;
+        int sent = 0;
+        // A request that finds no room for 200 ms: the back-end has stopped reading, i.e. it is blocked on a
+        // reply (its own send timeout is 1000 ms). A 12-byte request either fits whole or not at all.
+        while (fe.Socket.TrySend(h, [], 200))
         {
-            VhostUserCodec.WriteHeader(h.AsSpan(12 * i), (uint)VhostUserRequest.GET_FEATURES, 1, 0);
+            Assert.True(++sent < Limit, $"the back-end took {Limit} requests without ever blocking on its unread replies");
         }
-        var t = new Thread(() =>
-        {
-            try
-            {
-                for (int i = 0; i < 20; i++)
-                {
-                    fe.Socket.Send(h);
-                }
-            }
-            catch (IOException)
-            {
-                // the back-end went away: expected once it notices
-            }
-        }) { IsBackground = true };
-        t.Start();
-        Thread.Sleep(300);
-        _other.Ping(5);
+        Assert.True(sent > 0, "no request fitted at all");
+        _other.Ping(5); // the other device is served while this connection is stalled
         fe.Socket.Shutdown();
-        Assert.True(t.Join(5000));
     }, "front-end #", expectClosed: false);
 
     [Fact]
     public void RequestsAfterAProtocolErrorAreNeverProcessed() => Attack(fe =>
     {
         fe.Negotiate();
-        fe.SendRaw((uint)VhostUserRequest.GET_FEATURES, 0x5, []); // REPLY flag on a request: fatal
-        Assert.True(fe.WaitClosed());
-        long messages = _host.Backend.Session?.Messages ?? 0;
-        try
-        {
-            fe.SetState(VhostUserRequest.SET_VRING_NUM, 0, 256);
-        }
-        catch (IOException)
-        {
-            // EPIPE / ECONNRESET: the connection is gone
-        }
-        Assert.Equal(0, messages); // the session had already ended
+        // A request with the REPLY flag (fatal) and a good GET_FEATURES behind it in the same write: the good
+        // one is already in the back-end's socket buffer when it reads the bad one.
+        var both = new byte[24];
+        VhostUserCodec.WriteHeader(both, (uint)VhostUserRequest.GET_FEATURES, 0x5, 0);
+        VhostUserCodec.WriteHeader(both.AsSpan(12), (uint)VhostUserRequest.GET_FEATURES, TestFrontEnd.V1, 0);
+        fe.Socket.Send(both);
+        // Had the second one been processed, its reply would arrive before the end of the stream.
+        Assert.True(Interop.Primitives.Poll.WaitReadable(fe.Socket.Fd, 5000), "the back-end kept the connection open");
+        var fds = new List<SafeFd>();
+        int n = fe.Socket.Receive(new byte[64], fds, out _);
+        Assert.True(n == 0, $"{n} bytes (a reply) arrived after the protocol error instead of the end of the stream");
+        Assert.Empty(fds);
     }, "REPLY flag", expectClosed: false);
 
     [Fact]
@@ -375,18 +371,32 @@ public sealed class HostileFrontEndTests : IDisposable
         var rem = new byte[40];
         (r with { Size = r.Size / 2 }).Write(rem.AsSpan(8));
         Assert.Equal(0UL, fe.Request(VhostUserRequest.REM_MEM_REG, rem));
+        // Memory comes back: the device restarts and the queued frame goes out.
+        KickWhileUnmappedThenRestore(fe, net, () => fe.AddMemReg(r with { Size = r.Size / 2 }, _mem.Fd));
+        _other.Ping(2);
+    }
+
+    /// <summary>
+    /// The rings' memory is gone (the request that removed it was acked). The device must have stopped every
+    /// ring and dropped every DMA map, checked at once: then a kick has nothing to run. A frame is queued and
+    /// kicked, then rewritten in place before the memory comes back: a device that took it while the memory
+    /// was gone loops back the original, one that waits for the memory loops back the rewritten frame.
+    /// </summary>
+    private void KickWhileUnmappedThenRestore(TestFrontEnd fe, VirtioNetFrontEnd net, Func<ulong?> restore)
+    {
         Assert.False(_host.Backend.Session!.Configured, _host.LogText);
         Assert.Equal(0, _host.Dev.Vf.DmaMapCount);
-        net.Send(1, VirtioNetFrontEnd.Frame(64, 10)); // a kick now must not reach the old mapping
-        Thread.Sleep(50);
-        Assert.Equal(1, _mem.UsedIdx(1));
+        Assert.False(_host.Dev.Vf.IsQueueRunning(0) || _host.Dev.Vf.IsQueueRunning(1), $"a ring kept running without its memory\n{_host.LogText}");
+        long doorbells = _host.Dev.Vf.DoorbellCount(1);
+        net.Send(1, VirtioNetFrontEnd.Frame(64, 10)); // this front-end's second TX frame: buffer slot 1
         Assert.Equal(0UL, fe.GetU64(VhostUserRequest.GET_STATUS) & 0x40); // no NEEDS_RESET: nothing ran
-        // Memory comes back: the device restarts and the queued frame goes out.
-        Assert.Equal(0UL, fe.AddMemReg(r with { Size = r.Size / 2 }, _mem.Fd));
+        VirtioNetFrontEnd.Frame(64, 11).CopyTo(_mem.At(GuestMemoryFixture.BufferGpa(1, 1) + VirtioNetFrontEnd.NetHdr, 64));
+        Assert.Equal(1, _mem.UsedIdx(1));
+        Assert.Equal(doorbells, _host.Dev.Vf.DoorbellCount(1)); // the kick was not relayed to the stopped device
+        Assert.Equal(0UL, restore());
         Assert.True(Proc.WaitFor(() => _host.Backend.Session!.Configured), _host.LogText);
         Assert.True(net.Kicks[1].Signal());
-        Assert.Equal(VirtioNetFrontEnd.Frame(64, 10), net.Receive(0, 2));
-        _other.Ping(2);
+        Assert.Equal(VirtioNetFrontEnd.Frame(64, 11), net.Receive(0, 2));
     }
 
     [Fact]
@@ -401,14 +411,7 @@ public sealed class HostileFrontEndTests : IDisposable
         Assert.Equal(f, net.Receive(0, 1));
         var r = _mem.Region;
         Assert.Equal(0UL, fe.SetMemTable([r with { Size = 0x1_0000 }], [_mem.Fd])); // rings at 64 KiB fall outside
-        Assert.False(_host.Backend.Session!.Configured, _host.LogText);
-        net.Send(1, VirtioNetFrontEnd.Frame(64, 10));
-        Thread.Sleep(50);
-        Assert.Equal(1, _mem.UsedIdx(1));
-        Assert.Equal(0UL, fe.SetMemTable([r], [_mem.Fd]));
-        Assert.True(Proc.WaitFor(() => _host.Backend.Session!.Configured), _host.LogText);
-        Assert.True(net.Kicks[1].Signal());
-        Assert.Equal(VirtioNetFrontEnd.Frame(64, 10), net.Receive(0, 2));
+        KickWhileUnmappedThenRestore(fe, net, () => fe.SetMemTable([r], [_mem.Fd]));
         _other.Ping(2);
     }
 

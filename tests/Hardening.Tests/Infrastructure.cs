@@ -98,22 +98,45 @@ public sealed class BackendHost : IDisposable
 
     public bool Logged(string fragment) => Logs.Any(l => l.Contains(fragment, StringComparison.Ordinal));
 
-    public TestFrontEnd Connect() => new(UnixSocket.Connect(SocketPath));
+    private long _connects;
 
-    /// <summary>True once the back-end has no session (the front-end left or was thrown out).</summary>
-    public bool WaitIdle(int timeoutMs = 5000) => Proc.WaitFor(() => Backend.Session is null, timeoutMs);
+    public TestFrontEnd Connect()
+    {
+        var fe = new TestFrontEnd(UnixSocket.Connect(SocketPath));
+        Interlocked.Increment(ref _connects);
+        return fe;
+    }
 
-    /// <summary>A whole good session: bring-up, one frame looped back, disconnect.</summary>
+    /// <summary>
+    /// True once every front-end connected through <see cref="Connect"/> has been served and the last
+    /// session is torn down completely. The back-end clears <see cref="VhostUserBackend.Session"/> before
+    /// it disposes the session (descriptors, mappings, the kick relay) and logs "front-end #N gone" after,
+    /// so the log line is the barrier: a descriptor count taken earlier can still see the session's fds.
+    /// </summary>
+    public bool WaitIdle(int timeoutMs = 5000)
+    {
+        long connects = Interlocked.Read(ref _connects);
+        return Proc.WaitFor(() =>
+        {
+            long n = Backend.Connections;
+            return n >= connects && Backend.Session is null && (n == 0 || Logged($"front-end #{n} gone"));
+        }, timeoutMs);
+    }
+
+    /// <summary>A whole good session: bring-up, one frame looped back, disconnect, teardown complete.</summary>
     public void GoodSession(byte seed)
     {
         Assert.True(WaitIdle(), LogText);
         using var mem = new GuestMemoryFixture();
-        using var fe = Connect();
-        using var net = new VirtioNetFrontEnd(fe, mem);
-        net.Start();
-        var f = VirtioNetFrontEnd.Frame(64, seed);
-        net.Send(1, f);
-        Assert.Equal(f, net.Receive(0, 1));
+        using (var fe = Connect())
+        using (var net = new VirtioNetFrontEnd(fe, mem))
+        {
+            net.Start();
+            var f = VirtioNetFrontEnd.Frame(64, seed);
+            net.Send(1, f);
+            Assert.Equal(f, net.Receive(0, 1));
+        }
+        Assert.True(WaitIdle(), LogText); // callers count descriptors right after a good session
     }
 
     public void Dispose()

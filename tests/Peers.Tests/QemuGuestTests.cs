@@ -48,7 +48,9 @@ public class QemuGuestTests(ITestOutputHelper output)
             if (reference)
             {
                 guest = QemuGuest.OnTap(tap, o);
-                Thread.Sleep(500);
+                int qemu = guest.Process.Pid;
+                Assert.True(PeerEnvironment.Eventually(() => HoldsTap(qemu, tap), TimeSpan.FromSeconds(30)),
+                    $"QEMU did not attach to TAP {tap}\n{guest.Describe()}");
             }
             ns.Adopt(tap, HostIp + "/16");
             string fromGuest = Path.Combine(dir, "from-guest.bin");
@@ -92,7 +94,7 @@ public class QemuGuestTests(ITestOutputHelper output)
                 (code, nout) = ns.Exec(TimeSpan.FromSeconds(120), "sh", "-c", $"{PeerEnvironment.Busybox} nc {GuestIp} {o.Port + 1} < {toGuest}");
                 if (code != 0)
                 {
-                    Thread.Sleep(1000);
+                    Thread.Sleep(1000); // back-off between bounded retries (the guest's listener may be restarting), not a barrier
                 }
             }
             Assert.True(code == 0, $"namespace -> guest nc failed ({code}): {nout}\n{Context(guest, serve, ns)}");
@@ -138,4 +140,29 @@ public class QemuGuestTests(ITestOutputHelper output)
 
     private static string Context(QemuGuest guest, ServeBackend? serve, NetNamespace ns) =>
         $"{guest.Describe()}\n{serve?.Describe()}\n--- namespace links:\n{ns.Links()}";
+
+    /// <summary>True once process <paramref name="pid"/> has TAP <paramref name="tap"/> open (a tun fd's fdinfo names its interface).</summary>
+    private static bool HoldsTap(int pid, string tap)
+    {
+        string dir = $"/proc/{pid}/fdinfo";
+        if (!Directory.Exists(dir))
+        {
+            return false; // exited: the wait fails and its message shows QEMU's output
+        }
+        foreach (string f in Directory.EnumerateFiles(dir))
+        {
+            try
+            {
+                if (File.ReadAllText(f).Contains($"iff:\t{tap}\n", StringComparison.Ordinal))
+                {
+                    return true;
+                }
+            }
+            catch (IOException)
+            {
+                // that descriptor was closed meanwhile
+            }
+        }
+        return false;
+    }
 }

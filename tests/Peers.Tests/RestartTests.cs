@@ -43,7 +43,8 @@ public class RestartTests(ITestOutputHelper output)
                     }
                     fe.Process.KillTree(); // SIGKILL: the back-end only sees the socket close
                 }
-                Assert.True(PeerEnvironment.Eventually(() => BackendIdle(backend), TimeSpan.FromSeconds(10)),
+                int round = i + 1;
+                Assert.True(PeerEnvironment.Eventually(() => BackendIdle(backend, round), TimeSpan.FromSeconds(10)),
                     $"round {i + 1}: the back-end did not notice the front-end's death\n{backend.Describe()}");
                 fds[i] = PeerEnvironment.FdCount(backend.Pid);
                 rss[i] = PeerEnvironment.StatusKb(backend.Pid, "VmRSS");
@@ -69,15 +70,21 @@ public class RestartTests(ITestOutputHelper output)
         }
     }
 
-    /// <summary>serve reports "connected": false once the session is gone; the DPDK reference gets a moment.</summary>
-    private static bool BackendIdle(IVhostBackend backend)
+    /// <summary>
+    /// serve reports "connected": false once the session is gone; the DPDK reference logs "vhost peer closed"
+    /// once per front-end (<paramref name="round"/> of them by now).
+    /// </summary>
+    private static bool BackendIdle(IVhostBackend backend, int round)
     {
-        if (backend is ServeBackend s)
+        switch (backend)
         {
-            string last = s.Process.Transcript.Split('\n').LastOrDefault(l => l.StartsWith("{\"", StringComparison.Ordinal) && l.TrimEnd().EndsWith('}')) ?? "";
-            return last.Contains("\"connected\":false", StringComparison.Ordinal);
+            case ServeBackend s:
+                string last = s.Process.Transcript.Split('\n').LastOrDefault(l => l.StartsWith("{\"", StringComparison.Ordinal) && l.TrimEnd().EndsWith('}')) ?? "";
+                return last.Contains("\"connected\":false", StringComparison.Ordinal);
+            case DpdkVhostBackend d:
+                return d.ClosedSessions >= round;
+            default:
+                throw new InvalidOperationException($"no idle check for {backend.GetType().Name}");
         }
-        Thread.Sleep(500);
-        return true;
     }
 }

@@ -55,7 +55,7 @@ public class TestPmdLoopbackTests(ITestOutputHelper output)
                     $"{o}: VIRTIO_NET_F_MRG_RXBUF negotiated={(negotiated >> MrgRxBuf) & 1} (back-end offered 0x{offered:x})");
                 backend.FrontEndReady();
                 fe.StartForwarding(txFirst: mode != "txonly");
-                Thread.Sleep(mode == "rxonly" ? 1000 : 1500);
+                Thread.Sleep(mode == "rxonly" ? 1000 : 1500); // not a barrier: how long the traffic runs (counters are compared after)
                 fe.StopForwarding();
                 var f = fe.ReadCounters();
                 var b = backend.SettledCounters(f.TxPackets, TimeSpan.FromSeconds(15));

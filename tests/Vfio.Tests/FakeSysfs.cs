@@ -97,7 +97,7 @@ public sealed class FakeSysfs : IDisposable
             Step();
             try
             {
-                await Task.Delay(2, _stop.Token);
+                await Task.Delay(2, _stop.Token); // the fake kernel's poll interval (it reacts to file writes), not a barrier
             }
             catch (OperationCanceledException)
             {

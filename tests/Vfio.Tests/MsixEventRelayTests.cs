@@ -6,19 +6,7 @@ namespace IfcVdpa.Vfio.Tests;
 /// <summary>The in-process half of VFIO MSI-X: eventfd signals (as the kernel writes them) → sink calls.</summary>
 public sealed class MsixEventRelayTests
 {
-    private static bool WaitUntil(Func<bool> done, int ms = 5000)
-    {
-        var until = DateTime.UtcNow.AddMilliseconds(ms);
-        while (!done())
-        {
-            if (DateTime.UtcNow > until)
-            {
-                return false;
-            }
-            Thread.Sleep(1);
-        }
-        return true;
-    }
+    private static bool WaitUntil(Func<bool> done) => SpinWait.SpinUntil(done, 5000);
 
     [Fact]
     public void Each_vector_runs_its_own_sink()
@@ -54,12 +42,22 @@ public sealed class MsixEventRelayTests
     public void No_sink_runs_after_dispose_and_the_eventfds_are_closed()
     {
         int calls = 0;
+        Thread? relayThread = null;
         var fd = EventFd.Create();
-        var relay = new MsixEventRelay("t", [(fd, new CallbackSink(() => Interlocked.Increment(ref calls)))]);
+        var relay = new MsixEventRelay("t", [(fd, new CallbackSink(() =>
+        {
+            relayThread = Thread.CurrentThread;
+            Interlocked.Increment(ref calls);
+        }))]);
+        fd.Signal();
+        Assert.True(WaitUntil(() => Volatile.Read(ref calls) == 1));
+        fd.Signal(); // pending when Dispose starts: it may run before Dispose returns, never after
         relay.Dispose();
+        int atDispose = Volatile.Read(ref calls);
         Assert.True(fd.Handle.IsClosed);
-        Thread.Sleep(20);
-        Assert.Equal(0, Volatile.Read(ref calls));
+        // The thread that runs the sinks has ended: no sink can run again (no wait needed to know it).
+        Assert.False(relayThread!.IsAlive, "the relay thread still runs after Dispose returned");
+        Assert.Equal(atDispose, Volatile.Read(ref calls));
         relay.Dispose(); // idempotent
     }
 
@@ -69,10 +67,18 @@ public sealed class MsixEventRelayTests
         MsixEventRelay? relay = null;
         int calls = 0;
         var fd = EventFd.Create();
-        relay = new MsixEventRelay("t", [(fd, new CallbackSink(() => { Interlocked.Increment(ref calls); relay!.Dispose(); }))]);
+        Thread? relayThread = null;
+        relay = new MsixEventRelay("t", [(fd, new CallbackSink(() =>
+        {
+            relayThread = Thread.CurrentThread;
+            Interlocked.Increment(ref calls);
+            relay!.Dispose();
+        }))]);
         fd.Signal();
         Assert.True(WaitUntil(() => Volatile.Read(ref calls) == 1));
-        Thread.Sleep(20);
+        // The relay's thread ends after its sink disposed it: once it has, no sink can run again.
+        Assert.True(relayThread!.Join(5000), "the relay thread kept running after its sink disposed the relay");
         Assert.Equal(1, Volatile.Read(ref calls));
+        Assert.True(fd.Handle.IsClosed);
     }
 }

@@ -287,9 +287,17 @@ public sealed class DpdkVhostBackend : IVhostBackend
         _started = true;
     }
 
+    /// <summary>Front-end sessions the vhost library has seen end ("vhost peer closed" in testpmd's log).</summary>
+    public int ClosedSessions => Regex.Count(_pmd.Process.Transcript, @"vhost peer closed", RegexOptions.CultureInvariant);
+
     public BackendCounters SettledCounters(long minFromFrontEnd, TimeSpan timeout)
     {
-        Thread.Sleep(500);
+        // Everything the front-end sent (it has stopped) has reached the vhost port: a bounded poll, not a pause.
+        PortCounters seen = default!;
+        if (!PeerEnvironment.Eventually(() => (seen = _pmd.ReadCounters()).RxPackets >= minFromFrontEnd, timeout))
+        {
+            throw new TimeoutException($"the vhost PMD took {seen.RxPackets} of >= {minFromFrontEnd} packets from the front-end within {timeout.TotalSeconds} s\n{Describe()}");
+        }
         long drops = 0;
         if (_started)
         {
