@@ -44,8 +44,8 @@ public class RingStateTests
         nic.Send(1, TestNic.Frame(64, 0));
         nic.Send(1, TestNic.Frame(64, 1));
         nic.Engine.PollOnce();
-        Assert.Equal(new IfcvfModel.RingIndices(502, 502), nic.Engine.PeekQueue(1));
-        Assert.Equal(new IfcvfModel.RingIndices(502, 502), nic.Engine.PeekQueue(0));
+        Assert.Equal(IfcvfModel.RingIndices.Split(502, 502), nic.Engine.PeekQueue(1));
+        Assert.Equal(IfcvfModel.RingIndices.Split(502, 502), nic.Engine.PeekQueue(0));
         Assert.Equal(((ushort)502, (ushort)502), nic.Hw.StopHw()[1]); // and the LM block gets the same on stop
     }
 
