@@ -32,6 +32,7 @@ internal sealed class VirtqueueEngine : IVirtqueueEngine, IQueueStatsSource, IDi
     private volatile bool _stopping;
     private int _sleeping;
     private int _workerThreadId = -1;
+    private bool _polling;
     private bool _disposed;
 
     /// <summary>An engine whose personality <paramref name="createPersonality"/> builds on it.</summary>
@@ -73,8 +74,8 @@ internal sealed class VirtqueueEngine : IVirtqueueEngine, IQueueStatsSource, IDi
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public Virtqueue? Queue(int index) => _queues[index];
 
-    /// <summary>Whether the caller is the thread running the queues (the worker, or the Manual-mode poller).</summary>
-    public bool OnWorker => Environment.CurrentManagedThreadId == Volatile.Read(ref _workerThreadId);
+    /// <summary>Whether the caller is the thread running the queues, inside a round (<see cref="PollOnce"/>).</summary>
+    public bool OnWorker => _polling && Environment.CurrentManagedThreadId == Volatile.Read(ref _workerThreadId);
 
     public bool IsRunning(Virtqueue? q) => q is not null && Volatile.Read(ref q.State) != Virtqueue.Stopped;
 
@@ -279,11 +280,19 @@ internal sealed class VirtqueueEngine : IVirtqueueEngine, IQueueStatsSource, IDi
             return 0;
         }
         _workerThreadId = Environment.CurrentManagedThreadId;
-        if (Interlocked.Exchange(ref _startFaults, 0) != 0)
+        _polling = true;
+        try
         {
-            ReportStartFaults();
+            if (Interlocked.Exchange(ref _startFaults, 0) != 0)
+            {
+                ReportStartFaults();
+            }
+            return _personality.Poll();
         }
-        return _personality.Poll();
+        finally
+        {
+            _polling = false;
+        }
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
