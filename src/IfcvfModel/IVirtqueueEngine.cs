@@ -9,9 +9,6 @@ public readonly record struct RingIndices(ushort LastAvail, bool AvailWrap, usho
 {
     /// <summary>Split-ring indices (no wrap counters).</summary>
     public static RingIndices Split(ushort lastAvail, ushort lastUsed) => new(lastAvail, false, lastUsed, false);
-
-    /// <summary>A packed ring that has not run yet: both sides at position 0 with wrap counter 1.</summary>
-    public static RingIndices FreshPacked => new(0, true, 0, true);
 }
 
 /// <summary>What the device hands its datapath when a queue starts running.</summary>

@@ -42,9 +42,9 @@ public sealed class VirtioNetEngine : IVirtqueueEngine, IQueueStatsSource, IDisp
     public VirtioNetEngine(NetBackend backend, EngineOptions? options = null)
     {
         ArgumentNullException.ThrowIfNull(backend);
-        NetPersonality? net = null;
-        _core = new VirtqueueEngine(options, core => net = backend.Bind(new PersonalityFactory(core, backend)));
-        _net = net!;
+        var factory = new PersonalityFactory(backend);
+        _core = new VirtqueueEngine(options, factory.Create);
+        _net = factory.Created ?? throw new InvalidOperationException("the engine did not build its personality");
         Backend = backend;
     }
 
@@ -76,8 +76,16 @@ public sealed class VirtioNetEngine : IVirtqueueEngine, IQueueStatsSource, IDisp
 
     public void Dispose() => _core.Dispose();
 
-    private sealed class PersonalityFactory(VirtqueueEngine core, NetBackend backend) : INetPortUser<NetPersonality>
+    /// <summary>Builds the net personality specialised for the backend's port type (the backend names the type).</summary>
+    private sealed class PersonalityFactory(NetBackend backend)
     {
-        public NetPersonality Use<TPort>(TPort port) where TPort : struct, INetPort => new NetPersonality<TPort>(core, backend, port);
+        public NetPersonality? Created { get; private set; }
+
+        public IDevicePersonality Create(VirtqueueEngine core) => Created = backend.Bind(new PortUser(core, backend));
+
+        private sealed class PortUser(VirtqueueEngine core, NetBackend backend) : INetPortUser<NetPersonality>
+        {
+            public NetPersonality Use<TPort>(TPort port) where TPort : struct, INetPort => new NetPersonality<TPort>(core, backend, port);
+        }
     }
 }

@@ -200,7 +200,7 @@ internal sealed class VirtqueueEngine : IVirtqueueEngine, IQueueStatsSource, IDi
     {
         foreach (var q in _queues)
         {
-            if (IsRunning(q) && !q!.Failed)
+            if (q is { Failed: false } && IsRunning(q))
             {
                 return true;
             }
