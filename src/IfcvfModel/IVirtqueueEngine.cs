@@ -1,11 +1,18 @@
 namespace IfcVdpa.IfcvfModel;
 
-/// <summary>What the device hands its datapath when a queue starts running.</summary>
-public readonly record struct QueueStart(
-    int Queue, ushort Size, ulong Desc, ulong Avail, ulong Used, ushort LastAvail, ushort LastUsed, ulong Features);
+/// <summary>
+/// Where a queue's datapath stands: the next avail entry to consume and the next used entry to fill. For
+/// packed rings (VIRTIO 1.2 §2.8) the indices are ring positions and each side has its wrap counter; split
+/// rings use free-running indices and ignore the wrap counters (false).
+/// </summary>
+public readonly record struct RingIndices(ushort LastAvail, bool AvailWrap, ushort LastUsed, bool UsedWrap)
+{
+    /// <summary>Split-ring indices (no wrap counters).</summary>
+    public static RingIndices Split(ushort lastAvail, ushort lastUsed) => new(lastAvail, false, lastUsed, false);
+}
 
-/// <summary>Where a queue's datapath stands: next avail entry to consume, next used entry to fill.</summary>
-public readonly record struct RingIndices(ushort LastAvail, ushort LastUsed);
+/// <summary>What the device hands its datapath when a queue starts running.</summary>
+public readonly record struct QueueStart(int Queue, ushort Size, ulong Desc, ulong Avail, ulong Used, RingIndices Base, ulong Features);
 
 /// <summary>
 /// The datapath behind the register file. The register model calls these with its register lock held,
@@ -14,7 +21,7 @@ public readonly record struct RingIndices(ushort LastAvail, ushort LastUsed);
 /// </summary>
 public interface IVirtqueueEngine
 {
-    void StartQueue(SoftIfcVf device, in QueueStart start);
+    void StartQueue(IVirtqueueDevice device, in QueueStart start);
 
     /// <summary>Stops processing the queue; when it returns, the engine touches the rings no more.</summary>
     RingIndices StopQueue(int queue);

@@ -366,11 +366,9 @@ public sealed partial class SoftIfcVf
             bool want = live && q.Enabled;
             if (want && !q.Running)
             {
-                uint word = _lmState[i];
-                ushort avail = (ushort)word;
-                ushort used = _options.LmLayout == LmLayout.Compact ? avail : (ushort)(word >> 16);
-                _runIndices[i] = new RingIndices(avail, used);
-                _engine?.StartQueue(this, new QueueStart(i, q.Size, q.Desc, q.Avail, q.Used, avail, used, _driverFeatures));
+                var start = SavedRingState(i);
+                _runIndices[i] = start;
+                _engine?.StartQueue(this, new QueueStart(i, q.Size, q.Desc, q.Avail, q.Used, start, _driverFeatures));
                 Volatile.Write(ref q.Running, true);
             }
             else if (!want && q.Running)
@@ -391,7 +389,7 @@ public sealed partial class SoftIfcVf
         var idx = _engine?.StopQueue(qi) ?? _runIndices[qi];
         if (saveState)
         {
-            _lmState[qi] = IfcLiveMigration.Pack(idx.LastAvail, idx.LastUsed);
+            SaveRingState(qi, idx);
         }
     }
 

@@ -3,7 +3,7 @@ using IfcVdpa.Pci;
 namespace IfcVdpa.IfcvfModel;
 
 /// <summary>Hooks between the register file and the datapath engine (additive; see Datapath/).</summary>
-public sealed partial class SoftIfcVf : IQueueStatsSource
+public sealed partial class SoftIfcVf : IQueueStatsSource, INetDevice
 {
     /// <summary>Per-queue datapath counters from the attached engine (kicks only when it keeps none).</summary>
     public QueueCounters GetQueueCounters(int queue)
@@ -24,16 +24,20 @@ public sealed partial class SoftIfcVf : IQueueStatsSource
     /// For the datapath worker: tries to take the register lock without blocking. A worker must never
     /// block on it, because the control path holds it while it waits in <see cref="IVirtqueueEngine.StopQueue"/>.
     /// </summary>
-    internal bool TryEnterRegisters() => _regs.TryEnter();
+    bool IVirtqueueDevice.TryEnterRegisters() => _regs.TryEnter();
 
-    internal void ExitRegisters() => _regs.Exit();
+    void IVirtqueueDevice.ExitRegisters() => _regs.Exit();
+
+    int INetDevice.QueuePairs => _options.QueuePairs;
+
+    bool INetDevice.HasControlQueue => _options.ControlQueue;
 
     /// <summary>
     /// For the datapath: the dirty log as programmed (bitmap IOVA range), read without the register lock.
     /// A driver programs base and end before it sets the control word, so a reader that sees logging
     /// enabled sees the range too.
     /// </summary>
-    internal bool TryGetDirtyLog(out ulong logBase, out ulong logEnd)
+    bool IVirtqueueDevice.TryGetDirtyLog(out ulong logBase, out ulong logEnd)
     {
         bool on = Volatile.Read(ref _lmCtrl) == IfcVdpa.Virtio.IfcLiveMigration.LoggingEnableVf;
         logBase = Volatile.Read(ref _lmBase);

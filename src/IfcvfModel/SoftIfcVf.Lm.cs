@@ -77,9 +77,34 @@ public sealed partial class SoftIfcVf
         {
             return _lmState[q];
         }
-        var idx = _engine?.PeekQueue(q) ?? _runIndices[q];
-        return Pack(idx.LastAvail, idx.LastUsed);
+        return ToRingStateWord(_engine?.PeekQueue(q) ?? _runIndices[q]);
     }
+
+    // The ring-state register word (the IFC LM block's format, which the driver relies on): last_avail in
+    // bits 0-15, last_used in bits 16-31 (the compact layout keeps last_avail only and uses it for both).
+    // With packed rings each half is a ring position in bits 0-14 and its wrap counter in bit 15 (what a
+    // vhost-user front-end sends as the ring base). This is the only place the model packs or unpacks it.
+
+    private bool RingsPacked => VirtioFeature.Has(_driverFeatures, VirtioFeature.F_RING_PACKED);
+
+    /// <summary>The ring state the driver restored (or the device saved) for a queue about to run.</summary>
+    private RingIndices SavedRingState(int q)
+    {
+        uint word = _lmState[q];
+        ushort avail = (ushort)word;
+        ushort used = _options.LmLayout == LmLayout.Compact ? avail : (ushort)(word >> 16);
+        return RingsPacked
+            ? new RingIndices((ushort)(avail & 0x7FFF), (avail & 0x8000) != 0, (ushort)(used & 0x7FFF), (used & 0x8000) != 0)
+            : RingIndices.Split(avail, used);
+    }
+
+    /// <summary>Stores a stopped queue's ring state for the driver to read back.</summary>
+    private void SaveRingState(int q, RingIndices idx) => _lmState[q] = ToRingStateWord(idx);
+
+    private static uint ToRingStateWord(RingIndices idx) =>
+        Pack(WithWrap(idx.LastAvail, idx.AvailWrap), WithWrap(idx.LastUsed, idx.UsedWrap));
+
+    private static ushort WithWrap(ushort index, bool wrap) => (ushort)(index | (wrap ? 0x8000 : 0));
 
     private uint ReadLm(int off, int size)
     {

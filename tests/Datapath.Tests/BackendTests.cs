@@ -107,9 +107,9 @@ public class BackendTests
     public void BackendSpecsParse()
     {
         using var l = NetBackend.Parse("loopback");
-        Assert.Equal(NetBackendKind.Loopback, l.Kind);
+        Assert.Equal("loopback", l.ToString());
         using var lf = NetBackend.Parse("loopback:filter");
-        Assert.True(lf.FilterDestinationMac);
+        Assert.Equal("loopback:filter", lf.ToString());
         Assert.Throws<ArgumentException>(() => NetBackend.Parse("carrier-pigeon"));
         Assert.Throws<ArgumentException>(() => NetBackend.Parse("tap:"));
     }

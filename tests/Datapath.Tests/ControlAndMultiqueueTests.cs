@@ -29,7 +29,7 @@ public class ControlAndMultiqueueTests
         }
         segs.Add((ack, 1, true));
         q.AddChain(segs);
-        nic.Hw.NotifyQueue(cq);
+        nic.Kick(cq);
         uint id = 0;
         uint len = 0;
         Assert.True(nic.WaitFor(() => q.TryTakeUsed(out id, out len)), $"control command not completed: {nic.Vf.NeedsResetReason} {string.Join("; ", nic.Logs)} running={nic.Vf.IsQueueRunning(cq)}");

@@ -69,7 +69,7 @@ public class HostileRingTests
         ushort id = q.TakeFree();
         q.WriteDesc(id, addr, len, flags, next);
         q.PushAvail(id);
-        nic.Hw.NotifyQueue(1);
+        nic.Kick(1);
     }
 
     [Fact]
@@ -129,7 +129,7 @@ public class HostileRingTests
         var q = nic.Queues[1];
         ulong buf = nic.Alloc(40 << 10);
         q.AddChain([(buf, 40 << 10, false), (buf, 40 << 10, false)]);
-        nic.Hw.NotifyQueue(1);
+        nic.Kick(1);
     }, 1, "larger than the largest frame");
 
     [Fact]
@@ -142,7 +142,7 @@ public class HostileRingTests
         q.WriteDesc(a, buf, 32, VIRTQ_DESC_F_NEXT, b);
         q.WriteDesc(b, buf, 32, VIRTQ_DESC_F_NEXT, a);
         q.PushAvail(a);
-        nic.Hw.NotifyQueue(1);
+        nic.Kick(1);
     }, 1, "loop");
 
     [Fact]
@@ -167,7 +167,7 @@ public class HostileRingTests
     public void HeadIndexBeyondTheQueue() => RunCase(nic =>
     {
         nic.Queues[1].PushAvail(999);
-        nic.Hw.NotifyQueue(1);
+        nic.Kick(1);
     }, 1, "head index");
 
     [Fact]
@@ -229,7 +229,7 @@ public class HostileRingTests
     public void AvailIndexJumpingPastTheQueueSize() => RunCase(nic =>
     {
         nic.Queues[1].SetAvailIdxRaw(257);
-        nic.Hw.NotifyQueue(1);
+        nic.Kick(1);
     }, 1, "ahead of last_avail");
 
     [Fact]
@@ -243,8 +243,7 @@ public class HostileRingTests
     public void RingAreasOutsideTheDmaMap()
     {
         using var nic = new TestNic(NetBackend.Loopback());
-        var q = new IfcVdpa.Ifcvf.HwQueue(true, 256, 0x9000_0000, 0x9001_0000, 0x9002_0000, 0, 0, 2);
-        nic.Hw.StartHw(Features, [new IfcVdpa.Ifcvf.HwQueue(false, 256, 0, 0, 0, 0, 0, 1), q], 0, 0);
+        nic.BringUp(Features, [new TestNic.QueueSetup(1, 256, 0x9000_0000, 0x9001_0000, 0x9002_0000, default)]);
         nic.Engine.PollOnce();
         AssertRingError(nic, 1, "ring areas outside the DMA map");
     }
@@ -256,7 +255,7 @@ public class HostileRingTests
         nic.Start(Features | VirtioFeature.Bit(VirtioFeature.NET_F_CTRL_VQ));
         var cq = nic.Queues[2];
         cq.AddChain([(cq.Buffer([VirtioNetCtrl.CLASS_RX, 0, 1]), 3, false)]);
-        nic.Hw.NotifyQueue(2);
+        nic.Kick(2);
         AssertRingError(nic, 2, "without a device-writable status byte");
     }
 
@@ -267,7 +266,7 @@ public class HostileRingTests
         nic.Start(Features | VirtioFeature.Bit(VirtioFeature.NET_F_CTRL_VQ));
         var cq = nic.Queues[2];
         cq.AddChain([(cq.Alloc(1), 1, true), (cq.Buffer([VirtioNetCtrl.CLASS_RX, 0, 1]), 3, false)]);
-        nic.Hw.NotifyQueue(2);
+        nic.Kick(2);
         AssertRingError(nic, 2, "readable descriptor after a device-writable one");
     }
 

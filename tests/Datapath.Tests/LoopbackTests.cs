@@ -173,7 +173,7 @@ public class LoopbackTests
         var pkt = new byte[12 + frame.Length];
         frame.CopyTo(pkt, 12);
         txq.AddIndirect([(txq.Buffer(pkt.AsSpan(0, 12)), 12, false), (txq.Buffer(pkt.AsSpan(12, 700)), 700, false), (txq.Buffer(pkt.AsSpan(712)), (uint)(pkt.Length - 712), false)]);
-        nic.Hw.NotifyQueue(1);
+        nic.Kick(1);
         Assert.Equal(frame, nic.ReceiveOne(0));
     }
 

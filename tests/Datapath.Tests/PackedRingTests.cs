@@ -64,7 +64,7 @@ public class PackedRingTests
             f.CopyTo(pkt, 12);
             int cut = rng.Next(0, pkt.Length);
             tx.AddChain([(tx.Buffer(pkt.AsSpan(0, cut)), (uint)cut, false), (tx.Buffer(pkt.AsSpan(cut)), (uint)(pkt.Length - cut), false)]);
-            nic.Hw.NotifyQueue(1);
+            nic.Kick(1);
             Assert.Equal(f, nic.ReceiveOne(0));
             Assert.Equal(1, tx.ReapTx());
         }
@@ -157,7 +157,7 @@ public class PackedRingTests
             nic.Queues[1].ReapTx();
         }
         // TX used 10 slots of 8: position 2, wrap counter flipped to 0.
-        var saved = nic.Hw.StopHw();
+        var saved = nic.Stop();
         Assert.Equal(((ushort)2, (ushort)2), saved[1]);
         nic.Restart(saved);
         nic.PostRx(0, 2);
@@ -188,7 +188,7 @@ public class PackedRingTests
         {
             TestQueue.WritePacked(tx.Desc, i, buf, 16, 0, (ushort)(PackedRing.VIRTQ_DESC_F_NEXT | PackedRing.VIRTQ_DESC_F_AVAIL));
         }
-        nic.Hw.NotifyQueue(1);
+        nic.Kick(1);
         Assert.True(nic.WaitFor(() => nic.NeedsReset));
         Assert.Contains("loop", nic.Vf.NeedsResetReason, StringComparison.Ordinal);
         Assert.Single(nic.Logs);
@@ -201,7 +201,7 @@ public class PackedRingTests
         nic.Start(Features, queues: 2, startIndex: Fresh);
         var tx = nic.Queues[1];
         tx.AddChain([(tx.Buffer(new byte[64]), 64, true)]);
-        nic.Hw.NotifyQueue(1);
+        nic.Kick(1);
         Assert.True(nic.WaitFor(() => nic.NeedsReset));
         Assert.Contains("device-writable descriptor in a TX chain", nic.Vf.NeedsResetReason, StringComparison.Ordinal);
     }

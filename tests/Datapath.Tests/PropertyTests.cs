@@ -75,7 +75,7 @@ public class PropertyTests
             {
                 tx.AddChain(txSegs);
             }
-            nic.Hw.NotifyQueue(1);
+            nic.Kick(1);
             byte[] got = [];
             int nbuf = 0;
             Assert.True(nic.WaitFor(() => nic.TryReceive(0, out _, out got, out nbuf)), $"iteration {iter}: nothing received");
@@ -87,7 +87,7 @@ public class PropertyTests
             // restart the rings when they run low.
             if (rx.FreeCount < 40 || tx.FreeCount < 20)
             {
-                nic.Hw.StopHw();
+                nic.Stop();
                 nic.Start(features, size: 128, queues: 2, startIndex: (ushort)rng.Next(0, 65536));
                 outstanding = 0;
             }

@@ -20,7 +20,7 @@ public class RingStateTests
             nic.Send(1, TestNic.Frame(64, i), kick: false);
         }
         Assert.Equal(4, nic.Engine.PollOnce()); // one burst of 4
-        var saved = nic.Hw.StopHw();
+        var saved = nic.Stop();
         Assert.Equal(((ushort)4, (ushort)4), saved[1]);
         Assert.Equal(((ushort)4, (ushort)4), saved[0]);
         Assert.Equal(4, nic.Queues[1].DeviceUsedIdx);
@@ -44,13 +44,13 @@ public class RingStateTests
         nic.Send(1, TestNic.Frame(64, 0));
         nic.Send(1, TestNic.Frame(64, 1));
         nic.Engine.PollOnce();
-        Assert.Equal(new IfcvfModel.RingIndices(502, 502), nic.Engine.PeekQueue(1));
-        Assert.Equal(new IfcvfModel.RingIndices(502, 502), nic.Engine.PeekQueue(0));
-        Assert.Equal(((ushort)502, (ushort)502), nic.Hw.StopHw()[1]); // and the LM block gets the same on stop
+        Assert.Equal(IfcvfModel.RingIndices.Split(502, 502), nic.Engine.PeekQueue(1));
+        Assert.Equal(IfcvfModel.RingIndices.Split(502, 502), nic.Engine.PeekQueue(0));
+        Assert.Equal(((ushort)502, (ushort)502), nic.Stop()[1]); // and the LM block gets the same on stop
     }
 
     /// <summary>
-    /// Queues stop one by one (RX first, as StopHw does), so loopback frames sent while RX is already stopped
+    /// Queues stop one by one (RX first, as TestNic.Stop does), so loopback frames sent while RX is already stopped
     /// are dropped on the "wire" and counted; the rings themselves lose and repeat nothing: every TX chain
     /// completes exactly once, frames arrive in order without duplicates, and received + dropped = sent.
     /// </summary>
@@ -83,10 +83,10 @@ public class RingStateTests
             if (rng.Next(4) == 0)
             {
                 // Migrate: stop (saves ring state in the LM block), restart from what was saved.
-                var saved = nic.Hw.StopHw();
+                var saved = nic.Stop();
                 nic.Restart(saved);
                 cycles++;
-                nic.Hw.NotifyQueue(1);
+                nic.Kick(1);
             }
             while (nic.TryReceive(0, out _, out var f, out _))
             {
@@ -122,10 +122,10 @@ public class DirtyLogTests
         var rx = nic.Queues[0];
         ulong rxBuf = rx.Alloc(2048);
         rx.AddChain([(rxBuf, 2048, true)]);
-        nic.Hw.NotifyQueue(0);
+        nic.Kick(0);
         ulong txBuf = nic.Queues[1].Buffer(new byte[12 + 64]);
         nic.Queues[1].AddChain([(txBuf, 12 + 64, false)]);
-        nic.Hw.NotifyQueue(1);
+        nic.Kick(1);
         Assert.NotEmpty(nic.ReceiveOne(0));
         bool Dirty(ulong iova) => (nic.Mem(log + ((iova >> 12) >> 3), 1)[0] & (1 << (int)((iova >> 12) & 7))) != 0;
         Assert.True(Dirty(rxBuf));

@@ -6,15 +6,18 @@ using IfcVdpa.IfcvfModel;
 using IfcVdpa.IfcvfModel.Backends;
 using IfcVdpa.IfcvfModel.Datapath;
 using IfcVdpa.Interop.Primitives;
-using IfcVdpa.Pci;
+using IfcVdpa.Vdpa;
 using IfcVdpa.Virtio;
 using static IfcVdpa.Virtio.SplitRing;
 
 namespace IfcVdpa.Datapath.Tests;
 
 /// <summary>
-/// A small virtio-net driver for tests: DMA memory mapped into the VF, split rings laid out in it, the
-/// device brought up through its registers (IfcvfHw.StartHw), MSI-X vectors counted per queue.
+/// A small virtio-net driver for tests: DMA memory mapped into the VF, split or packed rings laid out in it,
+/// the device brought up the way production does, through the vDPA ops of <see cref="IfcvfAdapter"/>
+/// (SetDriverFeatures, SetVqNum/SetVqAddress/SetVqState/SetVqReady, SetStatus DRIVER_OK; GetVqState to
+/// save), MSI-X vectors counted per queue as the function delivers them. <see cref="Hw"/> stays for the
+/// register-level checks (dirty log, MQ register).
 /// </summary>
 public sealed class TestNic : IDisposable
 {
@@ -26,25 +29,18 @@ public sealed class TestNic : IDisposable
 
     private readonly MappedMemory _mem;
     private ulong _next;
-    private readonly long[] _irqs;
+    private readonly InterruptCountingFunction _fn;
 
     public TestNic(NetBackend backend, EngineOptions? engine = null, SoftIfcVfOptions? vf = null, ulong memBytes = 64 << 20)
     {
         Vf = new SoftIfcVf(vf ?? new SoftIfcVfOptions());
         Engine = new VirtioNetEngine(backend, engine ?? new EngineOptions { Mode = EngineMode.Manual, Log = Logs.Enqueue });
         Vf.AttachEngine(Engine);
-        Hw = IfcvfHw.Init(Vf);
+        _fn = new InterruptCountingFunction(Vf);
+        Adapter = IfcvfAdapter.Probe(_fn);
         _mem = MappedMemory.Allocate(memBytes);
-        Vf.DmaMap(IovaBase, _mem.All, writable: true);
+        Adapter.DmaMap(IovaBase, _mem.All, writable: true);
         _next = IovaBase;
-        _irqs = new long[Vf.MsixVectorCount];
-        var sinks = new IMsixSink?[Vf.MsixVectorCount];
-        for (int i = 0; i < sinks.Length; i++)
-        {
-            int v = i;
-            sinks[i] = new CallbackSink(() => Interlocked.Increment(ref _irqs[v]));
-        }
-        Vf.EnableMsix(sinks);
         Queues = new TestQueue[Vf.NumQueues];
     }
 
@@ -52,7 +48,11 @@ public sealed class TestNic : IDisposable
 
     public VirtioNetEngine Engine { get; }
 
-    public IfcvfHw Hw { get; }
+    /// <summary>The driver: the vDPA ops table over the VF.</summary>
+    public IfcvfAdapter Adapter { get; }
+
+    /// <summary>The adapter's register layer, for register-level checks.</summary>
+    public IfcvfHw Hw => Adapter.Hw;
 
     public TestQueue[] Queues { get; }
 
@@ -62,11 +62,11 @@ public sealed class TestNic : IDisposable
 
     public bool Manual => Engine.Mode == EngineMode.Manual;
 
-    /// <summary>Config-change interrupts (vector 0).</summary>
-    public long ConfigIrqs => Interlocked.Read(ref _irqs[0]);
+    /// <summary>Config-change interrupts (the adapter puts the config vector after the queues' vectors).</summary>
+    public long ConfigIrqs => _fn.Count(Vf.NumQueues);
 
-    /// <summary>Interrupts on queue q's vector (q + 1).</summary>
-    public long Irqs(int q) => Interlocked.Read(ref _irqs[q + 1]);
+    /// <summary>Interrupts on queue q's vector (per-vq mode: vector q).</summary>
+    public long Irqs(int q) => _fn.Count(q);
 
     public ulong Alloc(ulong bytes, ulong align = 64)
     {
@@ -87,30 +87,92 @@ public sealed class TestNic : IDisposable
     {
         Features = features;
         int n = queues ?? Vf.NumQueues;
-        var hwq = new List<HwQueue>();
+        var up = new List<QueueSetup>();
         for (int q = 0; q < n; q++)
         {
             Queues[q] ??= new TestQueue(this, q, size, bufSize);
             Queues[q].Packed = VirtioFeature.Has(features, VirtioFeature.F_RING_PACKED);
             Queues[q].ResetIndices(startIndex);
             var t = Queues[q];
-            hwq.Add(new HwQueue(true, size, t.DescIova, t.AvailIova, t.UsedIova, startIndex, startIndex, (ushort)(q + 1)));
+            up.Add(new QueueSetup(q, size, t.DescIova, t.AvailIova, t.UsedIova, StateOf(t.Packed, startIndex, startIndex)));
         }
-        Hw.StartHw(features, hwq, configVector: 0, mqPairs);
+        BringUp(features, up, mqPairs);
     }
 
     /// <summary>Restarts with the given per-queue ring state (a restore after migration).</summary>
     public void Restart((ushort LastAvail, ushort LastUsed)?[] state)
     {
-        var hwq = new List<HwQueue>();
+        var up = new List<QueueSetup>();
         for (int q = 0; q < Queues.Length && Queues[q] is not null; q++)
         {
             var t = Queues[q];
             var s = state[q] ?? (0, 0);
-            hwq.Add(new HwQueue(true, t.Size, t.DescIova, t.AvailIova, t.UsedIova, s.LastAvail, s.LastUsed, (ushort)(q + 1)));
+            up.Add(new QueueSetup(q, t.Size, t.DescIova, t.AvailIova, t.UsedIova, StateOf(t.Packed, s.LastAvail, s.LastUsed)));
         }
-        Hw.StartHw(Features, hwq, configVector: 0, 0);
+        BringUp(Features, up, 0);
     }
+
+    /// <summary>One queue as the driver programs it.</summary>
+    public readonly record struct QueueSetup(int Queue, ushort Size, ulong Desc, ulong Driver, ulong Device, VdpaVqState State);
+
+    /// <summary>
+    /// The vDPA bring-up sequence (what the vhost-user back-end does on DRIVER_OK): reset, ACKNOWLEDGE |
+    /// DRIVER, features, FEATURES_OK, each queue's size, addresses, state and ready, then DRIVER_OK.
+    /// </summary>
+    public void BringUp(ulong features, IReadOnlyList<QueueSetup> queues, uint mqPairs = 0)
+    {
+        Adapter.Reset();
+        Adapter.SetStatus(VirtioStatus.ACKNOWLEDGE | VirtioStatus.DRIVER);
+        Adapter.SetDriverFeatures(features);
+        Adapter.SetStatus(VirtioStatus.ACKNOWLEDGE | VirtioStatus.DRIVER | VirtioStatus.FEATURES_OK);
+        if (mqPairs > 0)
+        {
+            Hw.SetMq(mqPairs); // the IFC MQ register: no vDPA op programs it
+        }
+        foreach (var q in queues)
+        {
+            Adapter.SetVqNum(q.Queue, q.Size);
+            Adapter.SetVqAddress(q.Queue, q.Desc, q.Driver, q.Device);
+            Adapter.SetVqState(q.Queue, q.State);
+            Adapter.SetVqReady(q.Queue, true);
+        }
+        Adapter.SetStatus(VirtioStatus.ACKNOWLEDGE | VirtioStatus.DRIVER | VirtioStatus.FEATURES_OK | VirtioStatus.DRIVER_OK);
+    }
+
+    /// <summary>
+    /// Stops the device the vDPA way: each ready queue disabled (the device saves its ring state), its state
+    /// read back (GetVqState), then reset. Returns the state per queue (null: the queue was not ready).
+    /// </summary>
+    public (ushort LastAvail, ushort LastUsed)?[] Stop()
+    {
+        var saved = new (ushort, ushort)?[Vf.NumQueues];
+        for (int q = 0; q < saved.Length; q++)
+        {
+            if (!Adapter.GetVqReady(q))
+            {
+                continue;
+            }
+            Adapter.SetVqReady(q, false);
+            saved[q] = MarksOf(Adapter.GetVqState(q));
+        }
+        Adapter.Reset();
+        return saved;
+    }
+
+    /// <summary>
+    /// The tests write a ring position as one 16-bit mark: a split ring's index, or a packed ring's position with
+    /// its wrap counter in bit 15 (0x8000: a fresh packed ring). The vDPA state is explicit.
+    /// </summary>
+    public static VdpaVqState StateOf(bool packed, ushort avail, ushort used) => packed
+        ? VdpaVqState.Packed((ushort)(avail & 0x7FFF), (avail & 0x8000) != 0, (ushort)(used & 0x7FFF), (used & 0x8000) != 0)
+        : VdpaVqState.Split(avail, used);
+
+    /// <summary>The inverse of <see cref="StateOf"/>.</summary>
+    public static (ushort LastAvail, ushort LastUsed) MarksOf(VdpaVqState s) =>
+        ((ushort)(s.AvailIndex | (s.AvailWrapCounter ? 0x8000 : 0)), (ushort)(s.UsedIndex | (s.UsedWrapCounter ? 0x8000 : 0)));
+
+    /// <summary>kick_vq.</summary>
+    public void Kick(int queue) => Adapter.KickVq(queue);
 
     /// <summary>Runs the engine (Manual mode) or waits for the worker until the condition holds.</summary>
     public bool WaitFor(Func<bool> cond, int timeoutMs = 5000)
@@ -128,7 +190,9 @@ public sealed class TestNic : IDisposable
             }
             else
             {
-                Thread.Sleep(1);
+                // The worker raises a vector when it completes something the condition may be waiting for;
+                // the short bound covers conditions no interrupt announces (drops, counters, suppressed vectors).
+                _fn.WaitForInterrupt(5);
             }
         }
         return true;
@@ -160,7 +224,7 @@ public sealed class TestNic : IDisposable
         ushort head = q.AddChain([(q.Buffer(buf), (uint)buf.Length, false)]);
         if (kick)
         {
-            Hw.NotifyQueue(txq);
+            Kick(txq);
         }
         return head;
     }
@@ -173,7 +237,7 @@ public sealed class TestNic : IDisposable
         {
             q.AddChain([(q.Alloc(len), len, true)]);
         }
-        Hw.NotifyQueue(rxq);
+        Kick(rxq);
     }
 
     /// <summary>Collects one received packet (header + frame), following num_buffers over several used entries.</summary>
@@ -212,7 +276,9 @@ public sealed class TestNic : IDisposable
 
     public void Dispose()
     {
+        Adapter.Dispose();
         Engine.Dispose();
+        _fn.Dispose();
         Vf.Dispose();
         _mem.Dispose();
     }

@@ -6,12 +6,6 @@ using static IfcVdpa.Virtio.SplitRing;
 
 namespace IfcVdpa.IfcvfModel.Datapath;
 
-/// <summary>What a chain walker does with each buffer of a chain; returning an error stops the walk.</summary>
-internal interface IChainVisitor
-{
-    ChainError Visit(ulong addr, uint len, bool writable);
-}
-
 /// <summary>
 /// Walks one split-ring descriptor chain (VIRTIO 1.2 §2.7.5, §2.7.5.3): follows NEXT, enters at most one
 /// indirect table (which must be negotiated, alone in its descriptor and a whole number of descriptors),

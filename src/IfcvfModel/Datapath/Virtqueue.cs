@@ -4,9 +4,9 @@ using IfcVdpa.Virtio;
 namespace IfcVdpa.IfcvfModel.Datapath;
 
 /// <summary>
-/// One split virtqueue as the engine runs it: ring addresses, the device's private indices and counters.
-/// Ownership: the control path writes the fields while <see cref="State"/> is Stopped; the worker owns
-/// them while it holds the queue Busy.
+/// One virtqueue (split or packed) as the engine runs it: ring addresses, the device's private ring state
+/// and counters. Ownership: the control path writes the fields while <see cref="State"/> is Stopped; the
+/// worker owns them while it holds the queue Busy.
 /// </summary>
 internal sealed class Virtqueue(int index)
 {
@@ -22,28 +22,24 @@ internal sealed class Virtqueue(int index)
     public ulong Desc;
     public ulong Avail;
     public ulong Used;
+
+    // Ring state. Split: free-running indices, wrap counters unused. Packed (VIRTIO 1.2 §2.8): ring
+    // positions (0..Size-1) with their wrap counters.
     public ushort LastAvail;
+    public bool AvailWrap;
     public ushort LastUsed;
+    public bool UsedWrap;
+
+    /// <summary>Split: the driver's avail idx as last read (entries up to it may be taken without a reload).</summary>
     public ushort AvailIdxCache;
+    public bool Packed;
     public bool EventIdx;
     public bool Indirect;
-    public bool Mergeable;
     public bool Failed;
     public bool ErrorLogged;
     /// <summary>A fault found when the queue started (reported by the worker, which may raise NEEDS_RESET).</summary>
     public string? StartFault;
     public bool SuppressKicks;
-
-    // Packed rings (VIRTIO 1.2 §2.8): LastAvail/LastUsed are ring positions, with these wrap counters.
-    public bool Packed;
-    public bool AvailWrap;
-    public bool UsedWrap;
-
-    /// <summary>last_avail as reported (packed: position | wrap counter in bit 15).</summary>
-    public ushort AvailMark => Packed ? (ushort)(Volatile.Read(ref LastAvail) | (AvailWrap ? 0x8000 : 0)) : Volatile.Read(ref LastAvail);
-
-    /// <summary>last_used as reported (packed: position | wrap counter in bit 15).</summary>
-    public ushort UsedMark => Packed ? (ushort)(Volatile.Read(ref LastUsed) | (UsedWrap ? 0x8000 : 0)) : Volatile.Read(ref LastUsed);
 
     // Counters: written by the worker only (kicks by doorbell writers, atomically), read anywhere.
     public long Packets;
@@ -53,6 +49,12 @@ internal sealed class Virtqueue(int index)
     public long Errors;
     public long Drops;
 
+    /// <summary>The ring state as the control path reports it.</summary>
+    public RingIndices Indices => new(Volatile.Read(ref LastAvail), Volatile.Read(ref AvailWrap), Volatile.Read(ref LastUsed), Volatile.Read(ref UsedWrap));
+
+    /// <summary>Where the used side stands (to tell whether a burst completed anything).</summary>
+    public UsedMark UsedMark => new(LastUsed, UsedWrap);
+
     public int AvailBytes => Packed ? PackedRing.EventSuppressionSize : SplitRing.AvailBytes(Size) - (EventIdx ? 0 : 2);
 
     public int UsedBytes => Packed ? PackedRing.EventSuppressionSize : SplitRing.UsedBytes(Size) - (EventIdx ? 0 : 2);
@@ -60,6 +62,35 @@ internal sealed class Virtqueue(int index)
     public Pci.QueueCounters Counters => new(
         Volatile.Read(ref Packets), Volatile.Read(ref Bytes), Interlocked.Read(ref Kicks),
         Volatile.Read(ref Interrupts), Volatile.Read(ref Errors), Volatile.Read(ref Drops));
+
+    /// <summary>Control path: loads the ring layout and state for a start.</summary>
+    public void Configure(in QueueStart start, bool suppressKicks)
+    {
+        Size = start.Size;
+        Mask = (ushort)(start.Size - 1);
+        Desc = start.Desc;
+        Avail = start.Avail;
+        Used = start.Used;
+        Packed = VirtioFeature.Has(start.Features, VirtioFeature.F_RING_PACKED);
+        LastAvail = start.Base.LastAvail;
+        LastUsed = start.Base.LastUsed;
+        AvailWrap = Packed && start.Base.AvailWrap;
+        UsedWrap = Packed && start.Base.UsedWrap;
+        AvailIdxCache = LastAvail;
+        EventIdx = VirtioFeature.Has(start.Features, VirtioFeature.F_RING_EVENT_IDX);
+        Indirect = VirtioFeature.Has(start.Features, VirtioFeature.F_RING_INDIRECT_DESC);
+        SuppressKicks = suppressKicks;
+        Failed = false;
+        ErrorLogged = false;
+        StartFault = null;
+        if (Packed && (LastAvail >= Size || LastUsed >= Size))
+        {
+            // A packed ring's base is a position inside the ring. A front-end can send SET_VRING_BASE before
+            // a smaller SET_VRING_NUM, so this is the first place both are known: refuse to run the ring.
+            Failed = true;
+            StartFault = $"packed ring base (avail {LastAvail}, used {LastUsed}) outside the {Size}-entry ring";
+        }
+    }
 
     /// <summary>Worker: takes the queue if it is running and not taken.</summary>
     public bool TryAcquire() => Interlocked.CompareExchange(ref State, Busy, Idle) == Idle;
@@ -74,7 +105,10 @@ internal sealed class Virtqueue(int index)
     }
 }
 
-/// <summary>The three ring areas of a queue, translated once per burst.</summary>
+/// <summary>The used side's position (split: index; packed: position and wrap counter).</summary>
+internal readonly record struct UsedMark(ushort Index, bool Wrap);
+
+/// <summary>The three ring areas of a queue, translated once per burst (packed: Desc is the ring, Avail/Used the event areas).</summary>
 internal ref struct RingView
 {
     public Span<byte> Desc;
@@ -88,46 +122,4 @@ internal ref struct RingView
             && dma.TryTranslate(q.Avail, (uint)q.AvailBytes, false, out view.Avail)
             && dma.TryTranslate(q.Used, (uint)q.UsedBytes, true, out view.Used);
     }
-}
-
-/// <summary>Why a descriptor chain was refused (each a ring error: NEEDS_RESET).</summary>
-internal enum ChainError
-{
-    None = 0,
-    BadHead,
-    BadNext,
-    Loop,
-    BadAddress,
-    WritableInDriverBuffer,
-    ReadOnlyInDeviceBuffer,
-    IndirectNotNegotiated,
-    NestedIndirect,
-    IndirectWithNext,
-    BadIndirectLength,
-    LengthOverflow,
-    TooLarge,
-    TooManySegments,
-    ReadAfterWrite,
-}
-
-internal static class ChainErrors
-{
-    public static string Describe(ChainError e) => e switch
-    {
-        ChainError.BadHead => "descriptor head index beyond the queue size",
-        ChainError.BadNext => "descriptor next index beyond the table",
-        ChainError.Loop => "descriptor chain longer than its table (loop)",
-        ChainError.BadAddress => "descriptor buffer outside the DMA map (or not writable)",
-        ChainError.WritableInDriverBuffer => "device-writable descriptor in a TX chain",
-        ChainError.ReadOnlyInDeviceBuffer => "device-readable descriptor in an RX chain",
-        ChainError.IndirectNotNegotiated => "INDIRECT descriptor without VIRTIO_F_RING_INDIRECT_DESC",
-        ChainError.NestedIndirect => "INDIRECT descriptor inside an indirect table",
-        ChainError.IndirectWithNext => "descriptor with both INDIRECT and NEXT",
-        ChainError.BadIndirectLength => "indirect table length not a non-zero multiple of 16 (or too long)",
-        ChainError.LengthOverflow => "descriptor chain length overflows 32 bits",
-        ChainError.TooLarge => "TX chain larger than the largest frame (64 KiB + header)",
-        ChainError.TooManySegments => "descriptor chain with more segments than the device handles",
-        ChainError.ReadAfterWrite => "device-readable descriptor after a device-writable one",
-        _ => "unknown ring error",
-    };
 }

@@ -1,0 +1,97 @@
+using System.Buffers.Binary;
+using System.Runtime.CompilerServices;
+using IfcVdpa.Interop.Primitives;
+using IfcVdpa.Virtio;
+
+namespace IfcVdpa.IfcvfModel.Datapath;
+
+/// <summary>A chain taken from the avail side: its id (split: head index; packed: buffer id) and ring slots (packed).</summary>
+internal readonly record struct Chain(ushort Id, int Slots);
+
+/// <summary>Where the avail side stands, to give back chains taken but not used (an RX frame that did not fit).</summary>
+internal readonly record struct AvailMark(ushort Index, bool Wrap);
+
+/// <summary>
+/// The device's side of the avail ring, split and packed alike: is a chain available, take it (walking it
+/// through a visitor), give chains back. Personalities build on these and never look at the ring layout.
+/// </summary>
+internal static class AvailRing
+{
+    /// <summary>
+    /// Whether a chain is available. Split: reloads the driver's avail idx only when the cached one is used
+    /// up, and reports (in <paramref name="fault"/>) an idx more than the queue size ahead.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static bool HasChain(Virtqueue q, scoped ref RingView v, out string? fault)
+    {
+        fault = null;
+        if (q.Packed)
+        {
+            return PackedRing.IsAvailable(SharedIndex.Load16(v.Desc, (q.LastAvail * PackedRing.DescSize) + PackedRing.DescFlags), q.AvailWrap);
+        }
+        if (q.LastAvail != q.AvailIdxCache)
+        {
+            return true;
+        }
+        ushort ai = SharedIndex.Load16(v.Avail, SplitRing.AvailIdx);
+        ushort pending = (ushort)(ai - q.LastAvail);
+        if (pending > q.Size)
+        {
+            fault = AheadFault(q, ai, pending);
+            return false;
+        }
+        q.AvailIdxCache = ai;
+        return pending != 0;
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static string AheadFault(Virtqueue q, ushort ai, ushort pending) =>
+        $"avail idx {ai} is {pending} entries ahead of last_avail {q.LastAvail} (queue size {q.Size})";
+
+    /// <summary>Walks the next available chain (call after <see cref="HasChain"/>) and, if it is sound, takes it.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static ChainError Take<TVisitor>(Virtqueue q, IovaMap dma, scoped ref RingView v, ref TVisitor visitor, out Chain chain)
+        where TVisitor : IChainVisitor, allows ref struct
+    {
+        if (q.Packed)
+        {
+            var perr = PackedChain.Walk(q, dma, v.Desc, ref visitor, out ushort id, out int slots);
+            chain = new Chain(id, slots);
+            if (perr == ChainError.None)
+            {
+                AdvancePacked(ref q.LastAvail, ref q.AvailWrap, slots, q.Size);
+            }
+            return perr;
+        }
+        ushort head = BinaryPrimitives.ReadUInt16LittleEndian(v.Avail[(SplitRing.AvailRing + (2 * (q.LastAvail & q.Mask)))..]);
+        chain = new Chain(head, 1);
+        var err = SplitChain.Walk(q, dma, v.Desc, head, ref visitor);
+        if (err == ChainError.None)
+        {
+            q.LastAvail++;
+        }
+        return err;
+    }
+
+    public static AvailMark Mark(Virtqueue q) => new(q.LastAvail, q.AvailWrap);
+
+    /// <summary>Gives back every chain taken since <paramref name="mark"/>.</summary>
+    public static void Rewind(Virtqueue q, AvailMark mark)
+    {
+        q.LastAvail = mark.Index;
+        q.AvailWrap = mark.Wrap;
+    }
+
+    /// <summary>Moves a packed ring position on by <paramref name="slots"/>, flipping the wrap counter at the end of the ring.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void AdvancePacked(ref ushort position, ref bool wrap, int slots, ushort size)
+    {
+        int next = position + slots;
+        if (next >= size)
+        {
+            next -= size;
+            wrap = !wrap;
+        }
+        position = (ushort)next;
+    }
+}

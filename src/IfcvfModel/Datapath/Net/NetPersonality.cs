@@ -1,0 +1,238 @@
+using System.Runtime.CompilerServices;
+using IfcVdpa.IfcvfModel.Backends;
+using IfcVdpa.Virtio;
+
+namespace IfcVdpa.IfcvfModel.Datapath.Net;
+
+/// <summary>
+/// The virtio-net personality, backend-independent part: queue layout (RX = 2k, TX = 2k+1, control =
+/// last with VIRTIO_NET_F_CTRL_VQ), the device state it keeps (features, MAC, active pairs), RX placement
+/// (<see cref="NetRx"/>), the control queue (<see cref="NetControlQueue"/>), and the host side of its backend.
+/// </summary>
+internal abstract class NetPersonality : IDevicePersonality, INetBackendHost
+{
+    /// <summary>Largest frame a TX chain may carry, after the 12-byte header (64 KiB, as with GSO).</summary>
+    public const int MaxFrame = 65536;
+
+    /// <summary>Most data segments in one packet (one chain for TX, all chains of an RX packet): Linux's UIO_MAXIOV.</summary>
+    public const int MaxSegments = 1024;
+
+    protected const int Hdr = VirtioNetHeader.Size;
+
+    private readonly NetBackend _backend;
+    private readonly NetControlQueue _ctrlQueue;
+    private long _inboundDrops;
+    private int _activePairs = 1;
+    private INetDevice? _device;
+
+    protected NetPersonality(VirtqueueEngine engine, NetBackend backend)
+    {
+        Engine = engine;
+        _backend = backend;
+        Rx = new NetRx(engine);
+        _ctrlQueue = new NetControlQueue(this);
+    }
+
+    public VirtqueueEngine Engine { get; }
+
+    public NetRx Rx { get; }
+
+    /// <summary>The VF (set when its first queue starts).</summary>
+    public INetDevice Device => _device ?? throw new InvalidOperationException("not attached");
+
+    public int Pairs { get; private set; }
+
+    /// <summary>The control queue's index, or -1.</summary>
+    public int CtrlIndex { get; private set; } = -1;
+
+    public ulong Features { get; private set; }
+
+    /// <summary>The MAC as the datapath filters on it (control-queue MAC_ADDR_SET updates it).</summary>
+    public byte[] Mac { get; } = new byte[6];
+
+    /// <summary>Queue pairs the driver activated (VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET; 1 until then).</summary>
+    public int ActivePairs
+    {
+        get => Volatile.Read(ref _activePairs);
+        set => Volatile.Write(ref _activePairs, value);
+    }
+
+    /// <summary>Frames from a pair peer or TAP dropped because no RX queue was running.</summary>
+    public long InboundDrops => Volatile.Read(ref _inboundDrops);
+
+    public abstract int WakeFd { get; }
+
+    // ---- IDevicePersonality ---------------------------------------------------------------------
+
+    public void Attach(IVirtqueueDevice device)
+    {
+        _device = device as INetDevice ?? throw new ArgumentException("a virtio-net engine needs a virtio-net device", nameof(device));
+        Pairs = _device.QueuePairs;
+        CtrlIndex = _device.HasControlQueue ? device.NumQueues - 1 : -1;
+    }
+
+    public void OnDeviceStart(ulong features)
+    {
+        Features = features;
+        Rx.Configure(features);
+        Device.Mac.CopyTo(Mac, 0);
+        ActivePairs = 1;
+        Device.SetLinkUp(_backend.LinkUp);
+    }
+
+    public abstract int Poll();
+
+    public abstract void OnIdle();
+
+    /// <summary>The control queue, if the device has one.</summary>
+    protected int PollControl() => CtrlIndex >= 0 ? _ctrlQueue.Process(Engine.Queue(CtrlIndex)) : 0;
+
+    /// <summary>
+    /// Pairs to spread received traffic over: what the driver set with CTRL_MQ_VQ_PAIRS_SET when the device
+    /// runs its control queue; otherwise (vhost-user, where QEMU keeps the control queue and switches pairs
+    /// with SET_VRING_ENABLE) every pair, unused ones falling back to pair 0.
+    /// </summary>
+    public int SteeringPairs => CtrlIndex >= 0 && Engine.IsRunning(Engine.Queue(CtrlIndex)) ? ActivePairs : Pairs;
+
+    public void CountInboundDrop() => Interlocked.Increment(ref _inboundDrops);
+
+    /// <summary>Whether a frame (header + Ethernet) is addressed to the VF: its MAC, broadcast or multicast.</summary>
+    public bool ForUs(ReadOnlySpan<byte> frame)
+    {
+        if (frame.Length < Hdr + 6)
+        {
+            return false;
+        }
+        var dst = frame.Slice(Hdr, 6);
+        return (dst[0] & 1) != 0 || dst.SequenceEqual(Mac);
+    }
+
+    // ---- INetBackendHost --------------------------------------------------------------------------
+
+    public void Wake() => Engine.Wake();
+
+    public void LinkChanged(bool up)
+    {
+        if (_device is not { } dev)
+        {
+            return;
+        }
+        if (Engine.OnWorker)
+        {
+            // The worker never takes the register lock itself: the link change goes through the thread pool.
+            ThreadPool.QueueUserWorkItem(d => d.SetLinkUp(up), dev, preferLocal: false);
+        }
+        else
+        {
+            dev.SetLinkUp(up);
+        }
+    }
+
+    void INetBackendHost.Log(string message) => Engine.Log($"{_device?.Address}: {message}");
+
+    public void Dispose() => _backend.Dispose();
+}
+
+/// <summary>The personality specialised for one backend port type: TX bursts and frames from outside.</summary>
+internal sealed class NetPersonality<TPort>(VirtqueueEngine engine, NetBackend backend, TPort port) : NetPersonality(engine, backend)
+    where TPort : struct, INetPort
+{
+    private readonly byte[] _stage = new byte[Hdr + MaxFrame];
+    private readonly TPort _port = port;
+
+    public override int WakeFd => _port.WakeFd;
+
+    public override int Poll()
+    {
+        int work = 0;
+        for (int p = 0; p < Pairs; p++)
+        {
+            work += Transmit(Engine.Queue((2 * p) + 1));
+        }
+        var inbound = new InboundSink(this);
+        try
+        {
+            work += _port.Receive(ref inbound, Engine.Burst);
+        }
+        finally
+        {
+            inbound.Close();
+        }
+        return work + PollControl();
+    }
+
+    public override void OnIdle() => _port.Idle();
+
+    /// <summary>
+    /// One TX burst: each chain is gathered into the staging buffer (header + frame), completed, and handed to
+    /// the port; a loopback port scatters it straight into the same pair's RX queue, owned for the burst.
+    /// </summary>
+    private int Transmit(Virtqueue? q)
+    {
+        if (!QueueBurst.TryOpen(Engine, q, out var tx))
+        {
+            return 0;
+        }
+        var dma = Engine.Dma;
+        int burst = Engine.Burst;
+        int pair = tx.Q.Index >> 1;
+        var local = new LocalSink(this, tx.Q);
+        int i = 0;
+        try
+        {
+            for (; i < burst; i++)
+            {
+                if (!AvailRing.HasChain(tx.Q, ref tx.View, out string? fault))
+                {
+                    if (fault is not null)
+                    {
+                        Engine.Fail(tx.Q, fault);
+                    }
+                    break;
+                }
+                var gather = new TxGather(dma, _stage);
+                var err = AvailRing.Take(tx.Q, dma, ref tx.View, ref gather, out var chain);
+                if (err != ChainError.None)
+                {
+                    Engine.Fail(tx.Q, ChainErrors.Describe(err));
+                    break;
+                }
+                UsedRing.Put(tx.Q, ref tx.View, chain, 0);
+                Send(tx.Q, gather.Total, pair, ref local);
+            }
+        }
+        finally
+        {
+            try
+            {
+                tx.Close(Engine);
+            }
+            finally
+            {
+                local.Close();
+            }
+        }
+        if (i > 0)
+        {
+            _port.TxBurstDone();
+        }
+        return i;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void Send(Virtqueue q, int len, int pair, ref LocalSink local)
+    {
+        if (len < Hdr)
+        {
+            q.Errors++; // shorter than the virtio-net header: nothing to send
+            q.Drops++;
+            return;
+        }
+        q.Packets++;
+        q.Bytes += len - Hdr;
+        if (!_port.Transmit(_stage.AsSpan(0, len), pair, ref local))
+        {
+            q.Drops++;
+        }
+    }
+}

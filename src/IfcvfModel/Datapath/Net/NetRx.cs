@@ -1,0 +1,126 @@
+using System.Buffers.Binary;
+using IfcVdpa.Virtio;
+
+namespace IfcVdpa.IfcvfModel.Datapath.Net;
+
+/// <summary>
+/// RX placement: one frame (12-byte header + data) into an RX queue, split or packed: one chain, or
+/// several with MRG_RXBUF (num_buffers set). No buffers (or too small without MRG_RXBUF): dropped,
+/// counted, nothing consumed. Buffers the device writes are marked in the dirty log while it is on.
+/// </summary>
+internal sealed class NetRx(VirtqueueEngine engine)
+{
+    private readonly ulong[] _segAddr = new ulong[NetPersonality.MaxSegments];
+    private readonly uint[] _segLen = new uint[NetPersonality.MaxSegments];
+    private readonly Chain[] _chains = new Chain[NetPersonality.MaxSegments];
+    private readonly int[] _chainSegEnd = new int[NetPersonality.MaxSegments];
+    private bool _guestCsum;
+    private bool _guestTso;
+    private bool _mergeable;
+
+    public void Configure(ulong features)
+    {
+        _guestCsum = VirtioFeature.Has(features, VirtioFeature.NET_F_GUEST_CSUM);
+        _guestTso = VirtioFeature.Has(features, VirtioFeature.NET_F_GUEST_TSO4) || VirtioFeature.Has(features, VirtioFeature.NET_F_GUEST_TSO6);
+        _mergeable = VirtioFeature.Has(features, VirtioFeature.NET_F_MRG_RXBUF);
+    }
+
+    /// <summary>Places one frame (its header is rewritten). False: dropped or a ring error.</summary>
+    public bool Deliver(Virtqueue rx, scoped ref RingView rv, Span<byte> frame)
+    {
+        var dma = engine.Dma;
+        int total = frame.Length;
+        var start = AvailRing.Mark(rx);
+        int segs = 0;
+        int chains = 0;
+        long cap = 0;
+        while (cap < total)
+        {
+            if (!AvailRing.HasChain(rx, ref rv, out string? fault))
+            {
+                AvailRing.Rewind(rx, start);
+                if (fault is null)
+                {
+                    rx.Drops++;
+                }
+                else
+                {
+                    engine.Fail(rx, fault);
+                }
+                return false;
+            }
+            var collect = new SegmentCollector(dma, _segAddr, _segLen, segs, default);
+            var err = AvailRing.Take(rx, dma, ref rv, ref collect, out var chain);
+            if (err != ChainError.None)
+            {
+                AvailRing.Rewind(rx, start);
+                engine.Fail(rx, ChainErrors.Describe(err));
+                return false;
+            }
+            segs = collect.Segs;
+            _chains[chains] = chain;
+            _chainSegEnd[chains] = segs;
+            chains++;
+            cap += collect.Capacity;
+            if (!_mergeable || chains == NetPersonality.MaxSegments)
+            {
+                break;
+            }
+        }
+        if (cap < total)
+        {
+            AvailRing.Rewind(rx, start);
+            rx.Drops++;
+            return false;
+        }
+        return Scatter(rx, ref rv, frame, chains);
+    }
+
+    /// <summary>Writes the frame into the collected chains and completes them.</summary>
+    private bool Scatter(Virtqueue rx, scoped ref RingView rv, Span<byte> frame, int chains)
+    {
+        int total = frame.Length;
+        // The header the driver sees: offload fields only when it negotiated them, num_buffers always.
+        if (!_guestCsum)
+        {
+            frame[VirtioNetHeader.Flags] = 0;
+            BinaryPrimitives.WriteUInt32LittleEndian(frame[VirtioNetHeader.CsumStart..], 0);
+        }
+        if (!_guestTso)
+        {
+            frame[VirtioNetHeader.GsoType] = VirtioNetHeader.GSO_NONE;
+            BinaryPrimitives.WriteUInt32LittleEndian(frame[VirtioNetHeader.HdrLen..], 0);
+        }
+        BinaryPrimitives.WriteUInt16LittleEndian(frame[VirtioNetHeader.NumBuffers..], (ushort)chains);
+        var dma = engine.Dma;
+        bool logging = DirtyLog.TryOpen(engine.Device, dma, out var log);
+        int off = 0;
+        int seg = 0;
+        for (int ch = 0; ch < chains; ch++)
+        {
+            uint written = 0;
+            int end = _chainSegEnd[ch];
+            for (; seg < end && off < total; seg++)
+            {
+                int take = (int)Math.Min(_segLen[seg], (uint)(total - off));
+                if (!dma.TryTranslate(_segAddr[seg], (uint)take, true, out var dst))
+                {
+                    engine.Fail(rx, "RX buffer unmapped while in use");
+                    return false;
+                }
+                frame.Slice(off, take).CopyTo(dst);
+                if (logging)
+                {
+                    log.Mark(_segAddr[seg], (uint)take);
+                }
+                off += take;
+                written += (uint)take;
+            }
+            seg = end;
+            UsedRing.Put(rx, ref rv, _chains[ch], written);
+        }
+        rx.Packets++;
+        rx.Bytes += total - VirtioNetHeader.Size;
+        return true;
+    }
+}
