@@ -2,9 +2,6 @@ using IfcVdpa.Interop.Primitives;
 
 namespace IfcVdpa.VhostUser;
 
-/// <summary>A front-end's memory-table request was invalid (reported to the front-end, the connection survives when it can).</summary>
-public sealed class VhostUserRequestException(string message) : Exception(message);
-
 /// <summary>
 /// One front-end memory region mapped into this process: guest-physical range, the front-end's virtual
 /// address of it, and where it lives here. The fd is mapped from its offset rounded down to the file's
@@ -128,16 +125,18 @@ public sealed class GuestMemoryTable : IDisposable
         _regions.Add(r);
     }
 
+    /// <summary>The region with this GPA, VA and size (whatever its file offset), if one is mapped.</summary>
+    public GuestMemoryRegion? Find(MemoryRegionDesc d) =>
+        _regions.Find(x => x.GuestPhysAddr == d.GuestPhysAddr && x.UserAddr == d.UserAddr && x.Size == d.Size);
+
     /// <summary>Removes (without disposing) the region matching GPA, VA and size; null if none does.</summary>
     public GuestMemoryRegion? Remove(MemoryRegionDesc d)
     {
-        int i = _regions.FindIndex(x => x.GuestPhysAddr == d.GuestPhysAddr && x.UserAddr == d.UserAddr && x.Size == d.Size);
-        if (i < 0)
+        var r = Find(d);
+        if (r is not null)
         {
-            return null;
+            _regions.Remove(r);
         }
-        var r = _regions[i];
-        _regions.RemoveAt(i);
         return r;
     }
 
