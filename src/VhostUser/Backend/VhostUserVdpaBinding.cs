@@ -29,12 +29,12 @@ public sealed class VhostUserVdpaBinding : IDisposable
     private readonly List<(ulong Iova, ulong Size)> _dmaMapped = [];
     private GuestMemoryTable _memory = new();
     private KickRelay? _relay;
+    private readonly HostNotifierOffers _notifiers;
     private ulong _acked;
     private bool _featuresSet;
     private ulong _protocol;
     private byte _status;
     private bool _configured;
-    private bool _notifierRefusalLogged;
     private bool _stateFallbackLogged;
     private bool _disposed;
 
@@ -51,6 +51,7 @@ public sealed class VhostUserVdpaBinding : IDisposable
             _rings[i] = new Vring();
         }
         DeviceFeatures = device.GetDeviceFeatures();
+        _notifiers = new HostNotifierOffers(device, channel, _rings.Length, log);
     }
 
     public IVdpaDevice Device => _device;
@@ -294,33 +295,9 @@ public sealed class VhostUserVdpaBinding : IDisposable
 
     private static VdpaCallback? CallbackOf(Vring r) => r.Call is null ? null : VdpaCallback.ForEventFd(r.Call);
 
-    /// <summary>
-    /// Front-end VAs of ring <paramref name="q"/> -> guest-physical; each part must lie wholly inside one
-    /// region. Null when they do, otherwise why not.
-    /// </summary>
-    public string? TranslateRing(int q, VringAddr a, uint num, out (ulong Desc, ulong Avail, ulong Used) gpa)
-    {
-        bool eventIdx = Acked(VirtioFeature.F_RING_EVENT_IDX);
-        ulong descLen = 16UL * num;
-        // Split: avail and used rings; packed: the 4-byte driver and device event suppression areas.
-        ulong availLen = Packed ? 4 : 4 + (2UL * num) + (eventIdx ? 2UL : 0);
-        ulong usedLen = Packed ? 4 : 4 + (8UL * num) + (eventIdx ? 2UL : 0);
-        gpa = default;
-        if (!_memory.TryVaToGpa(a.Desc, descLen, out ulong desc))
-        {
-            return $"ring {q} descriptor table VA 0x{a.Desc:x} (+{descLen}) is outside guest memory";
-        }
-        if (!_memory.TryVaToGpa(a.Avail, availLen, out ulong avail))
-        {
-            return $"ring {q} avail ring VA 0x{a.Avail:x} (+{availLen}) is outside guest memory";
-        }
-        if (!_memory.TryVaToGpa(a.Used, usedLen, out ulong used))
-        {
-            return $"ring {q} used ring VA 0x{a.Used:x} (+{usedLen}) is outside guest memory";
-        }
-        gpa = (desc, avail, used);
-        return null;
-    }
+    /// <summary>Front-end VAs of ring <paramref name="q"/> -> guest-physical (see <see cref="GuestMemoryTable.TranslateRing"/>).</summary>
+    public string? TranslateRing(int q, VringAddr a, uint num, out (ulong Desc, ulong Avail, ulong Used) gpa) =>
+        _memory.TranslateRing(q, a, num, Packed, Acked(VirtioFeature.F_RING_EVENT_IDX), out gpa);
 
     // ---- starting and stopping the device ----
 
@@ -422,7 +399,7 @@ public sealed class VhostUserVdpaBinding : IDisposable
         _device.SetVqCallback(q, CallbackOf(r));
         _device.SetVqReady(q, true);
         r.Running = true;
-        OfferHostNotifier(q);
+        _notifiers.Offer(q, _protocol);
     }
 
     /// <summary>Where ring <paramref name="q"/> resumes: its base, for a split ring reconciled with used->idx.</summary>
@@ -432,7 +409,7 @@ public sealed class VhostUserVdpaBinding : IDisposable
         if (!Packed)
         {
             ushort availBase = (ushort)num;
-            ushort usedIdx = TryReadUsedIdx(usedGpa, out ushort published) ? published : availBase;
+            ushort usedIdx = _memory.TryReadUsedIdx(usedGpa, out ushort published) ? published : availBase;
             if (usedIdx != availBase)
             {
                 // As DPDK does: in-flight buffers are lost, resume from the used index (TX resent, RX dropped).
@@ -441,18 +418,6 @@ public sealed class VhostUserVdpaBinding : IDisposable
             num = usedIdx;
         }
         return VringBase.FromFrontEnd(num, Packed);
-    }
-
-    /// <summary>used->idx of a split ring whose used area is at guest-physical <paramref name="usedGpa"/>.</summary>
-    private bool TryReadUsedIdx(ulong usedGpa, out ushort idx)
-    {
-        idx = 0;
-        if (!_memory.TryGpaSpan(usedGpa + 2, 2, out var span))
-        {
-            return false;
-        }
-        idx = SharedIndex.Load16(span, 0);
-        return true;
     }
 
     /// <summary>The ring base as GET_VRING_BASE reports it, from the device's saved state.</summary>
@@ -469,7 +434,7 @@ public sealed class VhostUserVdpaBinding : IDisposable
             // used->idx in guest memory (in-flight buffers are lost: TX resent, RX dropped).
             uint fallback = _rings[q].Base;
             if (!Packed && _rings[q].Addr is { } a && TranslateRing(q, a, _rings[q].Num, out var gpa) is null &&
-                TryReadUsedIdx(gpa.Used, out ushort published))
+                _memory.TryReadUsedIdx(gpa.Used, out ushort published))
             {
                 fallback = published;
             }
@@ -486,7 +451,7 @@ public sealed class VhostUserVdpaBinding : IDisposable
     {
         var r = _rings[q];
         r.Running = false;
-        RemoveHostNotifier(q);
+        _notifiers.Remove(q);
         UpdateRelay();
         _device.SetVqReady(q, false);
         r.Base = SavedBase(q);
@@ -528,7 +493,7 @@ public sealed class VhostUserVdpaBinding : IDisposable
             if (_rings[q].Running)
             {
                 _rings[q].Running = false;
-                RemoveHostNotifier(q);
+                _notifiers.Remove(q);
                 int ring = q;
                 Teardown($"ring {q}: stop", () =>
                 {
@@ -570,86 +535,6 @@ public sealed class VhostUserVdpaBinding : IDisposable
         catch (Exception e) when (e is not OutOfMemoryException)
         {
             _log($"{what} failed: {e.Message}");
-        }
-    }
-
-    // ---- host notifiers (VHOST_USER_PROTOCOL_F_HOST_NOTIFIER) ----
-
-    /// <summary>
-    /// Why ring <paramref name="q"/>'s doorbell cannot be handed to the front-end for direct mapping, or
-    /// null when it can: there must be a descriptor to map, the doorbell must start a page (QEMU maps
-    /// exactly one host page at the offset and the guest writes at the page's start) and the queue's
-    /// notify area must fill that page (a smaller notify_off_multiplier would put other queues'
-    /// doorbells on it).
-    /// </summary>
-    public static string? HostNotifierRefusal(int q, VdpaNotificationArea area, ulong pageSize)
-    {
-        if (area.MapFd is null || area.MapFd.IsInvalid || area.MapFd.IsClosed)
-        {
-            return $"the device offers no mappable descriptor for its doorbells (BAR{area.Bar}): a software device cannot trap stores to shared memory, and a VFIO BAR must be mmappable";
-        }
-        if (area.MapOffset % pageSize != 0)
-        {
-            return $"ring {q}'s doorbell (BAR{area.Bar} offset 0x{area.Offset:x}) does not start a {pageSize}-byte page";
-        }
-        if (area.Size < pageSize)
-        {
-            return $"ring {q}'s notify area is {area.Size} bytes (notify_off_multiplier): a {pageSize}-byte page would hold other rings' doorbells";
-        }
-        return null;
-    }
-
-    private static ulong HostPageSize => (ulong)Environment.SystemPageSize;
-
-    /// <summary>Ring <paramref name="q"/> just started: queue its doorbell page for the front-end, if it can have it.</summary>
-    private void OfferHostNotifier(int q)
-    {
-        if (!Has(VhostUserProtocolFeature.HOST_NOTIFIER) || _rings[q].NotifierOffered)
-        {
-            return;
-        }
-        string? why;
-        VdpaNotificationArea area = default;
-        if (!Has(VhostUserProtocolFeature.BACKEND_REQ) || !Has(VhostUserProtocolFeature.BACKEND_SEND_FD))
-        {
-            why = "HOST_NOTIFIER was negotiated without BACKEND_REQ and BACKEND_SEND_FD";
-        }
-        else if (!_channel.IsOpen)
-        {
-            why = "the front-end gave no back-end channel (SET_BACKEND_REQ_FD)";
-        }
-        else
-        {
-            try
-            {
-                area = _device.GetVqNotification(q);
-                why = HostNotifierRefusal(q, area, HostPageSize);
-            }
-            catch (Exception e) when (VhostUserRequestDispatcher.IsRefusal(e))
-            {
-                why = $"the device has no notify area: {e.Message}";
-            }
-        }
-        if (why is not null)
-        {
-            if (!_notifierRefusalLogged)
-            {
-                _notifierRefusalLogged = true;
-                _log($"host notifiers not offered for {_device.Name}: {why}; kicks go through the eventfd relay");
-            }
-            return;
-        }
-        _rings[q].NotifierOffered = true;
-        _channel.OfferHostNotifier(q, area.MapFd!, area.MapOffset, HostPageSize);
-    }
-
-    /// <summary>Ring <paramref name="q"/> stops (or the device resets): take its doorbell page back.</summary>
-    private void RemoveHostNotifier(int q)
-    {
-        if (_rings[q].NotifierOffered)
-        {
-            _rings[q].NotifierOffered = false;
-            _channel.RemoveHostNotifier(q);
         }
     }
 

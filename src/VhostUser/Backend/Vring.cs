@@ -31,9 +31,6 @@ internal sealed class Vring : IDisposable
     /// <summary>The device runs this ring.</summary>
     public bool Running;
 
-    /// <summary>A host notifier (doorbell page) was offered to the front-end and not yet removed.</summary>
-    public bool NotifierOffered;
-
     public bool Ready => Num != 0 && Addr is not null && (Kick is not null || KickNoFd) && CallSet;
 
     public void Dispose()
