@@ -1,4 +1,3 @@
-using System.Buffers.Binary;
 using IfcVdpa.Interop.Primitives;
 using IfcVdpa.Vdpa;
 using IfcVdpa.Virtio;
@@ -55,7 +54,7 @@ public sealed partial class VhostUserFrontend : IVdpaDevice, IDisposable
         (1UL << VhostUserProtocolFeature.CONFIGURE_MEM_SLOTS) | (1UL << VhostUserProtocolFeature.STATUS);
 
     /// <summary>virtio-net config bytes exposed: mac (6), status (2), max_virtqueue_pairs (2), mtu (2).</summary>
-    public const int ConfigBytes = 12;
+    public const int ConfigBytes = FrontendConfigSpace.Size;
 
     /// <summary>VIRTIO_ID_NET.</summary>
     private const uint DeviceIdNet = 1;
@@ -81,7 +80,7 @@ public sealed partial class VhostUserFrontend : IVdpaDevice, IDisposable
     private readonly Vq[] _vqs;
     private readonly FrontendMemory _memory;
     private readonly HostNotifierTable _notifiers;
-    private readonly byte[] _synthConfig = new byte[ConfigBytes];
+    private readonly FrontendConfigSpace _config;
     private EventFdFanIn? _calls;
     private BackendChannelServer? _channelServer;
     private byte _status;
@@ -99,15 +98,7 @@ public sealed partial class VhostUserFrontend : IVdpaDevice, IDisposable
         {
             throw new ArgumentException($"MaxQueueSize {options.MaxQueueSize} must be a power of two up to {VhostUserWire.MaxRingSize}");
         }
-        byte[] mac = options.Mac ?? [0x02, 0, 0, 0, 0, 0x01];
-        if (mac.Length != 6)
-        {
-            throw new ArgumentException("Mac must be 6 bytes");
-        }
-        mac.CopyTo(_synthConfig, VirtioNetConfig.Mac);
-        BinaryPrimitives.WriteUInt16LittleEndian(_synthConfig.AsSpan(VirtioNetConfig.Status), VirtioNetConfig.S_LINK_UP);
-        BinaryPrimitives.WriteUInt16LittleEndian(_synthConfig.AsSpan(VirtioNetConfig.MaxVirtqueuePairs), 1);
-        BinaryPrimitives.WriteUInt16LittleEndian(_synthConfig.AsSpan(VirtioNetConfig.Mtu), options.Mtu);
+        _config = new FrontendConfigSpace(_client, options);
         _vqs = new Vq[2];
         for (int i = 0; i < _vqs.Length; i++)
         {
@@ -382,7 +373,7 @@ public sealed partial class VhostUserFrontend : IVdpaDevice, IDisposable
         }
         if (Has(f, NET_F_MTU) && HasProtocol(VhostUserProtocolFeature.MTU))
         {
-            ushort mtu = CurrentMtu();
+            ushort mtu = _config.Mtu();
             try
             {
                 _client.SendU64(VhostUserRequest.NET_SET_MTU, mtu);
@@ -395,14 +386,6 @@ public sealed partial class VhostUserFrontend : IVdpaDevice, IDisposable
         }
         Log($"features 0x{f:x} set");
         return true;
-    }
-
-    private ushort CurrentMtu()
-    {
-        Span<byte> c = stackalloc byte[ConfigBytes];
-        GetConfigLocked(0, c);
-        ushort mtu = BinaryPrimitives.ReadUInt16LittleEndian(c[VirtioNetConfig.Mtu..]);
-        return mtu != 0 ? mtu : _options.Mtu;
     }
 
     public void Reset()
@@ -522,25 +505,7 @@ public sealed partial class VhostUserFrontend : IVdpaDevice, IDisposable
         lock (_ctl)
         {
             ThrowIfDisposed();
-            GetConfigLocked(offset, buffer);
-        }
-    }
-
-    private void GetConfigLocked(uint offset, Span<byte> buffer)
-    {
-        CheckConfigRange(offset, buffer.Length);
-        if (buffer.IsEmpty)
-        {
-            return;
-        }
-        if (!_client.ConfigFromBackend)
-        {
-            _synthConfig.AsSpan((int)offset, buffer.Length).CopyTo(buffer);
-            return;
-        }
-        if (!_client.TryGetConfig(offset, buffer))
-        {
-            throw new InvalidOperationException($"{Name}: the back-end could not read config [{offset}, +{buffer.Length}) (GET_CONFIG answered no data)");
+            _config.Read(offset, buffer);
         }
     }
 
@@ -550,31 +515,7 @@ public sealed partial class VhostUserFrontend : IVdpaDevice, IDisposable
         lock (_ctl)
         {
             ThrowIfDisposed();
-            CheckConfigRange(offset, buffer.Length);
-            if (buffer.IsEmpty)
-            {
-                return;
-            }
-            if (_client.ConfigFromBackend)
-            {
-                _client.SetConfig(offset, buffer);
-                return;
-            }
-            for (int i = 0; i < buffer.Length; i++)
-            {
-                if (offset + i < 6)
-                {
-                    _synthConfig[offset + i] = buffer[i];
-                }
-            }
-        }
-    }
-
-    private void CheckConfigRange(uint offset, int length)
-    {
-        if (length < 0 || offset > ConfigBytes || (uint)length > ConfigBytes - offset)
-        {
-            throw new ArgumentOutOfRangeException(nameof(offset), $"{Name}: config [{offset}, +{length}) beyond the {ConfigBytes}-byte config space");
+            _config.Write(offset, buffer);
         }
     }
 
