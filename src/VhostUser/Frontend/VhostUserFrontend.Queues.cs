@@ -303,30 +303,4 @@ public sealed partial class VhostUserFrontend
         Interlocked.Increment(ref v.Interrupts);
         Volatile.Read(ref v.Callback)?.Invoke();
     }
-
-    // ---- DMA -------------------------------------------------------------------------------------
-
-    /// <summary>
-    /// Gives the back-end [iova, iova+size) as a memory region (GPA = IOVA, UVA = host address): the memory
-    /// must be a live <see cref="MappedMemory.CreateShared"/> region, because vhost-user passes memory by
-    /// file descriptor. The back-end can write every region (vhost-user has no read-only regions).
-    /// </summary>
-    public void DmaMap(ulong iova, ulong size, nint hostAddress, bool writable)
-    {
-        lock (_ctl)
-        {
-            ThrowIfDisposed();
-            _memory.Map(iova, size, hostAddress);
-        }
-    }
-
-    /// <summary>Removes the mapping made with exactly this IOVA and size; back-end errors are logged, not thrown.</summary>
-    public void DmaUnmap(ulong iova, ulong size)
-    {
-        lock (_ctl)
-        {
-            ThrowIfDisposed();
-            _memory.Unmap(iova, size, Log);
-        }
-    }
 }
