@@ -32,7 +32,7 @@ declare -A instrument=(
   [VirtqueueFuzz]="IfcVdpa.IfcvfModel IfcVdpa.VhostUser"
   [CapWalkFuzz]="IfcVdpa.Ifcvf"
   [ControlFuzz]="IfcVdpa.Daemon"
-  [VhostFrontendFuzz]="IfcVdpa.VhostUser:IfcVdpa.VhostUser.Frontend,IfcVdpa.VhostUser.VhostUserConnection"
+  [VhostFrontendFuzz]="IfcVdpa.VhostUser:IfcVdpa.VhostUser.Frontend,IfcVdpa.VhostUser.VhostUserConnection,IfcVdpa.VhostUser.VhostUserReplyReader"
 )
 
 mode=afl

@@ -243,7 +243,7 @@ public sealed class HostNotifierTests : IDisposable
         Assert.Equal(IfcvfLayout.NotifyBar, a.Bar);
         Assert.Same(dev.Function!.File.Fd, a.MapFd);
         Assert.Equal(MappableNotifyFunction.FileOffset + dev.DoorbellOffset(1), a.MapOffset);
-        Assert.Null(VhostUserSession.HostNotifierRefusal(1, a, Page));
+        Assert.Null(HostNotifierOffers.Refusal(1, a, Page));
     }
 
     [Fact]
@@ -356,15 +356,15 @@ public sealed class HostNotifierTests : IDisposable
     {
         using var f = MappedMemory.CreateShared("rules", Page);
         var ok = new VdpaNotificationArea(2, 0x1000, 0x1000) { MapFd = f.Fd, MapOffset = 0x10_0000_1000 };
-        Assert.Null(VhostUserSession.HostNotifierRefusal(1, ok, Page));
-        Assert.Null(VhostUserSession.HostNotifierRefusal(1, ok with { Size = 0x2000 }, Page));
-        Assert.Contains("no mappable descriptor", VhostUserSession.HostNotifierRefusal(1, ok with { MapFd = null }, Page), StringComparison.Ordinal);
-        Assert.Contains("does not start a 4096-byte page", VhostUserSession.HostNotifierRefusal(1, ok with { MapOffset = 0x10_0000_1004 }, Page), StringComparison.Ordinal);
-        Assert.Contains("other rings' doorbells", VhostUserSession.HostNotifierRefusal(1, ok with { Size = 4 }, Page), StringComparison.Ordinal);
+        Assert.Null(HostNotifierOffers.Refusal(1, ok, Page));
+        Assert.Null(HostNotifierOffers.Refusal(1, ok with { Size = 0x2000 }, Page));
+        Assert.Contains("no mappable descriptor", HostNotifierOffers.Refusal(1, ok with { MapFd = null }, Page), StringComparison.Ordinal);
+        Assert.Contains("does not start a 4096-byte page", HostNotifierOffers.Refusal(1, ok with { MapOffset = 0x10_0000_1004 }, Page), StringComparison.Ordinal);
+        Assert.Contains("other rings' doorbells", HostNotifierOffers.Refusal(1, ok with { Size = 4 }, Page), StringComparison.Ordinal);
         using var closed = MappedMemory.CreateShared("closed", Page);
         var fd = SafeFd.Dup(closed.Fd!.Fd);
         fd.Dispose();
-        Assert.NotNull(VhostUserSession.HostNotifierRefusal(1, ok with { MapFd = fd }, Page));
+        Assert.NotNull(HostNotifierOffers.Refusal(1, ok with { MapFd = fd }, Page));
     }
 
     [Fact]

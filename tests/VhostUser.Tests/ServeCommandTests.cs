@@ -86,7 +86,7 @@ public sealed class ServeCommandTests : IDisposable
     [Theory]
     [InlineData(new[] { "--backend", "loopback" }, "needs --socket")]
     [InlineData(new[] { "--socket", "/tmp/x.sock", "--queues", "0" }, "--queues")]
-    [InlineData(new[] { "--socket", "/tmp/x.sock", "--mac", "01:00:00:00:00:01" }, "multicast")]
+    [InlineData(new[] { "--socket", "/tmp/x.sock", "--mac", "01:00:00:00:00:01" }, "not a unicast address")]
     [InlineData(new[] { "--socket", "/tmp/x.sock", "--backend", "bogus" }, "backend bogus")]
     [InlineData(new[] { "--socket", "/tmp/x.sock", "--socket-mode", "999" }, "octal")]
     [InlineData(new[] { "--socket", "/tmp/x.sock", "--frobnicate" }, "unknown argument")]

@@ -27,9 +27,6 @@ public sealed partial class VhostUserFrontend
         /// <summary>The call eventfd the back-end has now (ours or the driver's).</summary>
         public EventFd? SentCall;
 
-        /// <summary>The back-end's doorbell page (VRING_HOST_NOTIFIER_MSG); read without a lock by <see cref="KickVq"/>.</summary>
-        public MappedMemory? Notifier;
-
         public long NotifierKicks, EventFdKicks, Interrupts;
     }
 
@@ -114,8 +111,8 @@ public sealed partial class VhostUserFrontend
                 v.Ready = true;
                 if (!v.Started && !_suspended && (_status & VirtioStatus.DRIVER_OK) != 0)
                 {
-                    ThrowIfBroken();
-                    EnsureMemory();
+                    _client.ThrowIfBroken();
+                    _memory.EnsureAtBackend();
                     StartQueue(qid);
                     EnableQueue(qid, true);
                 }
@@ -125,7 +122,7 @@ public sealed partial class VhostUserFrontend
                 v.Ready = false;
                 if (v.Started)
                 {
-                    ThrowIfBroken();
+                    _client.ThrowIfBroken();
                     StopQueue(qid);
                 }
             }
@@ -170,7 +167,7 @@ public sealed partial class VhostUserFrontend
             ThrowIfDisposed();
             var v = Queue(qid);
             Volatile.Write(ref v.Callback, callback);
-            if (v.Started && _broken is null && CallFdFor(v) != v.SentCall)
+            if (v.Started && !_client.IsBroken && CallFdFor(v) != v.SentCall)
             {
                 SendCall(qid);
             }
@@ -186,7 +183,7 @@ public sealed partial class VhostUserFrontend
     public void KickVq(int qid)
     {
         var v = Queue(qid);
-        var n = Volatile.Read(ref v.Notifier);
+        var n = _notifiers.Get(qid);
         if (n is not null)
         {
             Mmio.Write16(n, 0, (ushort)qid);
@@ -203,7 +200,11 @@ public sealed partial class VhostUserFrontend
         throw new VdpaNotSupportedException($"{Name}: a vhost-user front-end has no PCI doorbell BAR (kicks are eventfds or host-notifier pages)");
 
     /// <summary>True when queue <paramref name="qid"/> kicks through a host-notifier page from the back-end.</summary>
-    public bool HasHostNotifier(int qid) => Volatile.Read(ref Queue(qid).Notifier) is not null;
+    public bool HasHostNotifier(int qid)
+    {
+        Queue(qid); // range check
+        return _notifiers.Get(qid) is not null;
+    }
 
     /// <summary>Kicks written to the queue's host-notifier page.</summary>
     public long HostNotifierKicks(int qid) => Interlocked.Read(ref Queue(qid).NotifierKicks);
@@ -236,35 +237,29 @@ public sealed partial class VhostUserFrontend
         ulong desc, avail, used;
         if (Packed)
         {
-            desc = TranslateRing(q, v.Desc, 16 * num, "descriptor ring");
-            avail = TranslateRing(q, v.Avail, 4, "driver event suppression area");
-            used = TranslateRing(q, v.Used, 4, "device event suppression area");
+            desc = _memory.Translate(q, v.Desc, 16 * num, "descriptor ring");
+            avail = _memory.Translate(q, v.Avail, 4, "driver event suppression area");
+            used = _memory.Translate(q, v.Used, 4, "device event suppression area");
         }
         else
         {
-            desc = TranslateRing(q, v.Desc, 16 * num, "descriptor table");
-            avail = TranslateRing(q, v.Avail, 4 + (2 * num) + (eventIdx ? 2UL : 0), "avail ring");
-            used = TranslateRing(q, v.Used, 4 + (8 * num) + (eventIdx ? 2UL : 0), "used ring");
+            desc = _memory.Translate(q, v.Desc, 16 * num, "descriptor table");
+            avail = _memory.Translate(q, v.Avail, 4 + (2 * num) + (eventIdx ? 2UL : 0), "avail ring");
+            used = _memory.Translate(q, v.Used, 4 + (8 * num) + (eventIdx ? 2UL : 0), "used ring");
         }
-        uint baseValue = VringBase.Encode(v.State, Packed);
-        Span<byte> st = stackalloc byte[VhostUserWire.VringStateSize];
-        new VringState((uint)q, v.Num).Write(st);
-        Request(VhostUserRequest.SET_VRING_NUM, st);
-        new VringState((uint)q, baseValue).Write(st);
-        Request(VhostUserRequest.SET_VRING_BASE, st);
-        Span<byte> addr = stackalloc byte[VhostUserWire.VringAddrSize];
-        new VringAddr((uint)q, 0, desc, used, avail, 0).Write(addr);
-        Request(VhostUserRequest.SET_VRING_ADDR, addr);
+        _client.SetVringState(VhostUserRequest.SET_VRING_NUM, q, v.Num);
+        _client.SetVringState(VhostUserRequest.SET_VRING_BASE, q, VringBase.ToWire(v.State, Packed));
+        _client.SetVringAddr(q, desc, used, avail);
         v.Started = true;
         SendCall(q);
-        SendU64(VhostUserRequest.SET_VRING_KICK, (ulong)q, [v.Kick.Fd]);
+        _client.SetVringFd(VhostUserRequest.SET_VRING_KICK, q, v.Kick);
     }
 
     private void SendCall(int q)
     {
         var v = _vqs[q];
         var fd = CallFdFor(v);
-        SendU64(VhostUserRequest.SET_VRING_CALL, (ulong)q, [fd.Fd]);
+        _client.SetVringFd(VhostUserRequest.SET_VRING_CALL, q, fd);
         v.SentCall = fd;
     }
 
@@ -275,9 +270,7 @@ public sealed partial class VhostUserFrontend
         {
             return;
         }
-        Span<byte> st = stackalloc byte[VhostUserWire.VringStateSize];
-        new VringState((uint)q, enable ? 1u : 0u).Write(st);
-        Request(VhostUserRequest.SET_VRING_ENABLE, st);
+        _client.SetVringState(VhostUserRequest.SET_VRING_ENABLE, q, enable ? 1u : 0u);
     }
 
     /// <summary>SET_VRING_ENABLE 0, then GET_VRING_BASE (stops the ring); its answer is the saved state.</summary>
@@ -287,16 +280,12 @@ public sealed partial class VhostUserFrontend
         try
         {
             EnableQueue(q, false);
-            Span<byte> st = stackalloc byte[VhostUserWire.VringStateSize];
-            new VringState((uint)q, 0).Write(st);
-            var reply = Query(VhostUserRequest.GET_VRING_BASE, st, VhostUserWire.VringStateSize);
-            var r = VringState.Read(reply);
-            if (r.Index != (uint)q)
+            uint b = _client.GetVringBase(q);
+            if (!Packed && b > 0xFFFF)
             {
-                throw Broken($"GET_VRING_BASE for ring {q} answered ring {r.Index}");
+                throw _client.Broken($"GET_VRING_BASE for split ring {q} answered 0x{b:x}, beyond a 16-bit index");
             }
-            v.State = VringBase.Decode(r.Num, Packed)
-                ?? throw Broken($"GET_VRING_BASE for split ring {q} answered 0x{r.Num:x}, beyond a 16-bit index");
+            v.State = VringBase.FromWire(b, Packed);
         }
         finally
         {
@@ -307,41 +296,11 @@ public sealed partial class VhostUserFrontend
 
     // ---- interrupts --------------------------------------------------------------------------------
 
-    /// <summary>Waits on every queue's call eventfd and runs the queue's handler (the "interrupt").</summary>
-    private void CallLoop()
+    /// <summary>Queue <paramref name="q"/>'s call eventfd fired (on the call fan-in thread): run its handler (the "interrupt").</summary>
+    private void Interrupt(int q)
     {
-        var poll = new PollSet();
-        var fds = new int[_vqs.Length + 1];
-        fds[0] = _stop.Fd;
-        for (int i = 0; i < _vqs.Length; i++)
-        {
-            fds[i + 1] = _vqs[i].Call.Fd;
-        }
-        poll.Reset(fds);
-        while (true)
-        {
-            poll.Wait(-1);
-            if (poll.IsReadable(0))
-            {
-                return;
-            }
-            for (int i = 0; i < _vqs.Length; i++)
-            {
-                var v = _vqs[i];
-                if (!poll.IsReadable(i + 1) || !v.Call.TryConsume(out _))
-                {
-                    continue;
-                }
-                Interlocked.Increment(ref v.Interrupts);
-                try
-                {
-                    Volatile.Read(ref v.Callback)?.Invoke();
-                }
-                catch (Exception e) when (e is not OutOfMemoryException)
-                {
-                    Log($"queue {i}: callback failed: {e.Message}");
-                }
-            }
-        }
+        var v = _vqs[q];
+        Interlocked.Increment(ref v.Interrupts);
+        Volatile.Read(ref v.Callback)?.Invoke();
     }
 }

@@ -1,4 +1,3 @@
-using System.Buffers.Binary;
 using IfcVdpa.Interop.Primitives;
 using IfcVdpa.Vdpa;
 using IfcVdpa.Virtio;
@@ -55,7 +54,7 @@ public sealed partial class VhostUserFrontend : IVdpaDevice, IDisposable
         (1UL << VhostUserProtocolFeature.CONFIGURE_MEM_SLOTS) | (1UL << VhostUserProtocolFeature.STATUS);
 
     /// <summary>virtio-net config bytes exposed: mac (6), status (2), max_virtqueue_pairs (2), mtu (2).</summary>
-    public const int ConfigBytes = 12;
+    public const int ConfigBytes = FrontendConfigSpace.Size;
 
     /// <summary>VIRTIO_ID_NET.</summary>
     private const uint DeviceIdNet = 1;
@@ -72,53 +71,41 @@ public sealed partial class VhostUserFrontend : IVdpaDevice, IDisposable
         (1UL << 52) | (1UL << 53) | (1UL << 60) |
         (1UL << F_LOG_ALL) | (1UL << F_PROTOCOL_FEATURES) | (1UL << F_ACCESS_PLATFORM);
 
-    private readonly UnixSocket _socket;
-    private readonly string _path;
+    /// <summary>Host-notifier areas larger than this many pages are refused (one doorbell needs one page).</summary>
+    public const int MaxNotifierPages = HostNotifierTable.MaxPages;
+
+    private readonly VhostUserClient _client;
     private readonly VhostUserFrontendOptions _options;
     private readonly Lock _ctl = new();
     private readonly Vq[] _vqs;
-    private readonly EventFd _stop;
-    private readonly byte[] _synthConfig = new byte[ConfigBytes];
-    private Thread? _callThread;
-    private Thread? _channelThread;
-    private VhostUserConnection? _channel;
-    private ulong _backendFeatures;
-    private ulong _protocol;
-    private int _backendPairs = 1;
-    private int _maxMemSlots = VhostUserWire.MaxMemTableRegions;
-    private bool _configFromBackend;
+    private readonly FrontendMemory _memory;
+    private readonly HostNotifierTable _notifiers;
+    private readonly FrontendConfigSpace _config;
+    private EventFdFanIn? _calls;
+    private BackendChannelServer? _channelServer;
     private byte _status;
     private ulong _driverFeatures;
     private bool _suspended;
     private VdpaCallback? _configCallback;
     private int _generation;
-    private volatile string? _broken;
     private volatile bool _disposed;
 
     private VhostUserFrontend(UnixSocket socket, string path, VhostUserFrontendOptions options)
     {
-        _socket = socket;
-        _path = path;
+        _client = new VhostUserClient(socket, path, options);
         _options = options;
         if (options.MaxQueueSize == 0 || (options.MaxQueueSize & (options.MaxQueueSize - 1)) != 0 || options.MaxQueueSize > VhostUserWire.MaxRingSize)
         {
             throw new ArgumentException($"MaxQueueSize {options.MaxQueueSize} must be a power of two up to {VhostUserWire.MaxRingSize}");
         }
-        byte[] mac = options.Mac ?? [0x02, 0, 0, 0, 0, 0x01];
-        if (mac.Length != 6)
-        {
-            throw new ArgumentException("Mac must be 6 bytes");
-        }
-        mac.CopyTo(_synthConfig, VirtioNetConfig.Mac);
-        BinaryPrimitives.WriteUInt16LittleEndian(_synthConfig.AsSpan(VirtioNetConfig.Status), VirtioNetConfig.S_LINK_UP);
-        BinaryPrimitives.WriteUInt16LittleEndian(_synthConfig.AsSpan(VirtioNetConfig.MaxVirtqueuePairs), 1);
-        BinaryPrimitives.WriteUInt16LittleEndian(_synthConfig.AsSpan(VirtioNetConfig.Mtu), options.Mtu);
-        _stop = EventFd.Create();
+        _config = new FrontendConfigSpace(_client, options);
         _vqs = new Vq[2];
         for (int i = 0; i < _vqs.Length; i++)
         {
             _vqs[i] = new Vq();
         }
+        _memory = new FrontendMemory(_client);
+        _notifiers = new HostNotifierTable(_vqs.Length);
     }
 
     /// <summary>
@@ -155,7 +142,7 @@ public sealed partial class VhostUserFrontend : IVdpaDevice, IDisposable
         try
         {
             fe = new VhostUserFrontend(s, path, options);
-            fe.Negotiate();
+            fe._client.Negotiate(SupportedProtocolFeatures, ConfigBytes);
             fe.StartThreads();
             return fe;
         }
@@ -181,108 +168,53 @@ public sealed partial class VhostUserFrontend : IVdpaDevice, IDisposable
     public int NumVqs => _vqs.Length;
 
     /// <summary>Virtio features the back-end offered (GET_FEATURES).</summary>
-    public ulong BackendFeatures => _backendFeatures;
+    public ulong BackendFeatures => _client.BackendFeatures;
 
     /// <summary>Protocol features in use (SET_PROTOCOL_FEATURES).</summary>
-    public ulong ProtocolFeatures => _protocol;
+    public ulong ProtocolFeatures => _client.ProtocolFeatures;
 
     /// <summary>Queue pairs the back-end has (GET_QUEUE_NUM, 1 without MQ); only the first is used.</summary>
-    public int BackendQueuePairs => _backendPairs;
+    public int BackendQueuePairs => _client.BackendPairs;
 
     /// <summary>True when config space is read from the back-end (GET_CONFIG), false when synthesized.</summary>
-    public bool ConfigFromBackend => _configFromBackend;
+    public bool ConfigFromBackend => _client.ConfigFromBackend;
 
     /// <summary>Why the connection is unusable, or null while it works.</summary>
-    public string? BrokenReason => _broken;
+    public string? BrokenReason => _client.BrokenReason;
 
-    private bool HasProtocol(int bit) => (_protocol & (1UL << bit)) != 0;
+    /// <summary>Requests received on the back-end channel.</summary>
+    public long BackendChannelMessages => _channelServer?.Messages ?? 0;
 
-    private bool RingsNeedEnable => Has(_backendFeatures, F_PROTOCOL_FEATURES);
+    /// <summary>Back-end channel requests that were refused (bad host-notifier areas, unknown requests).</summary>
+    public long BackendChannelErrors => _channelServer?.Errors ?? 0;
 
-    private void Log(string s) => _options.Log($"{Name}: {s}");
-
-    private void Negotiate()
+    /// <summary>DMA mappings known to this front-end.</summary>
+    public int DmaRegionCount
     {
-        lock (_ctl)
+        get
         {
-            _backendFeatures = GetU64(VhostUserRequest.GET_FEATURES);
-            if (Has(_backendFeatures, F_PROTOCOL_FEATURES))
+            lock (_ctl)
             {
-                ulong offered = GetU64(VhostUserRequest.GET_PROTOCOL_FEATURES);
-                ulong p = offered & _options.ProtocolFeatures & SupportedProtocolFeatures;
-                if ((p & (1UL << VhostUserProtocolFeature.BACKEND_REQ)) == 0)
-                {
-                    p &= ~(1UL << VhostUserProtocolFeature.BACKEND_SEND_FD);
-                }
-                if ((p & (1UL << VhostUserProtocolFeature.BACKEND_SEND_FD)) == 0)
-                {
-                    p &= ~(1UL << VhostUserProtocolFeature.HOST_NOTIFIER);
-                }
-                // Sent without NEED_REPLY: REPLY_ACK is not in force before this message is handled.
-                SendU64(VhostUserRequest.SET_PROTOCOL_FEATURES, p, expectAck: false);
-                _protocol = p;
-                Log($"protocol features offered 0x{offered:x}, using 0x{p:x}");
+                return _memory.Count;
             }
-            if (HasProtocol(VhostUserProtocolFeature.MQ))
-            {
-                ulong n = GetU64(VhostUserRequest.GET_QUEUE_NUM);
-                if (n is 0 or > VhostUserWire.MaxRingSize)
-                {
-                    throw Broken($"GET_QUEUE_NUM answered {n} queue pairs");
-                }
-                _backendPairs = (int)n;
-            }
-            if (HasProtocol(VhostUserProtocolFeature.CONFIGURE_MEM_SLOTS))
-            {
-                ulong n = GetU64(VhostUserRequest.GET_MAX_MEM_SLOTS);
-                if (n == 0)
-                {
-                    throw Broken("GET_MAX_MEM_SLOTS answered 0 slots");
-                }
-                _maxMemSlots = (int)Math.Min(n, 512);
-            }
-            if (HasProtocol(VhostUserProtocolFeature.BACKEND_REQ))
-            {
-                var (mine, theirs) = UnixSocket.CreatePair();
-                try
-                {
-                    Request(VhostUserRequest.SET_BACKEND_REQ_FD, [], [theirs.Fd]);
-                }
-                catch
-                {
-                    mine.Dispose();
-                    throw;
-                }
-                finally
-                {
-                    theirs.Dispose();
-                }
-                _channel = new VhostUserConnection(mine, _options.ReplyTimeoutMs);
-            }
-            Request(VhostUserRequest.SET_OWNER, []);
-            if (HasProtocol(VhostUserProtocolFeature.CONFIG))
-            {
-                Span<byte> probe = stackalloc byte[ConfigBytes];
-                _configFromBackend = TryGetBackendConfig(0, probe);
-                if (!_configFromBackend)
-                {
-                    Log("the back-end negotiated CONFIG but does not serve GET_CONFIG: config space is synthesized");
-                }
-            }
-            Log($"connected to {_path}: features 0x{_backendFeatures:x}, {_backendPairs} queue pair(s) at the back-end, " +
-                $"memory by {(HasProtocol(VhostUserProtocolFeature.CONFIGURE_MEM_SLOTS) ? $"ADD_MEM_REG ({_maxMemSlots} slots)" : "SET_MEM_TABLE")}, " +
-                $"config {(_configFromBackend ? "from the back-end" : "synthesized")}");
         }
     }
 
+    private bool HasProtocol(int bit) => _client.HasProtocol(bit);
+
+    private bool RingsNeedEnable => Has(_client.BackendFeatures, F_PROTOCOL_FEATURES);
+
+    private void Log(string s) => _options.Log($"{Name}: {s}");
+
     private void StartThreads()
     {
-        _callThread = new Thread(CallLoop) { IsBackground = true, Name = $"{Name} calls" };
-        _callThread.Start();
-        if (_channel is not null)
+        _calls = new EventFdFanIn($"{Name} calls", Interrupt,
+            (q, e) => Log($"queue {q}: callback failed: {e.Message}"), _ => { }, Log,
+            [.. _vqs.Select((v, q) => (q, v.Call))]);
+        if (_client.Channel is { } channel)
         {
-            _channelThread = new Thread(ChannelLoop) { IsBackground = true, Name = $"{Name} back-end channel" };
-            _channelThread.Start();
+            _channelServer = new BackendChannelServer(Name, channel, _notifiers,
+                HasProtocol(VhostUserProtocolFeature.HOST_NOTIFIER), ConfigChanged, Log);
         }
     }
 
@@ -306,8 +238,8 @@ public sealed partial class VhostUserFrontend : IVdpaDevice, IDisposable
     /// </summary>
     public ulong GetDeviceFeatures()
     {
-        ulong f = (_backendFeatures & ~FrontendHandled) | Bit(F_ACCESS_PLATFORM);
-        if (!_configFromBackend)
+        ulong f = (_client.BackendFeatures & ~FrontendHandled) | Bit(F_ACCESS_PLATFORM);
+        if (!_client.ConfigFromBackend)
         {
             f |= Bit(NET_F_MAC) | Bit(NET_F_STATUS);
         }
@@ -342,8 +274,8 @@ public sealed partial class VhostUserFrontend : IVdpaDevice, IDisposable
 
     /// <summary>What SET_FEATURES carries: the driver's choice the back-end offered, never ACCESS_PLATFORM, plus bit 30.</summary>
     private ulong BackendAck =>
-        (_driverFeatures & _backendFeatures & ~Bit(F_ACCESS_PLATFORM) & ~Bit(F_LOG_ALL)) |
-        (_backendFeatures & Bit(F_PROTOCOL_FEATURES));
+        (_driverFeatures & _client.BackendFeatures & ~Bit(F_ACCESS_PLATFORM) & ~Bit(F_LOG_ALL)) |
+        (_client.BackendFeatures & Bit(F_PROTOCOL_FEATURES));
 
     private bool Packed => Has(_driverFeatures, F_RING_PACKED);
 
@@ -377,7 +309,7 @@ public sealed partial class VhostUserFrontend : IVdpaDevice, IDisposable
             {
                 return;
             }
-            ThrowIfBroken();
+            _client.ThrowIfBroken();
             byte s = status;
             if ((s & VirtioStatus.FEATURES_OK) != 0 && (old & VirtioStatus.FEATURES_OK) == 0 && !SendFeatures())
             {
@@ -391,7 +323,7 @@ public sealed partial class VhostUserFrontend : IVdpaDevice, IDisposable
                 {
                     throw new InvalidOperationException($"{Name}: DRIVER_OK without FEATURES_OK");
                 }
-                EnsureMemory();
+                _memory.EnsureAtBackend();
                 for (int q = 0; q < _vqs.Length; q++)
                 {
                     if (_vqs[q].Ready && !_vqs[q].Started)
@@ -403,13 +335,13 @@ public sealed partial class VhostUserFrontend : IVdpaDevice, IDisposable
             }
             if (HasProtocol(VhostUserProtocolFeature.STATUS))
             {
-                SendU64(VhostUserRequest.SET_STATUS, s);
+                _client.SendU64(VhostUserRequest.SET_STATUS, s);
                 if ((s & VirtioStatus.FEATURES_OK) != 0 && (old & VirtioStatus.FEATURES_OK) == 0)
                 {
-                    ulong back = GetU64(VhostUserRequest.GET_STATUS);
+                    ulong back = _client.GetU64(VhostUserRequest.GET_STATUS);
                     if (back > 0xFF)
                     {
-                        throw Broken($"GET_STATUS answered 0x{back:x}, not a status byte");
+                        throw _client.Broken($"GET_STATUS answered 0x{back:x}, not a status byte");
                     }
                     if ((back & VirtioStatus.FEATURES_OK) == 0)
                     {
@@ -432,7 +364,7 @@ public sealed partial class VhostUserFrontend : IVdpaDevice, IDisposable
         ulong f = BackendAck;
         try
         {
-            SendU64(VhostUserRequest.SET_FEATURES, f);
+            _client.SendU64(VhostUserRequest.SET_FEATURES, f);
         }
         catch (InvalidOperationException e)
         {
@@ -441,10 +373,10 @@ public sealed partial class VhostUserFrontend : IVdpaDevice, IDisposable
         }
         if (Has(f, NET_F_MTU) && HasProtocol(VhostUserProtocolFeature.MTU))
         {
-            ushort mtu = CurrentMtu();
+            ushort mtu = _config.Mtu();
             try
             {
-                SendU64(VhostUserRequest.NET_SET_MTU, mtu);
+                _client.SendU64(VhostUserRequest.NET_SET_MTU, mtu);
             }
             catch (InvalidOperationException e)
             {
@@ -454,14 +386,6 @@ public sealed partial class VhostUserFrontend : IVdpaDevice, IDisposable
         }
         Log($"features 0x{f:x} set");
         return true;
-    }
-
-    private ushort CurrentMtu()
-    {
-        Span<byte> c = stackalloc byte[ConfigBytes];
-        GetConfigLocked(0, c);
-        ushort mtu = BinaryPrimitives.ReadUInt16LittleEndian(c[VirtioNetConfig.Mtu..]);
-        return mtu != 0 ? mtu : _options.Mtu;
     }
 
     public void Reset()
@@ -481,7 +405,7 @@ public sealed partial class VhostUserFrontend : IVdpaDevice, IDisposable
     /// </summary>
     private void ResetLocked()
     {
-        if (_broken is null)
+        if (!_client.IsBroken)
         {
             try
             {
@@ -494,12 +418,12 @@ public sealed partial class VhostUserFrontend : IVdpaDevice, IDisposable
                 }
                 if (HasProtocol(VhostUserProtocolFeature.STATUS))
                 {
-                    SendU64(VhostUserRequest.SET_STATUS, 0);
+                    _client.SendU64(VhostUserRequest.SET_STATUS, 0);
                 }
                 if (HasProtocol(VhostUserProtocolFeature.RESET_DEVICE))
                 {
-                    Request(VhostUserRequest.RESET_DEVICE, []);
-                    _memoryAtBackend = _regions.Count == 0;
+                    _client.Request(VhostUserRequest.RESET_DEVICE, []);
+                    _memory.BackendReset();
                 }
             }
             catch (Exception e) when (e is IOException or InvalidOperationException)
@@ -521,7 +445,7 @@ public sealed partial class VhostUserFrontend : IVdpaDevice, IDisposable
             Volatile.Write(ref v.Callback, null);
         }
         Volatile.Write(ref _configCallback, null);
-        DropNotifiers();
+        _notifiers.Drop();
     }
 
     /// <summary>Stops every running queue (their state is saved); <see cref="Resume"/> restarts them.</summary>
@@ -530,7 +454,7 @@ public sealed partial class VhostUserFrontend : IVdpaDevice, IDisposable
         lock (_ctl)
         {
             ThrowIfDisposed();
-            ThrowIfBroken();
+            _client.ThrowIfBroken();
             for (int q = 0; q < _vqs.Length; q++)
             {
                 if (_vqs[q].Started)
@@ -547,7 +471,7 @@ public sealed partial class VhostUserFrontend : IVdpaDevice, IDisposable
         lock (_ctl)
         {
             ThrowIfDisposed();
-            ThrowIfBroken();
+            _client.ThrowIfBroken();
             if (!_suspended)
             {
                 return;
@@ -557,7 +481,7 @@ public sealed partial class VhostUserFrontend : IVdpaDevice, IDisposable
             {
                 return;
             }
-            EnsureMemory();
+            _memory.EnsureAtBackend();
             for (int q = 0; q < _vqs.Length; q++)
             {
                 if (_vqs[q].Ready && !_vqs[q].Started)
@@ -581,25 +505,7 @@ public sealed partial class VhostUserFrontend : IVdpaDevice, IDisposable
         lock (_ctl)
         {
             ThrowIfDisposed();
-            GetConfigLocked(offset, buffer);
-        }
-    }
-
-    private void GetConfigLocked(uint offset, Span<byte> buffer)
-    {
-        CheckConfigRange(offset, buffer.Length);
-        if (buffer.IsEmpty)
-        {
-            return;
-        }
-        if (!_configFromBackend)
-        {
-            _synthConfig.AsSpan((int)offset, buffer.Length).CopyTo(buffer);
-            return;
-        }
-        if (!TryGetBackendConfig(offset, buffer))
-        {
-            throw new InvalidOperationException($"{Name}: the back-end could not read config [{offset}, +{buffer.Length}) (GET_CONFIG answered no data)");
+            _config.Read(offset, buffer);
         }
     }
 
@@ -609,35 +515,7 @@ public sealed partial class VhostUserFrontend : IVdpaDevice, IDisposable
         lock (_ctl)
         {
             ThrowIfDisposed();
-            CheckConfigRange(offset, buffer.Length);
-            if (buffer.IsEmpty)
-            {
-                return;
-            }
-            if (_configFromBackend)
-            {
-                var p = new byte[VhostUserWire.ConfigHeaderSize + buffer.Length];
-                BinaryPrimitives.WriteUInt32LittleEndian(p, offset);
-                BinaryPrimitives.WriteUInt32LittleEndian(p.AsSpan(4), (uint)buffer.Length);
-                buffer.CopyTo(p.AsSpan(VhostUserWire.ConfigHeaderSize));
-                Request(VhostUserRequest.SET_CONFIG, p);
-                return;
-            }
-            for (int i = 0; i < buffer.Length; i++)
-            {
-                if (offset + i < 6)
-                {
-                    _synthConfig[offset + i] = buffer[i];
-                }
-            }
-        }
-    }
-
-    private void CheckConfigRange(uint offset, int length)
-    {
-        if (length < 0 || offset > ConfigBytes || (uint)length > ConfigBytes - offset)
-        {
-            throw new ArgumentOutOfRangeException(nameof(offset), $"{Name}: config [{offset}, +{length}) beyond the {ConfigBytes}-byte config space");
+            _config.Write(offset, buffer);
         }
     }
 
@@ -664,6 +542,32 @@ public sealed partial class VhostUserFrontend : IVdpaDevice, IDisposable
         });
     }
 
+    // ---- DMA -------------------------------------------------------------------------------------
+
+    /// <summary>
+    /// Gives the back-end [iova, iova+size) as a memory region (GPA = IOVA, UVA = host address): the memory
+    /// must be a live <see cref="MappedMemory.CreateShared"/> region, because vhost-user passes memory by
+    /// file descriptor. The back-end can write every region (vhost-user has no read-only regions).
+    /// </summary>
+    public void DmaMap(ulong iova, MemorySlice memory, bool writable)
+    {
+        lock (_ctl)
+        {
+            ThrowIfDisposed();
+            _memory.Map(iova, memory);
+        }
+    }
+
+    /// <summary>Removes the mapping made with exactly this IOVA and size; back-end errors are logged, not thrown.</summary>
+    public void DmaUnmap(ulong iova, ulong size)
+    {
+        lock (_ctl)
+        {
+            ThrowIfDisposed();
+            _memory.Unmap(iova, size, Log);
+        }
+    }
+
     // ---- teardown --------------------------------------------------------------------------------
 
     /// <summary>
@@ -680,19 +584,11 @@ public sealed partial class VhostUserFrontend : IVdpaDevice, IDisposable
             }
             _disposed = true;
         }
-        _stop.Signal();
-        try
-        {
-            _socket.Shutdown();
-        }
-        catch (ObjectDisposedException)
-        {
-        }
-        _callThread?.Join();
-        _channelThread?.Join();
-        _channel?.Dispose();
-        _socket.Dispose();
-        DropNotifiers();
+        _client.Shutdown();
+        _calls?.Dispose();
+        _channelServer?.Dispose();
+        _client.Dispose();
+        _notifiers.Drop(close: true);
         foreach (var v in _vqs)
         {
             v.Kick.Dispose();
@@ -700,12 +596,7 @@ public sealed partial class VhostUserFrontend : IVdpaDevice, IDisposable
         }
         lock (_ctl)
         {
-            foreach (var r in _regions)
-            {
-                r.Fd.Dispose();
-            }
-            _regions.Clear();
+            _memory.Dispose();
         }
-        _stop.Dispose();
     }
 }

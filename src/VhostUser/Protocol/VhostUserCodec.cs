@@ -1,128 +1,6 @@
 using System.Buffers.Binary;
-using IfcVdpa.Interop.Primitives;
 
 namespace IfcVdpa.VhostUser;
-
-/// <summary>vhost_vring_state: ring index and a number (size, base, enable flag).</summary>
-public readonly record struct VringState(uint Index, uint Num)
-{
-    public static VringState Read(ReadOnlySpan<byte> p) =>
-        new(BinaryPrimitives.ReadUInt32LittleEndian(p), BinaryPrimitives.ReadUInt32LittleEndian(p[4..]));
-
-    public void Write(Span<byte> p)
-    {
-        BinaryPrimitives.WriteUInt32LittleEndian(p, Index);
-        BinaryPrimitives.WriteUInt32LittleEndian(p[4..], Num);
-    }
-}
-
-/// <summary>vhost_vring_addr: front-end virtual addresses of the rings (note: used before avail on the wire).</summary>
-public readonly record struct VringAddr(uint Index, uint Flags, ulong Desc, ulong Used, ulong Avail, ulong Log)
-{
-    public static VringAddr Read(ReadOnlySpan<byte> p) => new(
-        BinaryPrimitives.ReadUInt32LittleEndian(p), BinaryPrimitives.ReadUInt32LittleEndian(p[4..]),
-        BinaryPrimitives.ReadUInt64LittleEndian(p[8..]), BinaryPrimitives.ReadUInt64LittleEndian(p[16..]),
-        BinaryPrimitives.ReadUInt64LittleEndian(p[24..]), BinaryPrimitives.ReadUInt64LittleEndian(p[32..]));
-
-    public void Write(Span<byte> p)
-    {
-        BinaryPrimitives.WriteUInt32LittleEndian(p, Index);
-        BinaryPrimitives.WriteUInt32LittleEndian(p[4..], Flags);
-        BinaryPrimitives.WriteUInt64LittleEndian(p[8..], Desc);
-        BinaryPrimitives.WriteUInt64LittleEndian(p[16..], Used);
-        BinaryPrimitives.WriteUInt64LittleEndian(p[24..], Avail);
-        BinaryPrimitives.WriteUInt64LittleEndian(p[32..], Log);
-    }
-}
-
-/// <summary>vhost_user_memory_region: guest-physical range, its size, the front-end's VA and the fd offset.</summary>
-public readonly record struct MemoryRegionDesc(ulong GuestPhysAddr, ulong Size, ulong UserAddr, ulong MmapOffset)
-{
-    public static MemoryRegionDesc Read(ReadOnlySpan<byte> p) => new(
-        BinaryPrimitives.ReadUInt64LittleEndian(p), BinaryPrimitives.ReadUInt64LittleEndian(p[8..]),
-        BinaryPrimitives.ReadUInt64LittleEndian(p[16..]), BinaryPrimitives.ReadUInt64LittleEndian(p[24..]));
-
-    public void Write(Span<byte> p)
-    {
-        BinaryPrimitives.WriteUInt64LittleEndian(p, GuestPhysAddr);
-        BinaryPrimitives.WriteUInt64LittleEndian(p[8..], Size);
-        BinaryPrimitives.WriteUInt64LittleEndian(p[16..], UserAddr);
-        BinaryPrimitives.WriteUInt64LittleEndian(p[24..], MmapOffset);
-    }
-}
-
-/// <summary>
-/// vhost_user_vring_area (VRING_HOST_NOTIFIER_MSG on the back-end channel): bits 0-7 of
-/// <see cref="IndexFlags"/> are the ring, bit 8 (<see cref="VhostUserWire.VringNoFdMask"/>) means "no fd:
-/// remove the notifier"; otherwise the front-end maps <see cref="Size"/> bytes of the attached fd at
-/// <see cref="Offset"/> and writes the queue index there instead of kicking.
-/// </summary>
-public readonly record struct VringArea(ulong IndexFlags, ulong Size, ulong Offset)
-{
-    public const int WireSize = 24;
-
-    public int Index => (int)(IndexFlags & VhostUserWire.VringIndexMask);
-
-    public bool NoFd => (IndexFlags & VhostUserWire.VringNoFdMask) != 0;
-
-    public static VringArea Read(ReadOnlySpan<byte> p) => new(
-        BinaryPrimitives.ReadUInt64LittleEndian(p), BinaryPrimitives.ReadUInt64LittleEndian(p[8..]),
-        BinaryPrimitives.ReadUInt64LittleEndian(p[16..]));
-
-    public void Write(Span<byte> p)
-    {
-        BinaryPrimitives.WriteUInt64LittleEndian(p, IndexFlags);
-        BinaryPrimitives.WriteUInt64LittleEndian(p[8..], Size);
-        BinaryPrimitives.WriteUInt64LittleEndian(p[16..], Offset);
-    }
-}
-
-/// <summary>One received vhost-user message: header fields, the exact payload and the descriptors it carried.</summary>
-public sealed class VhostUserMessage : IDisposable
-{
-    public VhostUserMessage(VhostUserRequest request, uint flags, byte[] payload, List<SafeFd> fds)
-    {
-        Request = request;
-        Flags = flags;
-        Payload = payload;
-        Fds = fds;
-    }
-
-    public VhostUserRequest Request { get; }
-
-    public uint Flags { get; }
-
-    public byte[] Payload { get; }
-
-    /// <summary>Descriptors received with the message; owned here until taken with <see cref="TakeFd"/>.</summary>
-    public List<SafeFd> Fds { get; }
-
-    public bool NeedReply => (Flags & VhostUserWire.FlagNeedReply) != 0;
-
-    public ulong U64 => BinaryPrimitives.ReadUInt64LittleEndian(Payload);
-
-    public VringState State => VringState.Read(Payload);
-
-    /// <summary>Transfers ownership of descriptor <paramref name="i"/> to the caller.</summary>
-    public SafeFd TakeFd(int i)
-    {
-        var fd = Fds[i];
-        Fds[i] = new SafeFd(-1, ownsHandle: false);
-        return fd;
-    }
-
-    /// <summary>Closes every descriptor not taken.</summary>
-    public void Dispose()
-    {
-        foreach (var fd in Fds)
-        {
-            fd.Dispose();
-        }
-        Fds.Clear();
-    }
-
-    public override string ToString() => $"{VhostUserCodec.Name(Request)} (flags 0x{Flags:x}, {Payload.Length} bytes, {Fds.Count} fds)";
-}
 
 /// <summary>
 /// Pure message rules: header layout and checks, the payload size and descriptor count each request
@@ -142,6 +20,8 @@ public static class VhostUserCodec
         BinaryPrimitives.ReadUInt32LittleEndian(h[8..]));
 
     public static string Name(VhostUserRequest r) => Enum.IsDefined(r) ? r.ToString() : $"request {(uint)r}";
+
+    public static string Name(VhostUserBackendRequest r) => Enum.IsDefined(r) ? r.ToString() : $"back-end request {(uint)r}";
 
     /// <summary>
     /// Header checks that make the stream untrustworthy when they fail (the connection is closed):

@@ -2,9 +2,6 @@ using IfcVdpa.Interop.Primitives;
 
 namespace IfcVdpa.VhostUser;
 
-/// <summary>A front-end's memory-table request was invalid (reported to the front-end, the connection survives when it can).</summary>
-public sealed class VhostUserRequestException(string message) : Exception(message);
-
 /// <summary>
 /// One front-end memory region mapped into this process: guest-physical range, the front-end's virtual
 /// address of it, and where it lives here. The fd is mapped from its offset rounded down to the file's
@@ -128,22 +125,63 @@ public sealed class GuestMemoryTable : IDisposable
         _regions.Add(r);
     }
 
+    /// <summary>The region with this GPA, VA and size (whatever its file offset), if one is mapped.</summary>
+    public GuestMemoryRegion? Find(MemoryRegionDesc d) =>
+        _regions.Find(x => x.GuestPhysAddr == d.GuestPhysAddr && x.UserAddr == d.UserAddr && x.Size == d.Size);
+
     /// <summary>Removes (without disposing) the region matching GPA, VA and size; null if none does.</summary>
     public GuestMemoryRegion? Remove(MemoryRegionDesc d)
     {
-        int i = _regions.FindIndex(x => x.GuestPhysAddr == d.GuestPhysAddr && x.UserAddr == d.UserAddr && x.Size == d.Size);
-        if (i < 0)
+        var r = Find(d);
+        if (r is not null)
         {
-            return null;
+            _regions.Remove(r);
         }
-        var r = _regions[i];
-        _regions.RemoveAt(i);
         return r;
     }
 
     /// <summary>True when both tables describe the same layout (QEMU resends unchanged tables).</summary>
     public bool SameLayout(IReadOnlyList<MemoryRegionDesc> other) =>
         other.Count == _regions.Count && _regions.Select(r => r.Desc).Order(DescOrder.Instance).SequenceEqual(other.Order(DescOrder.Instance));
+
+    /// <summary>
+    /// Front-end VAs of ring <paramref name="q"/> with <paramref name="num"/> entries -> guest-physical; each
+    /// part must lie wholly inside one region. Null when they do, otherwise why not.
+    /// </summary>
+    public string? TranslateRing(int q, VringAddr a, uint num, bool packed, bool eventIdx, out (ulong Desc, ulong Avail, ulong Used) gpa)
+    {
+        ulong descLen = 16UL * num;
+        // Split: avail and used rings; packed: the 4-byte driver and device event suppression areas.
+        ulong availLen = packed ? 4 : 4 + (2UL * num) + (eventIdx ? 2UL : 0);
+        ulong usedLen = packed ? 4 : 4 + (8UL * num) + (eventIdx ? 2UL : 0);
+        gpa = default;
+        if (!TryVaToGpa(a.Desc, descLen, out ulong desc))
+        {
+            return $"ring {q} descriptor table VA 0x{a.Desc:x} (+{descLen}) is outside guest memory";
+        }
+        if (!TryVaToGpa(a.Avail, availLen, out ulong avail))
+        {
+            return $"ring {q} avail ring VA 0x{a.Avail:x} (+{availLen}) is outside guest memory";
+        }
+        if (!TryVaToGpa(a.Used, usedLen, out ulong used))
+        {
+            return $"ring {q} used ring VA 0x{a.Used:x} (+{usedLen}) is outside guest memory";
+        }
+        gpa = (desc, avail, used);
+        return null;
+    }
+
+    /// <summary>used->idx of a split ring whose used area is at guest-physical <paramref name="usedGpa"/>.</summary>
+    public bool TryReadUsedIdx(ulong usedGpa, out ushort idx)
+    {
+        idx = 0;
+        if (!TryGpaSpan(usedGpa + 2, 2, out var span))
+        {
+            return false;
+        }
+        idx = SharedIndex.Load16(span, 0);
+        return true;
+    }
 
     /// <summary>Front-end VA range -> guest-physical address; the whole range must lie in one region.</summary>
     public bool TryVaToGpa(ulong va, ulong length, out ulong gpa)

@@ -3,9 +3,6 @@ using IfcVdpa.Interop.Primitives;
 
 namespace IfcVdpa.VhostUser;
 
-/// <summary>A protocol violation after which the stream cannot be trusted: the connection is closed.</summary>
-public sealed class VhostUserProtocolException(string message) : Exception(message);
-
 /// <summary>
 /// One vhost-user connection: receives a message as exactly the 12-byte header (with its SCM_RIGHTS
 /// descriptors) and then exactly the payload, so descriptors never get attached to the wrong message;
