@@ -192,6 +192,10 @@ public sealed partial class SoftIfcVf
                 q.Vector = AcceptVector((ushort)value);
                 return;
             case (QueueEnable, 2):
+                if (value == 1 && _options.RefuseQueueEnable?.Contains(qi) == true)
+                {
+                    return; // fault injection: the queue will not enable
+                }
                 if (value == 1)
                 {
                     EnableQueue(qi);

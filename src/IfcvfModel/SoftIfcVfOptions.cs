@@ -42,6 +42,12 @@ public sealed record SoftIfcVfOptions
     /// <summary>Fault injection: this many device-config reads each bump config_generation (-1 = forever).</summary>
     public int ConfigChurnReads { get; init; }
 
+    /// <summary>
+    /// Fault injection: queue_enable = 1 on these queues is ignored (it keeps reading 0), as a device that cannot
+    /// start them; the driver sees the queue refuse to enable.
+    /// </summary>
+    public IReadOnlySet<int>? RefuseQueueEnable { get; init; }
+
     public const ulong DefaultFeatures =
         (1UL << F_VERSION_1) | (1UL << F_ACCESS_PLATFORM) | (1UL << F_ANY_LAYOUT) |
         (1UL << NET_F_MAC) | (1UL << NET_F_STATUS) | (1UL << NET_F_MTU) | (1UL << NET_F_MRG_RXBUF) |
