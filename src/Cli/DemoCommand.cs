@@ -45,10 +45,8 @@ public static class DemoCommand
         var log = new Action<string>(s => o.WriteLine($"  [back-end] {s}"));
 
         o.WriteLine($"1. software IFC VF (1af4:1041, subsystem 8086:001a) with backend tap:{tap}");
-        using var engine = new VirtioNetEngine(NetBackend.Tap(tap), new EngineOptions { Mode = EngineMode.Event, Log = log });
-        using var vf = new SoftIfcVf(new SoftIfcVfOptions { Address = "sim:00.0" });
-        vf.AttachEngine(engine);
-        using var adapter = IfcvfAdapter.Probe(vf, new IfcvfAdapterOptions { Name = "vdpa0" });
+        using var sw = SoftVf.Create(new SoftIfcVfOptions { Address = "sim:00.0" }, NetBackend.Tap(tap), new EngineOptions { Mode = EngineMode.Event, Log = log });
+        using var adapter = IfcvfAdapter.Probe(sw.Function, new IfcvfAdapterOptions { Name = "vdpa0" });
         o.WriteLine($"2. ifcvf driver probed it: vDPA device {adapter.Name}, {adapter.NumVqs} virtqueues, features 0x{adapter.GetDeviceFeatures():x}");
         using var server = new VhostUserBackend(adapter, new VhostUserBackendOptions
         {
@@ -103,7 +101,7 @@ public static class DemoCommand
             }
             server.Stop();
             RunProcess("ip", ["netns", "del", ns], 10_000);
-            vf.AttachEngine(null);
+            sw.StopDatapath();
             try
             {
                 Directory.Delete(dir, recursive: true);

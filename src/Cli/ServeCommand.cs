@@ -175,12 +175,18 @@ public static class ServeCommand
         {
             throw new CliException($"backend {a.Backend}: {e.Message}");
         }
-        var engine = new VirtioNetEngine(backend, new EngineOptions { Mode = a.Mode, Log = log });
-        var vf = new SoftIfcVf(vfOptions);
-        vf.AttachEngine(engine);
-        var adapter = IfcvfAdapter.Probe(vf, new IfcvfAdapterOptions { Name = "vdpa0" });
-        return new ServedDevice(adapter, $"{vf.Address}, {a.Queues} queue pair(s), backend {backend}, {a.Mode} mode", a.Queues,
-            () => vf.AttachEngine(null), vf, engine);
+        var sw = SoftVf.Create(vfOptions, backend, new EngineOptions { Mode = a.Mode, Log = log });
+        try
+        {
+            var adapter = IfcvfAdapter.Probe(sw.Function, new IfcvfAdapterOptions { Name = "vdpa0" });
+            return new ServedDevice(adapter, $"{sw.Function.Address}, {a.Queues} queue pair(s), backend {backend}, {a.Mode} mode", a.Queues,
+                sw.StopDatapath, sw);
+        }
+        catch
+        {
+            sw.Dispose();
+            throw;
+        }
     }
 
     private static ServedDevice VfioDevice(Args a)

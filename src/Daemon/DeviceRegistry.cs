@@ -131,46 +131,40 @@ public sealed partial class DeviceRegistry(DaemonLog? log = null) : IDisposable
                     n++;
                 }
                 byte[] mac = baseMac is { } b ? AddToMac(b.Span, i) : [0x00, 0xe0, 0xed, 0x00, 0x00, (byte)(n + 1)];
-                var vf = new SoftIfcVf(new SoftIfcVfOptions
+                var options = new SoftIfcVfOptions
                 {
                     Address = $"sim:00:{n + 1:x2}.0",
                     QueuePairs = queuePairs,
                     Mac = mac,
                     MsixVectors = msixVectors,
-                });
+                };
+                NetBackend net;
+                if (backend != "pair")
+                {
+                    net = ParseBackend(backend);
+                }
+                else if (pairPeer is null)
+                {
+                    (net, pairPeer) = NetBackend.Pair();
+                }
+                else
+                {
+                    (net, pairPeer) = (pairPeer, null);
+                }
+                var sw = SoftVf.Create(options, net, new EngineOptions { Mode = EngineMode.Event, Log = m => _log.Warn(m, ("vf", options.Address)) });
                 ManagementDevice md;
-                VirtioNetEngine? engine = null;
                 try
                 {
-                    NetBackend net;
-                    if (backend == "pair")
-                    {
-                        if (pairPeer is null)
-                        {
-                            (net, pairPeer) = NetBackend.Pair();
-                        }
-                        else
-                        {
-                            (net, pairPeer) = (pairPeer, null);
-                        }
-                    }
-                    else
-                    {
-                        net = ParseBackend(backend);
-                    }
-                    engine = new VirtioNetEngine(net, new EngineOptions { Mode = EngineMode.Event, Log = m => _log.Warn(m, ("vf", vf.Address)) });
-                    vf.AttachEngine(engine);
-                    md = new ManagementDevice("sim", $"ifcvf{n}", vf, ownsFunction: true, datapath: engine);
+                    md = new ManagementDevice("sim", $"ifcvf{n}", sw.Function, ownsFunction: false, datapath: sw);
                 }
                 catch
                 {
-                    vf.Dispose();
-                    engine?.Dispose();
+                    sw.Dispose();
                     throw;
                 }
                 _mgmt.Add(md);
                 added.Add(md);
-                _log.Info("software VF added", ("mgmtdev", md.Name), ("address", vf.Address), ("mac", MacAddress.Format(mac)), ("queue_pairs", queuePairs));
+                _log.Info("software VF added", ("mgmtdev", md.Name), ("address", options.Address), ("mac", MacAddress.Format(mac)), ("queue_pairs", queuePairs));
             }
             return added;
         }
