@@ -4,17 +4,15 @@ using IfcVdpa.Pci;
 namespace IfcVdpa.Vfio;
 
 /// <summary>
-/// One thread that turns eventfd signals into in-process <see cref="IMsixSink"/> calls: the VFIO
-/// backend gives the kernel one eventfd per vector whose sink is not itself an eventfd, and this relay
-/// runs the sink when the kernel signals it. The relay owns the eventfds. A sink that throws is
+/// Turns eventfd signals into in-process <see cref="IMsixSink"/> calls: the VFIO backend gives the kernel one
+/// eventfd per vector whose sink is not itself an eventfd, and this relay runs the sink when the kernel
+/// signals it (one <see cref="EventFdFanIn"/> thread). The relay owns the eventfds. A sink that throws is
 /// counted and contained. After <see cref="Dispose"/> returns no sink runs again.
 /// </summary>
 public sealed class MsixEventRelay : IDisposable
 {
     private readonly List<(EventFd Fd, IMsixSink Sink)> _vectors;
-    private readonly EventFd _stop = EventFd.Create(nonBlocking: true);
-    private readonly Thread _thread;
-    private volatile bool _stopped;
+    private readonly EventFdFanIn _fanIn;
     private long _signals;
     private long _sinkErrors;
     private int _disposed;
@@ -23,8 +21,12 @@ public sealed class MsixEventRelay : IDisposable
     {
         ArgumentNullException.ThrowIfNull(vectors);
         _vectors = vectors;
-        _thread = new Thread(Run) { IsBackground = true, Name = $"msix {name}" };
-        _thread.Start();
+        var set = new (int Tag, EventFd Fd)[vectors.Count];
+        for (int i = 0; i < set.Length; i++)
+        {
+            set[i] = (i, vectors[i].Fd);
+        }
+        _fanIn = new EventFdFanIn($"msix {name}", OnSignal, (_, _) => Interlocked.Increment(ref _sinkErrors), _ => { }, _ => { }, set);
     }
 
     /// <summary>Sink calls made.</summary>
@@ -33,45 +35,10 @@ public sealed class MsixEventRelay : IDisposable
     /// <summary>Sink calls that threw.</summary>
     public long SinkErrors => Interlocked.Read(ref _sinkErrors);
 
-    private void Run()
+    private void OnSignal(int vector)
     {
-        var set = new PollSet();
-        Span<int> fds = stackalloc int[_vectors.Count + 1];
-        fds[0] = _stop.Fd;
-        for (int i = 0; i < _vectors.Count; i++)
-        {
-            fds[i + 1] = _vectors[i].Fd.Fd;
-        }
-        set.Reset(fds);
-        while (!_stopped)
-        {
-            set.Wait(-1);
-            if (_stopped || set.IsReadable(0))
-            {
-                return;
-            }
-            for (int i = 0; i < _vectors.Count; i++)
-            {
-                if (set.IsReadable(i + 1) && _vectors[i].Fd.TryConsume(out _))
-                {
-                    Interlocked.Increment(ref _signals);
-                    try
-                    {
-                        _vectors[i].Sink.Signal();
-                    }
-#pragma warning disable CA1031 // a sink's bug must not kill the interrupt thread of the whole function
-                    catch (Exception)
-#pragma warning restore CA1031
-                    {
-                        Interlocked.Increment(ref _sinkErrors);
-                    }
-                    if (_stopped)
-                    {
-                        return;
-                    }
-                }
-            }
-        }
+        Interlocked.Increment(ref _signals);
+        _vectors[vector].Sink.Signal();
     }
 
     /// <summary>Stops the thread, waits for it (unless called from a sink on it) and closes the eventfds.</summary>
@@ -81,16 +48,10 @@ public sealed class MsixEventRelay : IDisposable
         {
             return;
         }
-        _stopped = true;
-        _stop.Signal();
-        if (Thread.CurrentThread != _thread)
-        {
-            _thread.Join();
-        }
+        _fanIn.Dispose();
         foreach (var (fd, _) in _vectors)
         {
             fd.Dispose();
         }
-        _stop.Dispose();
     }
 }

@@ -2,15 +2,17 @@ namespace IfcVdpa.Interop.Primitives;
 
 /// <summary>
 /// One thread that waits on a set of eventfds and, for each signal it consumes, runs a handler with the
-/// eventfd's tag (a queue or vector number): the vhost-user kick relay (kick eventfd -> doorbell) and the
-/// front-end's interrupts (call eventfd -> driver callback) are both this loop.
+/// eventfd's tag (a queue or vector number): the vhost-user kick relay (kick eventfd -> doorbell), the
+/// front-end's interrupts (call eventfd -> driver callback) and the VFIO MSI-X relay (vector eventfd -> sink)
+/// are all this loop.
 /// <list type="bullet">
 /// <item>The set changes only through <see cref="Update"/>, which returns once the thread uses the new
 /// set: after it, no handler runs for a removed eventfd, so the caller may close it.</item>
 /// <item>A handler that throws is reported through <c>onError</c>; the thread carries on.</item>
 /// <item>An eventfd that hangs up or is invalid is dropped from the set (it would make the wait spin)
 /// until the next <see cref="Update"/>, and reported through <c>onBroken</c>.</item>
-/// <item>No allocation and no lock per signal; after <see cref="Dispose"/> returns no handler runs again.</item>
+/// <item>No allocation and no lock per signal; after <see cref="Dispose"/> returns no handler runs again
+/// (called from a handler, it stops the loop when that handler returns).</item>
 /// </list>
 /// </summary>
 public sealed class EventFdFanIn : IDisposable
@@ -126,6 +128,11 @@ public sealed class EventFdFanIn : IDisposable
                     if (current[i].Fd.TryConsume(out _))
                     {
                         Run(current[i].Tag);
+                        if (Volatile.Read(ref _disposed) != 0)
+                        {
+                            _wake.Dispose(); // disposed by the handler itself: the thread closes what Dispose could not
+                            return;
+                        }
                     }
                 }
                 else if (poll.IsBroken(i + 1))
@@ -158,6 +165,10 @@ public sealed class EventFdFanIn : IDisposable
         if (Interlocked.Exchange(ref _disposed, 1) != 0)
         {
             return;
+        }
+        if (Thread.CurrentThread == _thread)
+        {
+            return; // from a handler: the loop sees _disposed when the handler returns, closes its wake fd and ends
         }
         Request([], stop: true);
         _thread.Join(AcknowledgeTimeoutMs);
