@@ -44,7 +44,7 @@ public sealed class VhostUserBackend : IDisposable
     /// <summary>Front-ends served so far.</summary>
     public long Connections => Interlocked.Read(ref _connections);
 
-    /// <summary>The session in progress, if any.</summary>
+    /// <summary>The session in progress, if any (null once a session's teardown is complete).</summary>
     public VhostUserSession? Session => _session;
 
     private void Log(string s) => _options.Session.Log($"{_options.Session.Name}: {s}");
@@ -143,8 +143,8 @@ public sealed class VhostUserBackend : IDisposable
         }
         finally
         {
-            _session = null;
             session.Dispose();
+            _session = null; // only now: whoever sees no session sees its teardown complete (maps, fds, threads)
             Log($"front-end #{n} gone; device reset{(_listener is not null ? ", accepting the next one" : ", reconnecting")}");
         }
     }
