@@ -1,0 +1,116 @@
+using IfcVdpa.Interop.Primitives;
+using IfcVdpa.Pci;
+using IfcVdpa.Vdpa;
+
+namespace IfcVdpa.Ifcvf;
+
+/// <summary>DMA into the function's IOMMU domain, the LM block's dirty-page log, and vq statistics.</summary>
+public sealed partial class IfcvfAdapter
+{
+    // ---- dirty page log (IFC vendor extension: the LM block's logging registers) ----------------
+
+    /// <summary>
+    /// Starts the VF's dirty-page log (DPDK's ifcvf_enable_logging): a bitmap of one bit per 4 KiB page, at
+    /// IOVA [<paramref name="logIova"/>, +<paramref name="logSize"/>) of the device's DMA space (map it first,
+    /// outside guest memory). The VF marks the pages of the buffers it writes; the used rings are the
+    /// driver's to mark when the queues stop.
+    /// </summary>
+    public void EnableDirtyLog(ulong logIova, ulong logSize)
+    {
+        lock (_ctl)
+        {
+            ThrowIfRemoved();
+            RequireLiveMigrationBlock("a dirty-page log");
+            if (logSize == 0 || logIova + logSize < logIova)
+            {
+                throw new VdpaException($"{Name}: dirty log [0x{logIova:x}, +0x{logSize:x}) is empty or wraps around");
+            }
+            _hw.EnableDirtyLog(logIova, logSize);
+        }
+    }
+
+    /// <summary>Stops the dirty-page log (DPDK's ifcvf_disable_logging).</summary>
+    public void DisableDirtyLog()
+    {
+        lock (_ctl)
+        {
+            ThrowIfRemoved();
+            RequireLiveMigrationBlock("a dirty-page log");
+            _hw.DisableDirtyLog();
+        }
+    }
+
+    private void RequireLiveMigrationBlock(string what)
+    {
+        if (!_useLm)
+        {
+            throw new VdpaNotSupportedException($"{Name}: {what} needs the IFC live-migration block (BAR4), which this function does not have");
+        }
+    }
+
+    // ---- DMA -----------------------------------------------------------------------------------
+
+    /// <summary>dma_map into the function's IOMMU domain; a range the domain refuses (overlap, full, VFIO error) is a <see cref="VdpaException"/>.</summary>
+    public void DmaMap(ulong iova, MemorySlice memory, bool writable)
+    {
+        lock (_ctl)
+        {
+            ThrowIfRemoved();
+            try
+            {
+                _pci.DmaMap(iova, memory, writable);
+            }
+            catch (Exception e) when (e is ArgumentException or InvalidOperationException or IOException)
+            {
+                throw new IfcvfDeviceException($"{Name}: DMA map [0x{iova:x}, +0x{memory.Length:x}) refused: {e.Message}", e);
+            }
+            _dmaMaps[(iova, memory.Length)] = writable;
+        }
+    }
+
+    public void DmaUnmap(ulong iova, ulong size)
+    {
+        lock (_ctl)
+        {
+            ThrowIfRemoved();
+            if (!_dmaMaps.Remove((iova, size)))
+            {
+                throw new VdpaException($"{Name}: no DMA mapping [0x{iova:x}, +0x{size:x})");
+            }
+            _pci.DmaUnmap(iova, size);
+        }
+    }
+
+    string IVdpaDeviceDiagnostics.InterruptMode => IrqMode.ToString();
+
+    /// <summary>DMA mappings installed through this device and not yet removed.</summary>
+    public int DmaMapCount
+    {
+        get { lock (_ctl) { return _dmaMaps.Count; } }
+    }
+
+    // ---- statistics ----------------------------------------------------------------------------
+
+    /// <summary>
+    /// Vendor vq stats: the function's own datapath counters when it keeps them (<see cref="IQueueStatsSource"/>),
+    /// else the kicks this adapter issued and the interrupts it handled in-process (an interrupt that goes
+    /// straight to an eventfd is not seen, so it is not counted).
+    /// </summary>
+    public VdpaVqStats GetVqStats(int qid)
+    {
+        CheckQueue(qid);
+        if (_pci is IQueueStatsSource source)
+        {
+            var c = source.GetQueueCounters(qid);
+            return new VdpaVqStats(c.Packets, c.Bytes, c.Kicks, c.Interrupts, c.Errors, c.Drops);
+        }
+        return new VdpaVqStats(0, 0, Interlocked.Read(ref _kicks[qid]), Interlocked.Read(ref _interrupts[qid]), 0, 0);
+    }
+
+    /// <summary>Kicks issued through <see cref="KickVq"/>.</summary>
+    public long GetKickCount(int qid)
+    {
+        CheckQueue(qid);
+        return Interlocked.Read(ref _kicks[qid]);
+    }
+}
