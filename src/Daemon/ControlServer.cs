@@ -281,6 +281,12 @@ public sealed class ControlServer : IDisposable
         string cmd = "?";
         try
         {
+            if (!System.Text.Unicode.Utf8.IsValid(request))
+            {
+                // JSON strings are read as UTF-16 later; invalid UTF-8 inside one would surface there as an
+                // InvalidOperationException, so it is refused here, whole.
+                throw new ControlException("request is not valid UTF-8");
+            }
             using var doc = JsonDocument.Parse(request, new JsonDocumentOptions { MaxDepth = 8 });
             var root = doc.RootElement;
             if (root.ValueKind != JsonValueKind.Object)
