@@ -223,7 +223,7 @@ public sealed class VhostUserRequestDispatcher
                 // own reply: the front-end must not migrate with a log nobody writes.
                 if (!Has(VhostUserProtocolFeature.LOG_SHMFD))
                 {
-                    throw new VhostUserRequestException("SET_LOG_BASE needs LOG_SHMFD negotiated (the log is taken only as shared memory)");
+                    throw new VhostUserRequestException("not supported without LOG_SHMFD negotiated (the log is taken only as shared memory)");
                 }
                 h.SetLogBase(BinaryPrimitives.ReadUInt64LittleEndian(p), BinaryPrimitives.ReadUInt64LittleEndian(p.AsSpan(8)), m.Fds[0]);
                 return Reply(m, 0);
