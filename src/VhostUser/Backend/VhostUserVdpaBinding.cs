@@ -297,6 +297,14 @@ public sealed class VhostUserVdpaBinding : IDisposable
         {
             throw new VhostUserRequestException($"device {_device.Name} cannot send a frame outside the guest's rings: no RARP for {MacAddress.Format(mac)}");
         }
+        if (!Has(VhostUserProtocolFeature.RARP))
+        {
+            throw new VhostUserRequestException("not supported without RARP negotiated");
+        }
+        if (!_configured)
+        {
+            throw new VhostUserRequestException($"device {_device.Name} is not running: no RARP for {MacAddress.Format(mac)} (it would reach the wire later, or another front-end's guest)");
+        }
         _inject.InjectFrame(RarpFrame.Build(mac));
         _log($"RARP sent for {MacAddress.Format(mac)}");
     }

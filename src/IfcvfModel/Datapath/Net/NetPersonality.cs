@@ -84,6 +84,10 @@ internal abstract class NetPersonality : IDevicePersonality, INetBackendHost
         Device.Mac.CopyTo(Mac, 0);
         ActivePairs = 1;
         Device.SetLinkUp(_backend.LinkUp);
+        while (TryTakeInjected(out _))
+        {
+            // Frames injected for an earlier run of the device never reach a later one.
+        }
     }
 
     public abstract int Poll();
