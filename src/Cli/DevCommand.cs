@@ -202,6 +202,11 @@ public static class DevCommand
             return 0;
         }
         var v = data.GetProperty("vstats").GetProperty(name);
+        if (v.TryGetProperty("dirty_log", out var dl) && (dl.GetProperty("enabled").GetBoolean() || dl.GetProperty("pages").GetInt64() != 0))
+        {
+            ctx.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"{name}: dirty_log {(dl.GetProperty("enabled").GetBoolean() ? "on" : "off")} pages {dl.GetProperty("pages").GetInt64()}"));
+        }
         if (v.TryGetProperty("queues", out var queues))
         {
             foreach (var one in queues.EnumerateArray())

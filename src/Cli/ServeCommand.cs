@@ -93,6 +93,10 @@ public static class ServeCommand
             w.Bool("connected", s is not null);
             w.Bool("running", s?.Configured ?? false);
             w.Num("connections", server.Connections);
+            var (devLog, logAll, usedPages) = s?.DirtyLogState ?? default;
+            w.Bool("dirty_log", devLog);
+            w.Bool("log_all", logAll);
+            w.Num("dirty_pages", Enumerable.Range(0, pairs * 2).Sum(q => dev.GetVqStats(q).DirtyPages) + usedPages);
             w.BeginArray("queues");
             for (int q = 0; q < pairs * 2; q++)
             {
@@ -106,6 +110,7 @@ public static class ServeCommand
                 w.Num("interrupts", st.Interrupts);
                 w.Num("errors", st.Errors);
                 w.Num("drops", st.Drops);
+                w.Num("dirty_pages", st.DirtyPages);
                 w.EndObject();
             }
             w.EndArray();
@@ -116,6 +121,11 @@ public static class ServeCommand
         {
             var line = new System.Text.StringBuilder();
             line.Append(CultureInfo.InvariantCulture, $"{DateTime.Now:HH:mm:ss} {(s?.Configured == true ? "running" : s is not null ? "connected" : "idle")}");
+            if (s?.DirtyLogState is { } lm && (lm.DeviceLogging || lm.LogAll))
+            {
+                long pages = Enumerable.Range(0, pairs * 2).Sum(q => dev.GetVqStats(q).DirtyPages) + lm.UsedRingPagesMarked;
+                line.Append(CultureInfo.InvariantCulture, $" | dirty log {(lm.DeviceLogging ? "on" : "waiting for a log")} pages {pages}");
+            }
             for (int q = 0; q < pairs * 2; q++)
             {
                 var st = dev.GetVqStats(q);

@@ -301,24 +301,25 @@ public static class ControlCommands
         }
         w.WriteStartObject("vstats");
         w.WriteStartObject(name);
+        WriteDirtyLog(w, d);
         if (qidx is int one)
         {
             WriteQueueStats(w, d, one);
         }
         else
         {
-            long p = 0, b = 0, k = 0, i = 0, e = 0, dr = 0;
+            long p = 0, b = 0, k = 0, i = 0, e = 0, dr = 0, dp = 0;
             w.WriteStartArray("queues");
             for (int qq = 0; qq < d.NumVqs; qq++)
             {
                 w.WriteStartObject();
                 var s = WriteQueueStats(w, d, qq);
                 w.WriteEndObject();
-                p += s.Packets; b += s.Bytes; k += s.Kicks; i += s.Interrupts; e += s.Errors; dr += s.Drops;
+                p += s.Packets; b += s.Bytes; k += s.Kicks; i += s.Interrupts; e += s.Errors; dr += s.Drops; dp += s.DirtyPages;
             }
             w.WriteEndArray();
             w.WriteStartObject("total");
-            WriteCounters(w, new Vdpa.VdpaVqStats(p, b, k, i, e, dr));
+            WriteCounters(w, new Vdpa.VdpaVqStats(p, b, k, i, e, dr) { DirtyPages = dp });
             w.WriteEndObject();
         }
         w.WriteEndObject();
@@ -342,5 +343,22 @@ public static class ControlCommands
         w.WriteNumber("interrupts", s.Interrupts);
         w.WriteNumber("errors", s.Errors);
         w.WriteNumber("drops", s.Drops);
+        w.WriteNumber("dirty_pages", s.DirtyPages);
+    }
+
+    /// <summary>Live migration: whether the device can keep a dirty log, whether it is on, and the pages its queues marked.</summary>
+    private static void WriteDirtyLog(Utf8JsonWriter w, IVdpaDevice d)
+    {
+        var log = d as Vdpa.IVdpaDirtyLog;
+        long pages = 0;
+        for (int q = 0; q < d.NumVqs; q++)
+        {
+            pages += d.GetVqStats(q).DirtyPages;
+        }
+        w.WriteStartObject("dirty_log");
+        w.WriteBoolean("supported", log?.CanLogDirtyPages ?? false);
+        w.WriteBoolean("enabled", log?.DirtyLogEnabled ?? false);
+        w.WriteNumber("pages", pages);
+        w.WriteEndObject();
     }
 }

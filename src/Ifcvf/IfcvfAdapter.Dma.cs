@@ -26,6 +26,34 @@ public sealed partial class IfcvfAdapter
                 throw new VdpaException($"{Name}: dirty log [0x{logIova:x}, +0x{logSize:x}) is empty or wraps around");
             }
             _hw.EnableDirtyLog(logIova, logSize);
+            _dirtyLogOn = true;
+        }
+    }
+
+    /// <summary>Whether this function can keep a dirty log (an IFC VF with the LM block).</summary>
+    public bool CanLogDirtyPages => _useLm;
+
+    /// <summary>Whether the dirty log is on (set by <see cref="EnableDirtyLog"/>; a reset turns it off).</summary>
+    public bool DirtyLogEnabled
+    {
+        get { lock (_ctl) { return _dirtyLogOn; } }
+    }
+
+    // ---- frames sent on the driver's behalf (SEND_RARP) ----------------------------------------
+
+    /// <summary>Only the software VF can: a real VF's wire is reached through its rings alone.</summary>
+    public bool CanInjectFrames => _pci is IPciFrameInjection { CanInjectFrames: true };
+
+    public void InjectFrame(ReadOnlySpan<byte> frame)
+    {
+        ThrowIfRemoved();
+        if (_pci is not IPciFrameInjection inject || !inject.CanInjectFrames)
+        {
+            throw new VdpaNotSupportedException($"{Name}: {_pci.Address} cannot send a frame outside its rings (a real IFC VF has no such path)");
+        }
+        if (!inject.InjectFrame(frame))
+        {
+            throw new VdpaException($"{Name}: the VF did not take the {frame.Length}-byte frame (too many waiting, or not a frame)");
         }
     }
 
@@ -37,6 +65,7 @@ public sealed partial class IfcvfAdapter
             ThrowIfRemoved();
             RequireLiveMigrationBlock("a dirty-page log");
             _hw.DisableDirtyLog();
+            _dirtyLogOn = false;
         }
     }
 
@@ -102,7 +131,7 @@ public sealed partial class IfcvfAdapter
         if (_pci is IQueueStatsSource source)
         {
             var c = source.GetQueueCounters(qid);
-            return new VdpaVqStats(c.Packets, c.Bytes, c.Kicks, c.Interrupts, c.Errors, c.Drops);
+            return new VdpaVqStats(c.Packets, c.Bytes, c.Kicks, c.Interrupts, c.Errors, c.Drops) { DirtyPages = c.DirtyPages };
         }
         return new VdpaVqStats(0, 0, Interlocked.Read(ref _kicks[qid]), Interlocked.Read(ref _interrupts[qid]), 0, 0);
     }

@@ -64,6 +64,7 @@ public sealed partial class IfcvfAdapter
         {
             ThrowIfRemoved();
             CheckQueue(qid);
+            _suspended[qid] = false; // an explicit ready/stop replaces what Suspend did
             if (ready)
             {
                 if (_softStopped[qid])
@@ -96,7 +97,7 @@ public sealed partial class IfcvfAdapter
         {
             ThrowIfRemoved();
             CheckQueue(qid);
-            return !_softStopped[qid] && _hw.GetVqReady(qid);
+            return _suspended[qid] || (!_softStopped[qid] && _hw.GetVqReady(qid));
         }
     }
 

@@ -17,11 +17,12 @@ namespace IfcVdpa.Ifcvf;
 /// get_vq_num_max/min, get_vq_size, set_vq_num, set_vq_address, set/get_vq_ready, set/get_vq_state (LM
 /// block), set_vq_cb, kick_vq, get_vq_notification, get_generation, get_device_id, get_vendor_id,
 /// get_vq_align, get_config_size, get/set_config, set_config_cb, dma_map/unmap (to the PCI function's
-/// IOMMU domain), vendor vq stats. Not supported, with the reason: suspend/resume (the IFC VF has no
-/// device-wide stop that keeps state: disable queues one by one with SetVqReady(false), which stores
-/// their ring state in BAR4).
+/// IOMMU domain), vendor vq stats, suspend/resume (with the LM block: every enabled queue is disabled,
+/// which makes the VF store its ring state in BAR4, and re-enabled from that state). Optional ops:
+/// <see cref="IVdpaDirtyLog"/> (the LM block's dirty-page log, as DPDK's ifc driver uses it) and
+/// <see cref="IVdpaFrameInjection"/> (only the software VF can send a frame outside its rings).
 /// </remarks>
-public sealed partial class IfcvfAdapter : IVdpaDevice, IVdpaDeviceDiagnostics, IDisposable
+public sealed partial class IfcvfAdapter : IVdpaDevice, IVdpaDeviceDiagnostics, IVdpaDirtyLog, IVdpaFrameInjection, IDisposable
 {
     /// <summary>IFCVF_MIN_VQ_SIZE.</summary>
     public const ushort MinVqSize = 64;
@@ -43,6 +44,8 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IVdpaDeviceDiagnostics, 
     private readonly long[] _kicks;
     private readonly bool[] _softStopped; // plain virtio: queue "stopped" until the next reset (no queue_enable=0)
     private readonly long[] _interrupts;
+    private readonly bool[] _suspended; // queues Suspend disabled and Resume re-enables
+    private bool _dirtyLogOn;
     private readonly Dictionary<(ulong Iova, ulong Size), bool> _dmaMaps = [];
     private bool _removed;
 
@@ -77,6 +80,7 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IVdpaDeviceDiagnostics, 
         _kicks = new long[NumVqs];
         _softStopped = new bool[NumVqs];
         _interrupts = new long[NumVqs];
+        _suspended = new bool[NumVqs];
         _vqCallbacks = new VdpaCallback?[NumVqs];
         HardwareFeatures = hw.GetDeviceFeatures();
         DeviceFeatures = HardwareFeatures;
@@ -359,13 +363,63 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IVdpaDeviceDiagnostics, 
         Volatile.Write(ref _configCallback, null);
         _hw.Reset();
         Array.Clear(_softStopped);
+        Array.Clear(_suspended);
+        _dirtyLogOn = false;
     }
 
-    public void Suspend() =>
-        throw new VdpaNotSupportedException($"{Name}: the IFC VF cannot suspend the whole device; disable queues one by one (SetVqReady false) to stop them and save their ring state");
+    /// <summary>Whether <see cref="Suspend"/> stopped the device and <see cref="Resume"/> has not restarted it.</summary>
+    public bool Suspended
+    {
+        get { lock (_ctl) { return Array.IndexOf(_suspended, true) >= 0; } }
+    }
 
-    public void Resume() =>
-        throw new VdpaNotSupportedException($"{Name}: the IFC VF has no suspend, so nothing to resume; re-enable queues with SetVqReady true");
+    /// <summary>
+    /// suspend (what vhost-vdpa calls before it reads the ring state for a migration): the IFC VF has no
+    /// device-wide stop, so every enabled queue is disabled and waited for, which makes the VF finish its
+    /// in-flight work and store the queue's ring state in the LM block. Status, features, interrupts, DMA
+    /// mappings and the dirty log stay; <see cref="GetVqState"/> then reads where each queue stopped, and
+    /// <see cref="GetVqReady"/> still reports the queue ready (it is stopped, not unconfigured). A plain
+    /// virtio function (no LM block) cannot stop a queue and keep its state: not supported.
+    /// </summary>
+    public void Suspend()
+    {
+        lock (_ctl)
+        {
+            ThrowIfRemoved();
+            RequireLiveMigrationBlock("suspend");
+            for (int q = 0; q < NumVqs; q++)
+            {
+                if (!_suspended[q] && _hw.GetVqReady(q))
+                {
+                    _hw.DisableVqAndWait(q);
+                    _suspended[q] = true;
+                }
+            }
+        }
+    }
+
+    /// <summary>resume: re-enables the queues <see cref="Suspend"/> stopped; each continues from its saved ring state (or one set meanwhile).</summary>
+    public void Resume()
+    {
+        lock (_ctl)
+        {
+            ThrowIfRemoved();
+            RequireLiveMigrationBlock("resume");
+            for (int q = 0; q < NumVqs; q++)
+            {
+                if (!_suspended[q])
+                {
+                    continue;
+                }
+                _suspended[q] = false;
+                _hw.SetVqReady(q, true);
+                if (!_hw.GetVqReady(q))
+                {
+                    throw new IfcvfDeviceException($"{Name}: queue {q} did not enable again on resume");
+                }
+            }
+        }
+    }
 
     // ---- config space --------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@ using IfcVdpa.Pci;
 namespace IfcVdpa.IfcvfModel;
 
 /// <summary>Hooks between the register file and the datapath engine (additive; see Datapath/).</summary>
-public sealed partial class SoftIfcVf : IQueueStatsSource, INetDevice
+public sealed partial class SoftIfcVf : IQueueStatsSource, INetDevice, IPciFrameInjection
 {
     /// <summary>Per-queue datapath counters from the attached engine (kicks only when it keeps none).</summary>
     public QueueCounters GetQueueCounters(int queue)
@@ -43,5 +43,26 @@ public sealed partial class SoftIfcVf : IQueueStatsSource, INetDevice
         logBase = Volatile.Read(ref _lmBase);
         logEnd = Volatile.Read(ref _lmEnd);
         return on;
+    }
+
+    /// <summary>Whether a virtio-net datapath is attached that can send a frame on the driver's behalf.</summary>
+    public bool CanInjectFrames
+    {
+        get { lock (_regs) { return _engine is Datapath.VirtioNetEngine; } }
+    }
+
+    /// <summary>
+    /// Sends an Ethernet frame out of the VF's wire from queue pair 0, as if the driver had transmitted it
+    /// (the vhost back-end's RARP announce). Not a register of the real VF: the model's test hook that the
+    /// driver reaches through <see cref="IPciFrameInjection"/>.
+    /// </summary>
+    public bool InjectFrame(ReadOnlySpan<byte> frame)
+    {
+        IVirtqueueEngine? engine;
+        lock (_regs)
+        {
+            engine = _engine;
+        }
+        return engine is Datapath.VirtioNetEngine net && net.InjectFrame(frame);
     }
 }

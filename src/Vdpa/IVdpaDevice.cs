@@ -94,7 +94,11 @@ public readonly record struct VdpaNotificationArea(int Bar, ulong Offset, ulong 
 
 /// <summary>Per-virtqueue counters (like `vdpa dev vstats`).</summary>
 public readonly record struct VdpaVqStats(
-    long Packets, long Bytes, long Kicks, long Interrupts, long Errors, long Drops);
+    long Packets, long Bytes, long Kicks, long Interrupts, long Errors, long Drops)
+{
+    /// <summary>Guest pages the device marked in the dirty log for this queue's buffers (0 when it keeps no count).</summary>
+    public long DirtyPages { get; init; }
+}
 
 /// <summary>
 /// Optional driver-side facts a management tool prints beside the ops (`dev show`): how interrupts are wired

@@ -301,6 +301,33 @@ public sealed class HostileFrontEndTests : IDisposable
     }, "SET_LOG_BASE", expectClosed: false);
 
     [Fact]
+    public void DirtyLogBeyondItsFileClosesTheConnectionAndMapsNothing() => Attack(fe =>
+    {
+        fe.Negotiate(protocol: VhostUserProtocolFeature.Supported | VhostUserProtocolFeature.Migration);
+        using var log = MappedMemory.CreateShared("vhost-log", 0x1000);
+        var p = new byte[16];
+        BinaryPrimitives.WriteUInt64LittleEndian(p, 0x1000);
+        BinaryPrimitives.WriteUInt64LittleEndian(p.AsSpan(8), 0x1000); // the whole log past the end of its file
+        fe.Send(VhostUserRequest.SET_LOG_BASE, p, [log.Fd!.Fd]);
+    }, "beyond its 0x1000-byte file", expectClosed: true);
+
+    [Fact]
+    public void DirtyLogTooSmallForGuestMemoryWhileRunningIsRefusedAndTheDeviceKeepsRunning() => Attack(fe =>
+    {
+        using var mem = new GuestMemoryFixture();
+        using var net = new VirtioNetFrontEnd(fe, mem);
+        net.Start(protocol: VhostUserProtocolFeature.Supported | VhostUserProtocolFeature.Migration);
+        net.Send(1, VirtioNetFrontEnd.Frame(64, 1));
+        Assert.Equal(VirtioNetFrontEnd.Frame(64, 1), net.Receive(0, 1));
+        using var log = MappedMemory.CreateShared("vhost-log", 0x1000);
+        var p = new byte[16];
+        BinaryPrimitives.WriteUInt64LittleEndian(p, 0x1000); // covers 128 MiB; guest memory reaches 1 GiB + 2 MiB
+        fe.Send(VhostUserRequest.SET_LOG_BASE, p, [log.Fd!.Fd]);
+        Assert.True(fe.WaitClosed());
+        Assert.True(log.Span(0, 0x1000).IndexOfAnyExcept((byte)0) < 0, "the refused log was written");
+    }, "guest memory reaches", expectClosed: false);
+
+    [Fact]
     public void StalledHeaderIsDroppedAfterThePayloadTimeout() => Attack(fe =>
     {
         fe.Negotiate();

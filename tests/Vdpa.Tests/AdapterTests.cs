@@ -354,12 +354,20 @@ public class AdapterTests
     }
 
     [Fact]
-    public void SuspendAndResumeSayWhyTheyAreUnsupported()
+    public void SuspendAndResumeWithoutQueuesAreNoOpsAndAGenericFunctionSaysWhyItCannot()
     {
         using var vf = new SoftIfcVf();
         using var a = IfcvfAdapter.Probe(vf);
-        Assert.Contains("SetVqReady", Assert.Throws<VdpaNotSupportedException>(a.Suspend).Message, StringComparison.Ordinal);
-        Assert.Throws<VdpaNotSupportedException>(a.Resume);
+        a.Suspend(); // no queue enabled: nothing to stop (ring-state behaviour: VhostUser.Tests LiveMigrationTests)
+        Assert.False(a.Suspended);
+        a.Resume();
+        Assert.True(a.CanLogDirtyPages);
+        using var fn = new TestFunction(new SoftIfcVf()).Set16(PciConfig.SubsystemVendorId, 0x1af4).Set16(PciConfig.SubsystemId, 0x1100);
+        using var g = IfcvfAdapter.Probe(fn, new IfcvfAdapterOptions { AcceptGenericVirtioNet = true });
+        Assert.Contains("live-migration block", Assert.Throws<VdpaNotSupportedException>(g.Suspend).Message, StringComparison.Ordinal);
+        Assert.Throws<VdpaNotSupportedException>(g.Resume);
+        Assert.False(g.CanLogDirtyPages);
+        Assert.Throws<VdpaNotSupportedException>(() => g.EnableDirtyLog(0x1000_0000_0000, 0x1000));
     }
 
     [Fact]

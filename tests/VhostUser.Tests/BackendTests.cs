@@ -117,7 +117,7 @@ public sealed class BackendTests : IDisposable
         using var conn = listener.Accept(5000);
         Assert.NotNull(conn);
         using var fe = new TestFrontEnd(conn);
-        Assert.Equal(VhostUserProtocolFeature.Supported, fe.GetU64(VhostUserRequest.GET_PROTOCOL_FEATURES));
+        Assert.Equal(VhostUserProtocolFeature.Supported | VhostUserProtocolFeature.Migration, fe.GetU64(VhostUserRequest.GET_PROTOCOL_FEATURES));
     }
 
     [Fact]

@@ -36,9 +36,10 @@ public sealed class VirtioNetFrontEnd : IDisposable
     public const ulong Features = (1UL << VirtioFeature.F_VERSION_1) | (1UL << VirtioFeature.NET_F_MAC) | (1UL << 30);
 
     /// <summary>QEMU's order: negotiate, memory, per ring NUM/BASE/ADDR/KICK/CALL, ENABLE, then DRIVER_OK.</summary>
-    public void Start(int rings = 2, bool driverOk = true, ushort rxBase = 0, ushort txBase = 0, bool addMemReg = false)
+    public void Start(int rings = 2, bool driverOk = true, ushort rxBase = 0, ushort txBase = 0, bool addMemReg = false,
+        ulong protocol = VhostUserProtocolFeature.Supported, ulong extraFeatures = 0)
     {
-        ulong offered = Fe.Negotiate(features: Features);
+        ulong offered = Fe.Negotiate(protocol: protocol, features: Features | extraFeatures);
         Assert.Equal(Features, offered & Features);
         if (addMemReg)
         {

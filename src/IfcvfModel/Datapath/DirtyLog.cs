@@ -30,12 +30,20 @@ internal readonly struct DirtyLog
     }
 
     /// <summary>
-    /// Marks the pages of a buffer the device wrote. Bits outside [base, end) or an unmapped log are skipped.
-    /// Atomic OR, since the reader clears bits.
+    /// Marks the pages of a buffer the device wrote (one bit per 4 KiB page of its IOVA, which is the guest
+    /// physical address for a vhost-user front-end). Bits outside [base, end) or in an unmapped log are
+    /// skipped, so nothing outside the log is ever written. Every bit is set with an atomic OR, since the
+    /// front-end reads and clears the bitmap concurrently: a 32-bit OR when the aligned word lies inside the
+    /// log, else a compare-and-swap on the byte. Returns the pages whose bit was clear (for the statistics).
     /// </summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
-    public void Mark(ulong iova, uint len)
+    public int Mark(ulong iova, uint len)
     {
+        if (len == 0)
+        {
+            return 0;
+        }
+        int marked = 0;
         ulong last = (iova + len - 1) >> 12;
         for (ulong page = iova >> 12; page <= last; page++)
         {
@@ -48,12 +56,29 @@ internal readonly struct DirtyLog
             int shift = (int)(((byteIova - wordIova) * 8) + (page & 7));
             if (wordIova >= _base && wordIova + 4 <= _end && _dma.TryTranslate(wordIova, 4, true, out var word))
             {
-                Interlocked.Or(ref MemoryMarshal.Cast<byte, uint>(word)[0], 1u << shift);
+                uint bit = 1u << shift;
+                if ((Interlocked.Or(ref MemoryMarshal.Cast<byte, uint>(word)[0], bit) & bit) == 0)
+                {
+                    marked++;
+                }
             }
             else if (_dma.TryTranslate(byteIova, 1, true, out var b))
             {
-                b[0] |= (byte)(1 << (int)(page & 7));
+                byte bit = (byte)(1 << (int)(page & 7));
+                ref byte target = ref b[0];
+                byte old = Volatile.Read(ref target);
+                while ((old & bit) == 0)
+                {
+                    byte seen = Interlocked.CompareExchange(ref target, (byte)(old | bit), old);
+                    if (seen == old)
+                    {
+                        marked++;
+                        break;
+                    }
+                    old = seen;
+                }
             }
         }
+        return marked;
     }
 }

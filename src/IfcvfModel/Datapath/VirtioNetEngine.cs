@@ -68,6 +68,13 @@ public sealed class VirtioNetEngine : IVirtqueueEngine, IQueueStatsSource, IDisp
 
     public QueueCounters GetQueueCounters(int queue) => _core.GetQueueCounters(queue);
 
+    /// <summary>
+    /// Queues an Ethernet frame (no virtio-net header) that the worker sends out through the backend from
+    /// queue pair 0, as if the driver had transmitted it (SEND_RARP after a migration). Any thread; false
+    /// when it is not a frame or too many wait.
+    /// </summary>
+    public bool InjectFrame(ReadOnlySpan<byte> frame) => _net.Inject(frame);
+
     /// <summary>Wakes a sleeping event-mode worker.</summary>
     public void Wake() => _core.Wake();
 

@@ -48,6 +48,7 @@ internal sealed class Virtqueue(int index)
     public long Interrupts;
     public long Errors;
     public long Drops;
+    public long DirtyPages;
 
     /// <summary>The ring state as the control path reports it.</summary>
     public RingIndices Indices => new(Volatile.Read(ref LastAvail), Volatile.Read(ref AvailWrap), Volatile.Read(ref LastUsed), Volatile.Read(ref UsedWrap));
@@ -61,7 +62,10 @@ internal sealed class Virtqueue(int index)
 
     public Pci.QueueCounters Counters => new(
         Volatile.Read(ref Packets), Volatile.Read(ref Bytes), Interlocked.Read(ref Kicks),
-        Volatile.Read(ref Interrupts), Volatile.Read(ref Errors), Volatile.Read(ref Drops));
+        Volatile.Read(ref Interrupts), Volatile.Read(ref Errors), Volatile.Read(ref Drops))
+    {
+        DirtyPages = Volatile.Read(ref DirtyPages),
+    };
 
     /// <summary>Control path: loads the ring layout and state for a start.</summary>
     public void Configure(in QueueStart start, bool suppressKicks)

@@ -80,6 +80,19 @@ public interface IVhostUserBackendHandler
     /// <summary>REM_MEM_REG (CONFIGURE_MEM_SLOTS).</summary>
     void RemMemReg(MemoryRegionDesc region) => throw Unsupported(VhostUserRequest.REM_MEM_REG);
 
+    /// <summary>
+    /// SET_LOG_BASE (LOG_SHMFD): the dirty log, <paramref name="size"/> bytes at <paramref name="offset"/> of
+    /// <paramref name="fd"/> (owned by the message: map it, do not keep it). The dispatcher replies.
+    /// </summary>
+    void SetLogBase(ulong size, ulong offset, SafeFd fd) => throw Unsupported(VhostUserRequest.SET_LOG_BASE);
+
+    /// <summary>SET_LOG_FD (LOG_SHMFD): an eventfd for log syncs; the handler owns it from then on.</summary>
+    void SetLogFd(SafeFd fd)
+    {
+        fd.Dispose();
+        throw Unsupported(VhostUserRequest.SET_LOG_FD);
+    }
+
     /// <summary>SEND_RARP (RARP): the guest's MAC, to announce after a migration.</summary>
     void SendRarp(ReadOnlySpan<byte> mac) => throw Unsupported(VhostUserRequest.SEND_RARP);
 

@@ -27,9 +27,13 @@ internal sealed class VdpaBackendHandler : IVhostUserBackendHandler
         _log = log;
     }
 
-    /// <summary>Virtio features offered: the device's without ACCESS_PLATFORM (rings use GPAs), plus bit 30.</summary>
+    /// <summary>
+    /// Virtio features offered: the device's without ACCESS_PLATFORM (rings use GPAs), plus bit 30, plus
+    /// VHOST_F_LOG_ALL when the device keeps a dirty log (never passed to the device itself).
+    /// </summary>
     public ulong OfferedFeatures =>
-        (_binding.DeviceFeatures & ~VirtioFeature.Bit(VirtioFeature.F_ACCESS_PLATFORM)) | VirtioFeature.Bit(VirtioFeature.F_PROTOCOL_FEATURES);
+        (_binding.DeviceFeatures & ~VirtioFeature.Bit(VirtioFeature.F_ACCESS_PLATFORM) & ~VirtioFeature.Bit(VirtioFeature.F_LOG_ALL)) |
+        VirtioFeature.Bit(VirtioFeature.F_PROTOCOL_FEATURES) | (_binding.CanLog ? VirtioFeature.Bit(VirtioFeature.F_LOG_ALL) : 0);
 
     // ---- negotiation ----
 
@@ -44,7 +48,10 @@ internal sealed class VdpaBackendHandler : IVhostUserBackendHandler
         _binding.SetFeatures(features);
     }
 
-    public ulong GetProtocolFeatures() => VhostUserProtocolFeature.Supported;
+    /// <summary>The common set, plus LOG_SHMFD when the device keeps a dirty log and RARP when it can send the announce.</summary>
+    public ulong GetProtocolFeatures() => VhostUserProtocolFeature.Supported |
+        (_binding.CanLog ? 1UL << VhostUserProtocolFeature.LOG_SHMFD : 0) |
+        (_binding.CanSendRarp ? 1UL << VhostUserProtocolFeature.RARP : 0);
 
     public void SetProtocolFeatures(ulong features) => _binding.SetProtocolFeatures(features);
 
@@ -118,13 +125,13 @@ internal sealed class VdpaBackendHandler : IVhostUserBackendHandler
     public void SetVringAddr(VringAddr addr)
     {
         int q = RingIndex(addr.Index);
-        if ((addr.Flags & VhostUserWire.VringFlagLog) != 0)
-        {
-            throw new VhostUserRequestException($"ring {q}: dirty logging requested but not supported");
-        }
-        if (addr.Flags != 0)
+        if ((addr.Flags & ~VhostUserWire.VringFlagLog) != 0)
         {
             throw new VhostUserRequestException($"ring {q}: unknown address flags 0x{addr.Flags:x}");
+        }
+        if ((addr.Flags & VhostUserWire.VringFlagLog) != 0)
+        {
+            CheckUsedRingLog(q, addr);
         }
         if ((addr.Desc & 15) != 0 || (addr.Avail & 1) != 0 || (addr.Used & 3) != 0)
         {
@@ -135,7 +142,26 @@ internal sealed class VdpaBackendHandler : IVhostUserBackendHandler
         {
             throw new VhostUserRequestException(outside);
         }
-        _binding.Change(q, r => r.Addr = addr);
+        _binding.SetAddr(q, addr);
+    }
+
+    /// <summary>VHOST_VRING_F_LOG: the device must log, and log_guest_addr must be the ring's used area inside guest memory.</summary>
+    private void CheckUsedRingLog(int q, VringAddr addr)
+    {
+        if (!_binding.CanLog)
+        {
+            throw new VhostUserRequestException($"ring {q}: dirty logging requested but device {_device.Name} keeps no dirty log");
+        }
+        if ((addr.Log & 3) != 0)
+        {
+            throw new VhostUserRequestException($"ring {q}: used-ring log address 0x{addr.Log:x} is misaligned");
+        }
+        uint num = Math.Max(_binding.Ring(q).Num, 1);
+        ulong len = _binding.Packed ? 4 : 4 + (8UL * num) + (_binding.Acked(VirtioFeature.F_RING_EVENT_IDX) ? 2UL : 0);
+        if (_binding.Memory.Count > 0 && !_binding.Memory.TryGpaSpan(addr.Log, (int)len, out _))
+        {
+            throw new VhostUserRequestException($"ring {q}: used-ring log address 0x{addr.Log:x} (+{len}) is outside guest memory");
+        }
     }
 
     public void SetVringBase(VringState state)
@@ -201,8 +227,19 @@ internal sealed class VdpaBackendHandler : IVhostUserBackendHandler
 
     // ---- the rest ----
 
-    public void SendRarp(ReadOnlySpan<byte> mac) =>
-        _log($"SEND_RARP for {MacAddress.Format(mac)} (the guest announces itself: GUEST_ANNOUNCE)");
+    public void SendRarp(ReadOnlySpan<byte> mac) => _binding.SendRarp(mac);
+
+    public void SetLogBase(ulong size, ulong offset, SafeFd fd) => _binding.SetLogBase(size, offset, fd);
+
+    public void SetLogFd(SafeFd fd)
+    {
+        if (!_binding.CanLog)
+        {
+            fd.Dispose();
+            throw new VhostUserRequestException($"device {_device.Name} keeps no dirty log: SET_LOG_FD not supported");
+        }
+        _binding.SetLogFd(fd);
+    }
 
     public void NetSetMtu(ulong mtu)
     {

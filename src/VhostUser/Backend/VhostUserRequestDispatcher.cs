@@ -82,7 +82,8 @@ public sealed class VhostUserRequestDispatcher
         {
             return true;
         }
-        if (m.NeedReply && Has(VhostUserProtocolFeature.REPLY_ACK) && !HasOwnReply(m.Request))
+        if (m.NeedReply && Has(VhostUserProtocolFeature.REPLY_ACK) && !HasOwnReply(m.Request) &&
+            !(m.Request == VhostUserRequest.SET_LOG_BASE && Has(VhostUserProtocolFeature.LOG_SHMFD)))
         {
             try
             {
@@ -129,7 +130,8 @@ public sealed class VhostUserRequestDispatcher
         or VhostUserRequest.SET_VRING_ADDR or VhostUserRequest.SET_VRING_BASE or VhostUserRequest.GET_VRING_BASE
         or VhostUserRequest.SET_VRING_KICK or VhostUserRequest.SET_VRING_CALL or VhostUserRequest.SET_VRING_ERR
         or VhostUserRequest.SET_VRING_ENABLE or VhostUserRequest.SET_STATUS or VhostUserRequest.SET_CONFIG
-        or VhostUserRequest.SEND_RARP or VhostUserRequest.NET_SET_MTU;
+        or VhostUserRequest.SEND_RARP or VhostUserRequest.NET_SET_MTU or VhostUserRequest.SET_LOG_BASE
+        or VhostUserRequest.SET_LOG_FD;
 
     /// <summary>Decodes a checked request and runs its handler member; true if it sent its own reply.</summary>
     private bool Dispatch(VhostUserMessage m)
@@ -214,6 +216,23 @@ public sealed class VhostUserRequestDispatcher
                 return false;
             case VhostUserRequest.SEND_RARP:
                 h.SendRarp(p.AsSpan(0, 6));
+                return false;
+            case VhostUserRequest.SET_LOG_BASE:
+                // With LOG_SHMFD the front-end waits for a reply (QEMU checks only its code; a u64 0 as
+                // libvhost-user sends). A refusal then closes the connection, as for any request with its
+                // own reply: the front-end must not migrate with a log nobody writes.
+                if (!Has(VhostUserProtocolFeature.LOG_SHMFD))
+                {
+                    throw new VhostUserRequestException("not supported without LOG_SHMFD negotiated (the log is taken only as shared memory)");
+                }
+                h.SetLogBase(BinaryPrimitives.ReadUInt64LittleEndian(p), BinaryPrimitives.ReadUInt64LittleEndian(p.AsSpan(8)), m.Fds[0]);
+                return Reply(m, 0);
+            case VhostUserRequest.SET_LOG_FD:
+                if (!FdKind.IsEventFd(m.Fds[0].Fd))
+                {
+                    throw new VhostUserRequestException($"log descriptor is not an eventfd ({FdKind.Target(m.Fds[0].Fd)})");
+                }
+                h.SetLogFd(m.TakeFd(0));
                 return false;
             case VhostUserRequest.NET_SET_MTU:
                 h.NetSetMtu(m.U64);

@@ -70,6 +70,10 @@ public sealed class VhostUserSession : IDisposable
     /// <summary>Kicks relayed to the device so far (0 when no relay ran).</summary>
     public long RelayedKicks => _binding.RelayedKicks;
 
+    /// <summary>Live migration: whether the device logs dirty pages now, and the used-ring pages marked here in the current log.</summary>
+    public (bool DeviceLogging, bool LogAll, long UsedRingPagesMarked) DirtyLogState =>
+        (_binding.DeviceLogging, _binding.Acked(IfcVdpa.Virtio.VirtioFeature.F_LOG_ALL), _binding.UsedRingPagesMarked);
+
     /// <summary>Messages handled, and those rejected.</summary>
     public long Messages => _dispatcher.Messages;
 

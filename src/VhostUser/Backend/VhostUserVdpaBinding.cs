@@ -13,12 +13,25 @@ namespace IfcVdpa.VhostUser;
 /// <see cref="Reevaluate"/>, which starts or stops the device and single rings. The device is left reset
 /// with nothing mapped by <see cref="Dispose"/>. Values reach it already checked
 /// (<see cref="VdpaBackendHandler"/>); what the device refuses propagates as its exception.
-/// Room for live migration: the dirty-log region and ring positions belong here, next to the rings.
+/// Live migration (the hardware-log path of DPDK's ifc driver): the front-end's dirty log
+/// (<see cref="SetLogBase"/>) is DMA-mapped for the device at an IOVA above guest memory and programmed
+/// through <see cref="IVdpaDirtyLog"/> while VHOST_F_LOG_ALL is acked and the device runs; the device marks
+/// the packet buffers it writes, and the used ring of every queue stopped while logging is marked here
+/// (IFC hardware does not log its used-ring writes; they are final only once the queue stops, which is
+/// before the front-end's last log sync). SEND_RARP goes to <see cref="IVdpaFrameInjection"/>.
 /// </summary>
 public sealed class VhostUserVdpaBinding : IDisposable
 {
     /// <summary>Replaced call eventfds kept open before the oldest is closed.</summary>
     private const int MaxRetiredCalls = 64;
+
+    /// <summary>
+    /// The two IOVAs the dirty log is DMA-mapped at for the device (DPDK's IFCVF_LOG_BASE, and a second slot
+    /// so a new log is mapped and programmed before the old one goes). Guest memory must lie below.
+    /// </summary>
+    public const ulong LogIovaA = 0x1000_0000_0000;
+
+    public const ulong LogIovaB = 0x1800_0000_0000;
 
     private readonly IVdpaDevice _device;
     private readonly VhostUserSessionOptions _options;
@@ -37,6 +50,12 @@ public sealed class VhostUserVdpaBinding : IDisposable
     private bool _configured;
     private bool _stateFallbackLogged;
     private bool _disposed;
+    private readonly IVdpaDirtyLog? _hwLog;
+    private readonly IVdpaFrameInjection? _inject;
+    private DirtyLogRegion? _dirtyLog;   // the latest SET_LOG_BASE
+    private DirtyLogRegion? _deviceLog;  // the one the device logs into, DMA-mapped at _deviceLogIova
+    private ulong _deviceLogIova;
+    private SafeFd? _logFd;
 
     public VhostUserVdpaBinding(IVdpaDevice device, VhostUserBackendChannel channel, VhostUserSessionOptions options, Action<string> log)
     {
@@ -52,7 +71,27 @@ public sealed class VhostUserVdpaBinding : IDisposable
         }
         DeviceFeatures = device.GetDeviceFeatures();
         _notifiers = new HostNotifierOffers(device, channel, _rings.Length, log);
+        _hwLog = device is IVdpaDirtyLog { CanLogDirtyPages: true } hw ? hw : null;
+        _inject = device is IVdpaFrameInjection { CanInjectFrames: true } inj ? inj : null;
     }
+
+    /// <summary>Whether the device keeps a dirty log (VHOST_F_LOG_ALL and LOG_SHMFD are offered only then).</summary>
+    public bool CanLog => _hwLog is not null;
+
+    /// <summary>Whether the device can send a frame on the guest's behalf (RARP is offered only then).</summary>
+    public bool CanSendRarp => _inject is not null;
+
+    /// <summary>VHOST_F_LOG_ALL acked and a log given: every write the device makes is logged.</summary>
+    public bool LoggingRequested => Acked(VirtioFeature.F_LOG_ALL) && _dirtyLog is not null;
+
+    /// <summary>Whether the device is logging right now (its LM block programmed with our log).</summary>
+    public bool DeviceLogging => _deviceLog is not null;
+
+    /// <summary>Used-ring pages marked here (at ring stops), in the current log.</summary>
+    public long UsedRingPagesMarked => _dirtyLog?.PagesMarked ?? 0;
+
+    /// <summary>The current log, if any (size and offset for diagnostics).</summary>
+    public DirtyLogRegion? DirtyLog => _dirtyLog;
 
     public IVdpaDevice Device => _device;
 
@@ -90,7 +129,13 @@ public sealed class VhostUserVdpaBinding : IDisposable
     /// <summary>SET_FEATURES (checked): a change while running restarts the device.</summary>
     public void SetFeatures(ulong features)
     {
-        bool changed = _featuresSet && features != _acked;
+        // LOG_ALL toggles while running (migration starts, or is cancelled): rings must not stop for it.
+        ulong logAll = VirtioFeature.Bit(VirtioFeature.F_LOG_ALL);
+        bool changed = _featuresSet && ((features ^ _acked) & ~logAll) != 0;
+        if ((features & logAll) != 0 && _dirtyLog is { } log)
+        {
+            CheckLogCovers(log, _memory);
+        }
         _acked = features;
         _featuresSet = true;
         if (!Acked(VirtioFeature.F_PROTOCOL_FEATURES))
@@ -107,6 +152,161 @@ public sealed class VhostUserVdpaBinding : IDisposable
             Deconfigure();
         }
         Reevaluate();
+        UpdateDirtyLog();
+    }
+
+    // ---- live migration: the dirty log ----
+
+    /// <summary>
+    /// SET_LOG_BASE: maps the front-end's log (validated against its file and against the guest memory it
+    /// must cover). A new log while the device logs (QEMU resizes it) is mapped and programmed before the
+    /// old one is released, so no window logs nowhere.
+    /// </summary>
+    public void SetLogBase(ulong size, ulong offset, SafeFd fd)
+    {
+        if (_hwLog is null)
+        {
+            throw new VhostUserRequestException($"device {_device.Name} keeps no dirty log (no LM block): logging not supported");
+        }
+        var log = DirtyLogRegion.Map(fd, size, offset);
+        try
+        {
+            CheckLogCovers(log, _memory);
+        }
+        catch
+        {
+            log.Dispose();
+            throw;
+        }
+        var old = _dirtyLog;
+        _dirtyLog = log;
+        try
+        {
+            UpdateDirtyLog();
+        }
+        catch
+        {
+            _dirtyLog = old;
+            log.Dispose();
+            throw;
+        }
+        old?.Dispose(); // still pinned while the device has it mapped (a failed switch): unmapped with it
+        _log($"dirty log: 0x{size:x} bytes at offset 0x{offset:x} (covers GPA below 0x{log.Covers:x}){(DeviceLogging ? ", device logging" : "")}");
+    }
+
+    /// <summary>SET_LOG_FD: the eventfd to signal log syncs on (kept, unused: the log is shared memory).</summary>
+    public void SetLogFd(SafeFd fd)
+    {
+        _logFd?.Dispose();
+        _logFd = fd;
+    }
+
+    private static void CheckLogCovers(DirtyLogRegion log, GuestMemoryTable memory)
+    {
+        ulong end = MemoryEnd(memory);
+        if (end > log.Covers)
+        {
+            throw new VhostUserRequestException(
+                $"dirty log of 0x{log.Size:x} bytes covers GPA below 0x{log.Covers:x}, but guest memory reaches 0x{end:x} (needs 0x{(end + (DirtyLogRegion.PageSize * 8) - 1) / (DirtyLogRegion.PageSize * 8):x} bytes)");
+        }
+    }
+
+    private static ulong MemoryEnd(GuestMemoryTable memory) => memory.Regions.Count == 0 ? 0 : memory.Regions.Max(r => r.GuestPhysAddr + r.Size);
+
+    /// <summary>After every change of features, log, or device state: the device logs exactly while it runs with LOG_ALL and a log.</summary>
+    private void UpdateDirtyLog()
+    {
+        var want = _configured && Acked(VirtioFeature.F_LOG_ALL) ? _dirtyLog : null;
+        if (want is null)
+        {
+            StopDeviceLog();
+            return;
+        }
+        if (ReferenceEquals(want, _deviceLog) || _hwLog is null)
+        {
+            return;
+        }
+        if (MemoryEnd(_memory) > LogIovaA)
+        {
+            throw new VhostUserRequestException($"guest memory reaches 0x{MemoryEnd(_memory):x}, where the dirty log would be mapped for the device (0x{LogIovaA:x})");
+        }
+        ulong iova = _deviceLog is not null && _deviceLogIova == LogIovaA ? LogIovaB : LogIovaA;
+        _device.DmaMap(iova, want.Mapping, writable: true);
+        try
+        {
+            _hwLog.EnableDirtyLog(iova + want.Skew, want.Size);
+        }
+        catch
+        {
+            Teardown($"DMA unmap of the dirty log at 0x{iova:x}", () => _device.DmaUnmap(iova, want.Mapping.Length));
+            throw;
+        }
+        var (old, oldIova) = (_deviceLog, _deviceLogIova);
+        _deviceLog = want;
+        _deviceLogIova = iova;
+        if (old is not null)
+        {
+            Teardown($"DMA unmap of the old dirty log at 0x{oldIova:x}", () => _device.DmaUnmap(oldIova, old.Mapping.Length));
+        }
+        _log($"device {_device.Name} logs dirty pages into 0x{want.Size:x} bytes at IOVA 0x{iova + want.Skew:x}");
+    }
+
+    private void StopDeviceLog()
+    {
+        if (_deviceLog is not { } log)
+        {
+            return;
+        }
+        _deviceLog = null;
+        Teardown("dirty log off", () => _hwLog!.DisableDirtyLog());
+        ulong iova = _deviceLogIova;
+        Teardown($"DMA unmap of the dirty log at 0x{iova:x}", () => _device.DmaUnmap(iova, log.Mapping.Length));
+        _log($"device {_device.Name} stopped logging");
+    }
+
+    /// <summary>
+    /// Marks ring <paramref name="q"/>'s used side in the log when logging is requested: the split used ring
+    /// at log_guest_addr (VHOST_VRING_F_LOG; else its translated address), or a packed ring's descriptor ring
+    /// and device area (where a packed device writes). Called when the ring stops: the device wrote its last
+    /// used entry before its queue read disabled.
+    /// </summary>
+    private void MarkUsedRing(int q)
+    {
+        var r = _rings[q];
+        if (!LoggingRequested || r.Addr is not { } a || TranslateRing(q, a, r.Num, out var gpa) is not null)
+        {
+            return;
+        }
+        var log = _dirtyLog!;
+        if (Packed)
+        {
+            log.Mark(gpa.Desc, 16UL * r.Num);
+            log.Mark((a.Flags & VhostUserWire.VringFlagLog) != 0 ? a.Log : gpa.Used, 4);
+            return;
+        }
+        ulong len = 4 + (8UL * r.Num) + (Acked(VirtioFeature.F_RING_EVENT_IDX) ? 2UL : 0);
+        log.Mark((a.Flags & VhostUserWire.VringFlagLog) != 0 ? a.Log : gpa.Used, len);
+    }
+
+    // ---- SEND_RARP ----
+
+    /// <summary>SEND_RARP: the device sends a RARP for <paramref name="mac"/> on the guest's behalf.</summary>
+    public void SendRarp(ReadOnlySpan<byte> mac)
+    {
+        if (_inject is null)
+        {
+            throw new VhostUserRequestException($"device {_device.Name} cannot send a frame outside the guest's rings: no RARP for {MacAddress.Format(mac)}");
+        }
+        if (!Has(VhostUserProtocolFeature.RARP))
+        {
+            throw new VhostUserRequestException("not supported without RARP negotiated");
+        }
+        if (!_configured)
+        {
+            throw new VhostUserRequestException($"device {_device.Name} is not running: no RARP for {MacAddress.Format(mac)} (it would reach the wire later, or another front-end's guest)");
+        }
+        _inject.InjectFrame(RarpFrame.Build(mac));
+        _log($"RARP sent for {MacAddress.Format(mac)}");
     }
 
     public void SetProtocolFeatures(ulong features) => _protocol = features;
@@ -135,6 +335,10 @@ public sealed class VhostUserVdpaBinding : IDisposable
     {
         Deconfigure();
         CloseRings();
+        _dirtyLog?.Dispose();
+        _dirtyLog = null;
+        _logFd?.Dispose();
+        _logFd = null;
         _memory.Dispose();
         _memory = new GuestMemoryTable();
         _acked = 0;
@@ -242,6 +446,18 @@ public sealed class VhostUserVdpaBinding : IDisposable
         StopIfRunning(q);
         change(_rings[q]);
         Reevaluate();
+    }
+
+    /// <summary>SET_VRING_ADDR (checked): a change of only the log flag or log address keeps a running ring running.</summary>
+    internal void SetAddr(int q, VringAddr addr)
+    {
+        var r = _rings[q];
+        if (r.Running && r.Addr is { } cur && cur.Desc == addr.Desc && cur.Avail == addr.Avail && cur.Used == addr.Used)
+        {
+            r.Addr = addr;
+            return;
+        }
+        Change(q, x => x.Addr = addr);
     }
 
     /// <summary>SET_VRING_CALL: a running ring's interrupt is re-bound at once (QEMU swaps irqfds at runtime).</summary>
@@ -360,6 +576,7 @@ public sealed class VhostUserVdpaBinding : IDisposable
                 MapForDevice(r);
             }
             _configured = true;
+            UpdateDirtyLog(); // before the queues run: the first buffer written is logged
             int started = 0;
             for (int q = 0; q < _rings.Length; q++)
             {
@@ -456,6 +673,7 @@ public sealed class VhostUserVdpaBinding : IDisposable
         _device.SetVqReady(q, false);
         r.Base = SavedBase(q);
         _device.SetVqCallback(q, null);
+        MarkUsedRing(q);
     }
 
     private void StopIfRunning(int q)
@@ -500,8 +718,10 @@ public sealed class VhostUserVdpaBinding : IDisposable
                     _device.SetVqReady(ring, false);
                     _rings[ring].Base = SavedBase(ring);
                 });
+                MarkUsedRing(q);
             }
         }
+        StopDeviceLog();
         ResetDevice();
         _log($"device {_device.Name} stopped");
     }
@@ -564,5 +784,8 @@ public sealed class VhostUserVdpaBinding : IDisposable
         ResetDevice();
         CloseRings();
         _memory.Dispose();
+        _dirtyLog?.Dispose();
+        _dirtyLog = null;
+        _logFd?.Dispose();
     }
 }

@@ -57,7 +57,7 @@ public static class VhostUserCodec
             case VhostUserRequest.GET_FEATURES or VhostUserRequest.SET_OWNER or VhostUserRequest.RESET_OWNER
                 or VhostUserRequest.GET_PROTOCOL_FEATURES or VhostUserRequest.GET_QUEUE_NUM
                 or VhostUserRequest.SET_BACKEND_REQ_FD or VhostUserRequest.RESET_DEVICE
-                or VhostUserRequest.GET_MAX_MEM_SLOTS or VhostUserRequest.GET_STATUS:
+                or VhostUserRequest.GET_MAX_MEM_SLOTS or VhostUserRequest.GET_STATUS or VhostUserRequest.SET_LOG_FD:
                 // Some front-ends send a zero u64 with getters; accept 0 or 8 bytes.
                 return n is 0 or VhostUserWire.U64Size ? null : Expected(r, n, "0 (or 8)");
             case VhostUserRequest.SET_FEATURES or VhostUserRequest.SET_PROTOCOL_FEATURES
@@ -69,6 +69,8 @@ public static class VhostUserCodec
                 return n == VhostUserWire.VringStateSize ? null : Expected(r, n, "8");
             case VhostUserRequest.SET_VRING_ADDR:
                 return n == VhostUserWire.VringAddrSize ? null : Expected(r, n, "40");
+            case VhostUserRequest.SET_LOG_BASE:
+                return n == VhostUserWire.LogSize ? null : Expected(r, n, "16");
             case VhostUserRequest.ADD_MEM_REG or VhostUserRequest.REM_MEM_REG:
                 return n == VhostUserWire.SingleRegionSize ? null : Expected(r, n, "40");
             case VhostUserRequest.SET_MEM_TABLE:

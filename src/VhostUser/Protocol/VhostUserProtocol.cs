@@ -75,12 +75,17 @@ public static class VhostUserProtocolFeature
     public const int STATUS = 16;
 
     /// <summary>
-    /// What this back-end offers (no LOG_ALL/LOG_SHMFD until live migration exists). HOST_NOTIFIER is
-    /// offered always; doorbell pages are actually sent only when the device can be mapped (VFIO).
+    /// What this back-end offers for every device. HOST_NOTIFIER is offered always; doorbell pages are
+    /// actually sent only when the device can be mapped (VFIO). Per device it adds <see cref="LOG_SHMFD"/>
+    /// when the device keeps a dirty log and <see cref="RARP"/> when it can send a frame for the guest
+    /// (<see cref="Migration"/>).
     /// </summary>
     public const ulong Supported =
         (1UL << MQ) | (1UL << REPLY_ACK) | (1UL << MTU) | (1UL << BACKEND_REQ) | (1UL << BACKEND_SEND_FD) |
         (1UL << CONFIG) | (1UL << HOST_NOTIFIER) | (1UL << RESET_DEVICE) | (1UL << CONFIGURE_MEM_SLOTS) | (1UL << STATUS);
+
+    /// <summary>The live-migration bits a device may add to <see cref="Supported"/>.</summary>
+    public const ulong Migration = (1UL << LOG_SHMFD) | (1UL << RARP);
 }
 
 /// <summary>Wire constants.</summary>
@@ -109,6 +114,9 @@ public static class VhostUserWire
     public const int U64Size = 8;
     public const int SingleRegionSize = 40;
     public const int ConfigHeaderSize = 12;
+
+    /// <summary>SET_LOG_BASE payload: u64 mmap_size, u64 mmap_offset.</summary>
+    public const int LogSize = 16;
     public const int MaxConfigSize = 256;
 
     /// <summary>KICK/CALL/ERR payload: bits 0-7 ring index, bit 8 = no descriptor attached.</summary>

@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Runtime.CompilerServices;
 using IfcVdpa.IfcvfModel.Backends;
 using IfcVdpa.Virtio;
@@ -19,8 +20,13 @@ internal abstract class NetPersonality : IDevicePersonality, INetBackendHost
 
     protected const int Hdr = VirtioNetHeader.Size;
 
+    /// <summary>Injected frames waiting for the worker (<see cref="Inject"/>); more are refused.</summary>
+    public const int MaxInjected = 16;
+
     private readonly NetBackend _backend;
     private readonly NetControlQueue _ctrlQueue;
+    private readonly ConcurrentQueue<byte[]> _injected = new();
+    private int _injectedCount;
     private long _inboundDrops;
     private int _activePairs = 1;
     private INetDevice? _device;
@@ -78,6 +84,10 @@ internal abstract class NetPersonality : IDevicePersonality, INetBackendHost
         Device.Mac.CopyTo(Mac, 0);
         ActivePairs = 1;
         Device.SetLinkUp(_backend.LinkUp);
+        while (TryTakeInjected(out _))
+        {
+            // Frames injected for an earlier run of the device never reach a later one.
+        }
     }
 
     public abstract int Poll();
@@ -95,6 +105,43 @@ internal abstract class NetPersonality : IDevicePersonality, INetBackendHost
     public int SteeringPairs => CtrlIndex >= 0 && Engine.IsRunning(Engine.Queue(CtrlIndex)) ? ActivePairs : Pairs;
 
     public void CountInboundDrop() => Interlocked.Increment(ref _inboundDrops);
+
+    /// <summary>
+    /// Control path (any thread): queues an Ethernet frame that the worker transmits on queue pair 0 as if
+    /// the driver had sent it (a RARP announce after a migration), then wakes the worker. False when the
+    /// frame is not an Ethernet frame or too many are waiting.
+    /// </summary>
+    public bool Inject(ReadOnlySpan<byte> frame)
+    {
+        if (frame.Length < 14 || frame.Length > MaxFrame)
+        {
+            return false;
+        }
+        if (Interlocked.Increment(ref _injectedCount) > MaxInjected)
+        {
+            Interlocked.Decrement(ref _injectedCount);
+            return false;
+        }
+        var staged = new byte[Hdr + frame.Length]; // the header stays zero: no offloads
+        frame.CopyTo(staged.AsSpan(Hdr));
+        _injected.Enqueue(staged);
+        Engine.Wake();
+        return true;
+    }
+
+    /// <summary>Worker: whether injected frames wait (one volatile read per round when none do).</summary>
+    protected bool HasInjected => Volatile.Read(ref _injectedCount) != 0;
+
+    /// <summary>Worker: the next injected frame (header + Ethernet frame), if any.</summary>
+    protected bool TryTakeInjected(out byte[] frame)
+    {
+        if (_injected.TryDequeue(out frame!))
+        {
+            Interlocked.Decrement(ref _injectedCount);
+            return true;
+        }
+        return false;
+    }
 
     /// <summary>Whether a frame (header + Ethernet) is addressed to the VF: its MAC, broadcast or multicast.</summary>
     public bool ForUs(ReadOnlySpan<byte> frame)
@@ -144,7 +191,7 @@ internal sealed class NetPersonality<TPort>(VirtqueueEngine engine, NetBackend b
 
     public override int Poll()
     {
-        int work = 0;
+        int work = HasInjected ? TransmitInjected() : 0;
         for (int p = 0; p < Pairs; p++)
         {
             work += Transmit(Engine.Queue((2 * p) + 1));
@@ -217,6 +264,37 @@ internal sealed class NetPersonality<TPort>(VirtqueueEngine engine, NetBackend b
             _port.TxBurstDone();
         }
         return i;
+    }
+
+    /// <summary>Frames queued by <see cref="NetPersonality.Inject"/>: out through the port from pair 0, as a TX frame would go.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private int TransmitInjected()
+    {
+        int n = 0;
+        while (TryTakeInjected(out var frame))
+        {
+            if (Engine.Queue(1) is not { } tx)
+            {
+                CountInboundDrop(); // no TX queue was ever set up: nothing to send it from
+                continue;
+            }
+            frame.CopyTo(_stage, 0);
+            var local = new LocalSink(this, tx);
+            try
+            {
+                if (!_port.Transmit(_stage.AsSpan(0, frame.Length), 0, ref local))
+                {
+                    tx.Drops++;
+                }
+            }
+            finally
+            {
+                local.Close();
+            }
+            _port.TxBurstDone();
+            n++;
+        }
+        return n;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

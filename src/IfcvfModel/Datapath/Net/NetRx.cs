@@ -111,7 +111,7 @@ internal sealed class NetRx(VirtqueueEngine engine)
                 frame.Slice(off, take).CopyTo(dst);
                 if (logging)
                 {
-                    log.Mark(_segAddr[seg], (uint)take);
+                    rx.DirtyPages += log.Mark(_segAddr[seg], (uint)take);
                 }
                 off += take;
                 written += (uint)take;

@@ -1,0 +1,352 @@
+using System.Buffers.Binary;
+using IfcVdpa.IfcvfModel.Backends;
+using IfcVdpa.Interop.Primitives;
+using IfcVdpa.Vdpa;
+using IfcVdpa.Virtio;
+
+namespace IfcVdpa.VhostUser.Tests;
+
+/// <summary>
+/// The back-end half of live migration over the real stack (IfcvfAdapter on a software IFC VF with its
+/// engine): negotiation, SET_LOG_BASE, the hardware dirty log (the VF marks RX buffers through the LM
+/// block), used rings marked at GET_VRING_BASE, log replacement, LOG_ALL off, hostile logs, SEND_RARP,
+/// and suspend/resume on the adapter.
+/// </summary>
+public sealed class LiveMigrationTests : IDisposable
+{
+    private const ulong Proto = VhostUserProtocolFeature.Supported | VhostUserProtocolFeature.Migration;
+    private const ulong LogAll = 1UL << VirtioFeature.F_LOG_ALL;
+
+    /// <summary>Bytes of bitmap guest memory (up to 0x4020_0000) needs: one bit per 4 KiB page.</summary>
+    private const ulong NeededLog = (GuestMemoryFixture.Gpa + GuestMemoryFixture.Size) / 4096 / 8;
+
+    private readonly string _pcap = Path.Combine(Path.GetTempPath(), $"lm-{Environment.ProcessId}-{Guid.NewGuid():N}.pcap");
+    private readonly RealDevice _dev;
+    private readonly GuestMemoryFixture _mem = new();
+    private readonly SessionHarness _h;
+    private readonly VirtioNetFrontEnd _net;
+
+    public LiveMigrationTests()
+    {
+        _dev = new RealDevice();
+        _h = new SessionHarness(_dev.Adapter);
+        _net = new VirtioNetFrontEnd(_h.Fe, _mem);
+    }
+
+    private TestFrontEnd Fe => _h.Fe;
+
+    public void Dispose()
+    {
+        _h.Dispose();
+        _net.Dispose();
+        _dev.Dispose();
+        _mem.Dispose();
+        File.Delete(_pcap);
+    }
+
+    /// <summary>A front-end's log file: the bitmap at <paramref name="offset"/>, guard bytes 0xA5 everywhere else.</summary>
+    private static MappedMemory LogFile(ulong size, ulong offset, ulong tail = 0x1000)
+    {
+        var f = MappedMemory.CreateShared("vhost-log", offset + size + tail);
+        f.Span(0, (int)f.Length).Fill(0xA5);
+        f.Span(offset, (int)size).Clear();
+        return f;
+    }
+
+    private static void AssertGuardsIntact(MappedMemory f, ulong size, ulong offset)
+    {
+        Assert.True(f.Span(0, (int)offset).IndexOfAnyExcept((byte)0xA5) < 0, "bytes before the log were written");
+        Assert.True(f.Span(offset + size, (int)(f.Length - offset - size)).IndexOfAnyExcept((byte)0xA5) < 0, "bytes after the log were written");
+    }
+
+    private static List<ulong> DirtyPages(MappedMemory f, ulong size, ulong offset)
+    {
+        var pages = new List<ulong>();
+        var b = f.Span(offset, (int)size);
+        for (int i = 0; i < b.Length; i++)
+        {
+            for (int bit = 0; bit < 8; bit++)
+            {
+                if ((Volatile.Read(ref b[i]) & (1 << bit)) != 0)
+                {
+                    pages.Add(((ulong)i * 8) + (ulong)bit);
+                }
+            }
+        }
+        return pages;
+    }
+
+    private ulong SetLogBase(MappedMemory f, ulong size, ulong offset)
+    {
+        var p = new byte[16];
+        BinaryPrimitives.WriteUInt64LittleEndian(p, size);
+        BinaryPrimitives.WriteUInt64LittleEndian(p.AsSpan(8), offset);
+        Fe.Send(VhostUserRequest.SET_LOG_BASE, p, [f.Fd!.Fd]);
+        var r = Fe.ReadReply(VhostUserRequest.SET_LOG_BASE);
+        Assert.Equal(8, r.Length);
+        return BinaryPrimitives.ReadUInt64LittleEndian(r);
+    }
+
+    /// <summary>QEMU's migration start: SET_LOG_BASE, SET_FEATURES + LOG_ALL, SET_VRING_ADDR + F_LOG per ring.</summary>
+    private void StartLogging(MappedMemory f, ulong size, ulong offset)
+    {
+        Assert.Equal(0UL, SetLogBase(f, size, offset));
+        Assert.Equal(0UL, Fe.SetU64(VhostUserRequest.SET_FEATURES, VirtioNetFrontEnd.Features | LogAll));
+        for (int q = 0; q < 2; q++)
+        {
+            var (d, a, u) = GuestMemoryFixture.RingVa(q);
+            Assert.Equal(0UL, SetVringAddrLog((uint)q, d, a, u, GuestMemoryFixture.RingGpa(q).Used));
+        }
+    }
+
+    private ulong? SetVringAddrLog(uint q, ulong desc, ulong avail, ulong used, ulong logGpa)
+    {
+        var p = new byte[40];
+        new VringAddr(q, VhostUserWire.VringFlagLog, desc, used, avail, logGpa).Write(p);
+        return Fe.Request(VhostUserRequest.SET_VRING_ADDR, p);
+    }
+
+    private static ulong Page(ulong gpa) => gpa / 4096;
+
+    [Fact]
+    public void NegotiationOffersLogAllLogShmfdAndRarp()
+    {
+        ulong f = Fe.GetU64(VhostUserRequest.GET_FEATURES);
+        Assert.NotEqual(0UL, f & LogAll);
+        ulong p = Fe.GetU64(VhostUserRequest.GET_PROTOCOL_FEATURES);
+        Assert.Equal(Proto, p);
+        // LOG_ALL never reaches the device: it is a vhost feature.
+        _net.Start(protocol: Proto, extraFeatures: LogAll);
+        Assert.Equal(0UL, _dev.Adapter.GetDriverFeatures() & LogAll);
+    }
+
+    [Fact]
+    public void RxFramesMarkExactlyTheirPagesAndGetVringBaseMarksTheUsedRings()
+    {
+        const ulong offset = 0x1008; // not page-aligned: the bitmap starts inside the mapping's first page
+        using var log = LogFile(NeededLog, offset);
+        _net.Start(protocol: Proto);
+        StartLogging(log, NeededLog, offset);
+        Assert.True(_dev.Vf.DirtyLog.Enabled);
+        Assert.Empty(DirtyPages(log, NeededLog, offset)); // a restart of the rings would have marked them
+
+        _net.Send(1, VirtioNetFrontEnd.Frame(64, 1));
+        Assert.Equal(VirtioNetFrontEnd.Frame(64, 1), _net.Receive(0, 1));
+        // Only the RX buffer the VF wrote: TX buffers are read, used rings are marked at stop.
+        Assert.Equal([Page(GuestMemoryFixture.BufferGpa(0, 0))], DirtyPages(log, NeededLog, offset));
+        Assert.Equal(1, _dev.Adapter.GetVqStats(0).DirtyPages);
+
+        _net.Send(1, VirtioNetFrontEnd.Frame(64, 2));
+        Assert.Equal(VirtioNetFrontEnd.Frame(64, 2), _net.Receive(0, 2));
+
+        Fe.GetVringBase(0);
+        Fe.GetVringBase(1);
+        var pages = DirtyPages(log, NeededLog, offset);
+        Assert.Contains(Page(GuestMemoryFixture.RingGpa(0).Used), pages);
+        Assert.Contains(Page(GuestMemoryFixture.RingGpa(1).Used), pages);
+        Assert.Contains(Page(GuestMemoryFixture.BufferGpa(0, 1)), pages);
+        Assert.DoesNotContain(Page(GuestMemoryFixture.BufferGpa(1, 0)), pages); // TX buffers are only read
+        Assert.Equal(3, pages.Count); // RX buffers share a page; two used rings
+        AssertGuardsIntact(log, NeededLog, offset);
+        Assert.True(_h.Session.DirtyLogState.LogAll);
+        Assert.Equal(2, _h.Session.DirtyLogState.UsedRingPagesMarked);
+    }
+
+    [Fact]
+    public void ANewLogBaseWhileRunningIsUsedFromThenOn()
+    {
+        using var first = LogFile(NeededLog, 0);
+        using var second = LogFile(NeededLog * 2, 0x2000); // QEMU resizes: a bigger log in a new memfd
+        _net.Start(protocol: Proto);
+        StartLogging(first, NeededLog, 0);
+        _net.Send(1, VirtioNetFrontEnd.Frame(64, 1));
+        _net.Receive(0, 1);
+        Assert.Single(DirtyPages(first, NeededLog, 0));
+
+        Assert.Equal(0UL, SetLogBase(second, NeededLog * 2, 0x2000));
+        first.Span(0, (int)NeededLog).Clear(); // the front-end synced and dropped the old one
+        _net.Send(1, VirtioNetFrontEnd.Frame(64, 2));
+        _net.Receive(0, 2);
+        Assert.Empty(DirtyPages(first, NeededLog, 0));
+        Assert.Equal([Page(GuestMemoryFixture.BufferGpa(0, 1))], DirtyPages(second, NeededLog * 2, 0x2000));
+        Assert.False(_h.Logged("restarting the device"), _h.LogText);
+        Fe.GetVringBase(0);
+        Assert.Contains(Page(GuestMemoryFixture.RingGpa(0).Used), DirtyPages(second, NeededLog * 2, 0x2000));
+        Assert.Empty(DirtyPages(first, NeededLog, 0));
+        AssertGuardsIntact(second, NeededLog * 2, 0x2000);
+        // Only guest memory and the one live log stay mapped for the device.
+        Assert.Equal(2, _dev.Vf.DmaMapCount);
+    }
+
+    [Fact]
+    public void LogAllOffStopsMarkingWithoutStoppingTheRings()
+    {
+        using var log = LogFile(NeededLog, 0);
+        _net.Start(protocol: Proto);
+        StartLogging(log, NeededLog, 0);
+        _net.Send(1, VirtioNetFrontEnd.Frame(64, 1));
+        _net.Receive(0, 1);
+        Assert.NotEmpty(DirtyPages(log, NeededLog, 0));
+
+        // A cancelled migration: LOG_ALL off, ring addresses without F_LOG.
+        Assert.Equal(0UL, Fe.SetU64(VhostUserRequest.SET_FEATURES, VirtioNetFrontEnd.Features));
+        var (d, a, u) = GuestMemoryFixture.RingVa(0);
+        Assert.Equal(0UL, Fe.SetVringAddr(0, d, a, u));
+        Assert.False(_dev.Vf.DirtyLog.Enabled);
+        log.Span(0, (int)NeededLog).Clear();
+        _net.Send(1, VirtioNetFrontEnd.Frame(64, 2));
+        _net.Receive(0, 2);
+        Fe.GetVringBase(0);
+        Assert.Empty(DirtyPages(log, NeededLog, 0));
+        Assert.False(_h.Logged("restarting the device"), _h.LogText);
+        Assert.Equal(1, _dev.Vf.DmaMapCount); // guest memory only: the log is unmapped
+    }
+
+    public static TheoryData<string, ulong, ulong, ulong, int> HostileLogs => new()
+    {
+        // name, size, offset, file size, descriptors
+        { "too small for guest memory", NeededLog / 2, 0, 0x10000, 1 },
+        { "offset beyond the file", NeededLog, 0x20000, 0x10000, 1 },
+        { "size beyond the file", 0x20000, 0, 0x10000, 1 },
+        { "size 0", 0, 0, 0x10000, 1 },
+        { "wraps around", 0x1000, ulong.MaxValue - 0x10, 0x10000, 1 },
+        { "no descriptor", NeededLog, 0, 0x10000, 0 },
+        { "two descriptors", NeededLog, 0, 0x10000, 2 },
+    };
+
+    [Theory]
+    [MemberData(nameof(HostileLogs))]
+    public void HostileLogBasesAreRefusedAndNothingIsMapped(string name, ulong size, ulong offset, ulong fileSize, int fds)
+    {
+        using var f = MappedMemory.CreateShared("vhost-log", fileSize);
+        f.Span(0, (int)fileSize).Fill(0xA5);
+        _net.Start(protocol: Proto);
+        var p = new byte[16];
+        BinaryPrimitives.WriteUInt64LittleEndian(p, size);
+        BinaryPrimitives.WriteUInt64LittleEndian(p.AsSpan(8), offset);
+        int[] descriptors = [.. Enumerable.Repeat(f.Fd!.Fd, fds)];
+        Fe.Send(VhostUserRequest.SET_LOG_BASE, p, descriptors);
+        // SET_LOG_BASE carries its own reply with LOG_SHMFD: a refusal closes the connection (a front-end must not
+        // migrate with a log nobody writes).
+        Assert.True(Fe.WaitClosed(), $"{name}: the back-end kept the connection\n{_h.LogText}");
+        Assert.True(_h.WaitEnded());
+        Assert.True(_h.Logged("SET_LOG_BASE:"), _h.LogText);
+        Assert.False(_dev.Vf.DirtyLog.Enabled);
+        Assert.Equal(0, _dev.Vf.DmaMapCount);
+        Assert.True(f.Span(0, (int)fileSize).IndexOfAnyExcept((byte)0xA5) < 0, $"{name}: the log file was written");
+    }
+
+    [Fact]
+    public void UsedRingLogAddressOutsideGuestMemoryIsRefused()
+    {
+        using var log = LogFile(NeededLog, 0);
+        _net.Start(protocol: Proto);
+        Assert.Equal(0UL, SetLogBase(log, NeededLog, 0));
+        var (d, a, u) = GuestMemoryFixture.RingVa(0);
+        Assert.Equal(1UL, SetVringAddrLog(0, d, a, u, 0x1000));
+        Assert.Equal(1UL, SetVringAddrLog(0, d, a, u, GuestMemoryFixture.Gpa + GuestMemoryFixture.Size - 8));
+        Assert.True(_h.Logged("outside guest memory"), _h.LogText);
+        Assert.Equal(1UL, SetVringAddrLog(0, d, a, u, GuestMemoryFixture.RingGpa(0).Used + 2));
+        Assert.True(_h.Logged("misaligned"), _h.LogText);
+        Assert.Empty(DirtyPages(log, NeededLog, 0));
+    }
+
+    [Fact]
+    public void SetLogBaseWithoutLogShmfdIsRefusedWithAnAck()
+    {
+        using var log = LogFile(NeededLog, 0);
+        _net.Start(); // no migration bits negotiated
+        var p = new byte[16];
+        BinaryPrimitives.WriteUInt64LittleEndian(p, NeededLog);
+        Assert.Equal(1UL, Fe.Request(VhostUserRequest.SET_LOG_BASE, p, [log.Fd!.Fd]));
+        Assert.True(_h.Logged("without LOG_SHMFD"), _h.LogText);
+        Assert.NotEqual(0UL, Fe.GetU64(VhostUserRequest.GET_FEATURES));
+    }
+
+    [Fact]
+    public void SendRarpPutsARarpFrameOnTheWire()
+    {
+        using var dev = new RealDevice(backend: NetBackend.Pcap(_pcap), address: "sim:08.0");
+        using var mem = new GuestMemoryFixture();
+        using var h = new SessionHarness(dev.Adapter);
+        using var net = new VirtioNetFrontEnd(h.Fe, mem);
+        net.Start(protocol: Proto);
+        byte[] mac = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+        var p = new byte[8];
+        mac.CopyTo(p, 0);
+        Assert.Equal(0UL, h.Fe.Request(VhostUserRequest.SEND_RARP, p));
+
+        byte[] frame = [];
+        Assert.True(Wait.Until(() =>
+        {
+            using var s = new FileStream(_pcap, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+            var all = new byte[s.Length];
+            s.ReadExactly(all);
+            if (all.Length < 24 + 16)
+            {
+                return false;
+            }
+            int incl = (int)BinaryPrimitives.ReadUInt32LittleEndian(all.AsSpan(24 + 8));
+            if (all.Length < 40 + incl)
+            {
+                return false;
+            }
+            frame = all.AsSpan(40, incl).ToArray();
+            return true;
+        }), h.LogText);
+
+        var want = new byte[60];
+        want.AsSpan(0, 6).Fill(0xFF);                      // broadcast
+        mac.CopyTo(want, 6);                               // from the guest's MAC
+        want[12] = 0x80; want[13] = 0x35;                  // RARP
+        want[14] = 0; want[15] = 1;                        // Ethernet
+        want[16] = 0x08; want[17] = 0x00;                  // IPv4
+        want[18] = 6; want[19] = 4;
+        want[20] = 0; want[21] = 3;                        // request reverse
+        mac.CopyTo(want, 22);                              // sender hardware address, sender IP 0
+        mac.CopyTo(want, 32);                              // target hardware address, target IP 0
+        Assert.Equal(want, frame);
+        Assert.True(h.Logged("RARP sent for 52:54:00:12:34:56"), h.LogText);
+    }
+
+    [Fact]
+    public void WithoutADirtyLogTheBackEndOffersNoLoggingAndRefusesIt()
+    {
+        var fake = new FakeVdpaDevice(pairs: 1);
+        using var h = new SessionHarness(fake);
+        Assert.Equal(0UL, h.Fe.GetU64(VhostUserRequest.GET_FEATURES) & LogAll);
+        Assert.Equal(VhostUserProtocolFeature.Supported, h.Fe.GetU64(VhostUserRequest.GET_PROTOCOL_FEATURES));
+        h.Fe.Negotiate();
+        Assert.Equal(1UL, h.Fe.SetU64(VhostUserRequest.SET_FEATURES, FakeVdpaDevice.Features & ~(1UL << VirtioFeature.F_ACCESS_PLATFORM) | LogAll));
+        var p = new byte[8];
+        Assert.Equal(1UL, h.Fe.Request(VhostUserRequest.SEND_RARP, p));
+        Assert.True(h.Logged("cannot send a frame"), h.LogText);
+    }
+
+    [Fact]
+    public void SuspendAndResumeKeepTheRingState()
+    {
+        _net.Start();
+        for (byte i = 1; i <= 3; i++)
+        {
+            _net.Send(1, VirtioNetFrontEnd.Frame(64, i));
+            _net.Receive(0, i);
+        }
+        _dev.Adapter.Suspend();
+        Assert.True(_dev.Adapter.Suspended);
+        Assert.True(_dev.Adapter.GetVqReady(1)); // stopped, not unconfigured
+        Assert.Equal(VdpaVqState.Split(3, 3), _dev.Adapter.GetVqState(0));
+        Assert.Equal(VdpaVqState.Split(3, 3), _dev.Adapter.GetVqState(1));
+
+        _net.Send(1, VirtioNetFrontEnd.Frame(64, 4)); // kicked while suspended: not processed
+        Thread.Sleep(100);
+        Assert.Equal(3, _mem.UsedIdx(1));
+        Assert.Equal(3, _mem.UsedIdx(0));
+
+        _dev.Adapter.Resume();
+        Assert.False(_dev.Adapter.Suspended);
+        Assert.Equal(VirtioNetFrontEnd.Frame(64, 4), _net.Receive(0, 4));
+        Assert.Equal(4, _mem.UsedIdx(1));
+        Assert.Equal(4u, Fe.GetVringBase(1));
+    }
+}
