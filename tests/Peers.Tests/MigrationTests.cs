@@ -17,6 +17,8 @@ namespace IfcVdpa.Peers.Tests;
 /// The back-ends are DPDK's vhost PMD + net_tap (the reference) unless IFCVF_MIGRATION_BACKEND=serve
 /// (`ifcvf serve --backend tap:NAME`, which QEMU cannot migrate until it offers the dirty log).
 /// IFCVF_MIGRATION_REPORT=FILE appends one JSON line per migration (bench/migration.sh reads them).
+/// IFCVF_MIGRATION_FLOOD=1 turns learning off on the bridge's back-end ports (losses then leave the
+/// announcement out: for investigating where probes are lost).
 /// </summary>
 public class MigrationTests(ITestOutputHelper output)
 {
@@ -36,7 +38,7 @@ public class MigrationTests(ITestOutputHelper output)
 
     private void Run(int queues, int migrations)
     {
-        var o = new MigrationRigOptions { Backend = BackendKind, Queues = queues };
+        var o = new MigrationRigOptions { Backend = BackendKind, Queues = queues, BridgeLearning = Environment.GetEnvironmentVariable("IFCVF_MIGRATION_FLOOD") != "1" };
         using var rig = new MigrationRig(o, output.WriteLine);
         rig.BootSource();
         var pings = rig.StartPings();
@@ -96,14 +98,16 @@ public class MigrationTests(ITestOutputHelper output)
         int lost = lostHere.Count;
         output.WriteLine($"migration {leg}: {lost} pings lost (switch-over window: icmp_seq {windowStart + 1}..{windowEnd})");
         Report(r, leg, queues, lost);
-        // Outside the switch-over nothing may be lost. Within it the guest runs nowhere for QEMU's downtime D, and
-        // after it resumes the learning bridge still sends to the source's TAP until it sees the guest's MAC on the
-        // destination's (the RARP the destination back-end sends for the guest, or the guest's own announcement):
-        // the probes of D, ceil(D / 200 ms), plus one for that announcement. (D is ~10-50 ms with one queue pair
-        // here, but reached ~1.2 s on this loaded 2-CPU machine with two: QEMU reports it, the bound follows it.)
+        // Outside the switch-over nothing may be lost. Within it the guest runs nowhere for QEMU's downtime D
+        // (source side: from stopping the source to the end of the stream), ceil(D / 200 ms) probes; plus one for
+        // the destination's resume, which D does not include (vhost-user device start over the socket: ~200-300 ms
+        // on this loaded 2-CPU machine, seen with a flooding bridge); plus one for the learning bridge, which sends
+        // to the source's TAP until it sees the guest's MAC on the destination's (the RARP the destination back-end
+        // sends for the guest, or the guest's own announcement). Seen with the reference: 1-4 lost per migration
+        // with D = 7-693 ms (D reached ~1.2 s once with two queue pairs), always inside this bound.
         var outside = lostHere.Where(q => q <= windowStart || q > windowEnd).ToList();
         Assert.True(outside.Count == 0, $"pings lost outside migration {leg}'s switch-over: {string.Join(',', outside)}\n{pings.Describe()}");
-        int bound = (int)Math.Ceiling(Math.Max(0, r.Info.DowntimeMs) / (PingMonitor.IntervalSeconds * 1000)) + 1;
+        int bound = (int)Math.Ceiling(Math.Max(0, r.Info.DowntimeMs) / (PingMonitor.IntervalSeconds * 1000)) + 2;
         Assert.True(lost <= bound, $"migration {leg}: {lost} pings lost in the switch-over, bound {bound} (downtime {r.Info.DowntimeMs} ms)\n{pings.Describe()}");
 
         string? dirty = rig.RetireAndCheckClean(src);

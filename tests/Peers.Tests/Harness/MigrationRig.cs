@@ -22,6 +22,13 @@ public sealed record MigrationRigOptions
     /// <summary>How long the sender spreads one transfer over (paced in 64 KiB chunks), so that it spans a migration.</summary>
     public TimeSpan TransferSpread { get; init; } = TimeSpan.FromSeconds(4);
 
+    /// <summary>
+    /// False: the bridge does not learn on the back-ends' TAPs and floods frames for the guest to both, so a
+    /// probe is delivered as soon as the destination runs (losses measure the downtime alone, not the
+    /// relearning of the guest's MAC after the announcement).
+    /// </summary>
+    public bool BridgeLearning { get; init; } = true;
+
     /// <summary>Lifetime of every process of the rig (a deadline, not a pause).</summary>
     public TimeSpan Lifetime { get; init; } = TimeSpan.FromMinutes(8);
 }
@@ -101,6 +108,10 @@ public sealed class MigrationRig : IDisposable
                 }
                 PeerEnvironment.RunChecked("ip", "-n", ns, "link", "set", tap, "master", Bridge);
                 PeerEnvironment.RunChecked("ip", "-n", ns, "link", "set", tap, "up");
+                if (!o.BridgeLearning)
+                {
+                    PeerEnvironment.RunChecked("ip", "netns", "exec", ns, "bridge", "link", "set", "dev", tap, "learning", "off", "flood", "on");
+                }
                 _idleThreads[i] = MigrationBackends.Threads(Backends[i].Pid);
             }
         }
