@@ -12,7 +12,7 @@ cache="$root/.peers"
 export DEBIAN_FRONTEND=noninteractive
 
 packages=(dpdk-dev librte-net-virtio23 librte-net-vhost23 librte-mempool-ring23
-          qemu-system-x86 busybox-static cpio iproute2 xz-utils procps)
+          qemu-system-x86 busybox-static cpio iproute2 iputils-ping xz-utils procps)
 
 log() { echo "install-peers: $*"; }
 

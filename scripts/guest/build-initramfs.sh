@@ -2,7 +2,10 @@
 # Builds the test guest's initramfs: static busybox, scripts/guest/init as /init and the virtio-net
 # driver modules from an extracted Debian cloud kernel.
 # Usage: build-initramfs.sh KERNEL_DIR OUT_DIR    (KERNEL_DIR holds boot/vmlinuz-* and lib/modules/)
-# Writes OUT_DIR/vmlinuz and OUT_DIR/initrd.gz; does nothing when they are newer than their inputs.
+# Writes OUT_DIR/vmlinuz and OUT_DIR/initrd.gz and OUT_DIR/inputs.sha256 (a digest of the init script,
+# this script, the kernel and busybox); does nothing when that digest is unchanged and the output is newer
+# than its inputs. The digest makes a changed init rebuild even when its mtime is older than the initrd
+# (another branch checked out, a copied .peers).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 kdir="${1:?kernel dir}"
@@ -16,7 +19,9 @@ kver="${vmlinuz##*/vmlinuz-}"
 moddir="$kdir/lib/modules/$kver"
 busybox=/bin/busybox
 
-if [[ -f "$out/initrd.gz" && -f "$out/vmlinuz" && "$out/initrd.gz" -nt "$here/init" \
+inputs="$(cat "$here/init" "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1) $kver $(stat -c %s "$vmlinuz" "$busybox" | tr '\n' ' ')"
+if [[ -f "$out/initrd.gz" && -f "$out/vmlinuz" && -f "$out/inputs.sha256" \
+      && "$(cat "$out/inputs.sha256")" == "$inputs" && "$out/initrd.gz" -nt "$here/init" \
       && "$out/initrd.gz" -nt "${BASH_SOURCE[0]}" && "$out/initrd.gz" -nt "$vmlinuz" \
       && "$out/initrd.gz" -nt "$busybox" ]]; then
   exit 0
@@ -45,4 +50,5 @@ mkdir -p "$out"
 cp "$vmlinuz" "$out/vmlinuz.tmp"
 mv "$out/vmlinuz.tmp" "$out/vmlinuz"
 mv "$out/initrd.gz.tmp" "$out/initrd.gz"
+echo "$inputs" >"$out/inputs.sha256"
 echo "build-initramfs: $out/initrd.gz ($kver, $(stat -c %s "$out/initrd.gz") bytes)"

@@ -54,18 +54,26 @@ public sealed class TestPmd : IDisposable
     public PeerProcess Process => _process;
 
     private TestPmd(string name, string cpuMap, string vdev, IEnumerable<string> appArgs, TimeSpan lifetime)
+        : this(name, cpuMap, [vdev], appArgs, lifetime, netns: null)
+    {
+    }
+
+    private TestPmd(string name, string cpuMap, string[] vdevs, IEnumerable<string> appArgs, TimeSpan lifetime, string? netns)
     {
         PeerEnvironment.Require(PeerEnvironment.TestPmd);
         _prefix = PeerEnvironment.Unique("ifcvf-t");
+        // inside a namespace `ip netns exec` execs timeout, whose one child is (stdbuf exec-ing) testpmd
+        string[] launcher = netns is null ? ["timeout"] : ["ip", "netns", "exec", netns, "timeout"];
         string[] args =
         [
+            .. launcher[1..],
             "-s", "KILL", ((int)lifetime.TotalSeconds).ToString(CultureInfo.InvariantCulture),
             // testpmd's prompt is written unbuffered, its output through stdio: line-buffer stdout so they stay in order
             "stdbuf", "-oL", PeerEnvironment.TestPmd,
             "--lcores", cpuMap, "--no-huge", "-m", "1024", "--no-pci", "--file-prefix=" + _prefix,
-            "--log-level=pmd.net.virtio.init:debug", "--vdev", vdev, "--", "-i", .. appArgs,
+            "--log-level=pmd.net.virtio.init:debug", .. vdevs.SelectMany(v => (string[])["--vdev", v]), "--", "-i", .. appArgs,
         ];
-        _process = new PeerProcess(name, "timeout", args, lifetime + TimeSpan.FromSeconds(5));
+        _process = new PeerProcess(name, launcher[0], args, lifetime + TimeSpan.FromSeconds(5));
     }
 
     /// <summary>A virtio-user front-end on <paramref name="socket"/>; lcore 1 forwards on CPU 0, the main lcore sits on CPU 1.</summary>
@@ -87,6 +95,18 @@ public sealed class TestPmd : IDisposable
         string q = queues.ToString(CultureInfo.InvariantCulture);
         return new TestPmd("testpmd-vhost", cpuMap, $"net_vhost0,iface={socket},queues={q}",
             ["--forward-mode=io", "--nb-cores=1", "--rxq=" + q, "--txq=" + q, "--disable-link-check"], lifetime ?? TimeSpan.FromSeconds(120));
+    }
+
+    /// <summary>
+    /// DPDK's vhost PMD bridged to a TAP by io forwarding (port 0 net_vhost0 on <paramref name="socket"/>,
+    /// port 1 net_tap0 creating <paramref name="tap"/>), run inside network namespace <paramref name="netns"/>
+    /// so that the TAP is born there: the reference back-end of the live-migration tests.
+    /// </summary>
+    public static TestPmd StartVhostTapBackend(string socket, string tap, int queues, string netns, TimeSpan lifetime, string cpuMap)
+    {
+        string q = queues.ToString(CultureInfo.InvariantCulture);
+        return new TestPmd("testpmd-vhost-tap", cpuMap, [$"net_vhost0,iface={socket},queues={q}", $"net_tap0,iface={tap}"],
+            ["--forward-mode=io", "--nb-cores=1", "--rxq=" + q, "--txq=" + q, "--disable-link-check"], lifetime, netns);
     }
 
     /// <summary>Waits for the first prompt (ports configured and started, virtio-user connected).</summary>

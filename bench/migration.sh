@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Live-migration benchmark: the same migration (tests/Peers.Tests MigrationRig: a 256 MB Linux guest
+# moved between two QEMU 7.2 instances over a Unix socket, pinged every 200 ms from a namespace while
+# 8 MiB are sent to it over TCP) with two vhost-user back-ends per run, side by side:
+#   dpdk:  DPDK's vhost PMD + net_tap in testpmd (the reference), as source and destination
+#   serve: `ifcvf serve --backend tap:NAME` as source and destination
+# For each it prints QEMU's total time and downtime (query-migrate), the wall time the test waited,
+# and the pings lost; when QEMU cannot migrate on a back-end, its error instead of figures.
+# Usage: bench/migration.sh [RUNS=3]      (root; scripts/install-peers.sh installed the peers)
+# Environment: BACKENDS="dpdk serve" restricts the columns; QUEUES=1|2.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+runs="${1:-3}"
+backends="${BACKENDS:-dpdk serve}"
+queues="${QUEUES:-1}"
+work="$(mktemp -d /tmp/ifcvf-migbench.XXXXXX)"
+trap 'rm -rf "$work"' EXIT
+
+"$root/scripts/install-peers.sh" >/dev/null
+dotnet build "$root/tests/Peers.Tests" -c Release --nologo -v quiet >/dev/null
+# serve: let the launcher build the CLI now rather than inside the first run
+[[ " $backends " == *" serve "* ]] && "$root/ifcvf" --help >/dev/null 2>&1 || true
+
+filter="FullyQualifiedName~MigrationTests.MigratesUnderPingAndTransfer"
+for b in $backends; do
+  for ((r = 1; r <= runs; r++)); do
+    echo "migration bench: $b run $r/$runs" >&2
+    IFCVF_MIGRATION_BACKEND="$b" IFCVF_MIGRATION_REPORT="$work/$b.jsonl" \
+      dotnet test "$root/tests/Peers.Tests" -c Release --no-build --nologo \
+      --filter "$filter" >"$work/$b.$r.log" 2>&1 || true
+    if ! grep -q "\"backend\":\"$b\"" "$work/$b.jsonl" 2>/dev/null || [[ $(wc -l <"$work/$b.jsonl") -lt $r ]]; then
+      # the test failed before migrating: keep its first failure line as the figure
+      msg="$(grep -m1 -E 'Error Message|Assert|Exception' -A2 "$work/$b.$r.log" | tr '\n' ' ' | cut -c1-200)"
+      printf '{"backend":"%s","status":"error","error":"%s"}\n' "$b" "${msg//\"/\'}" >>"$work/$b.jsonl"
+    fi
+  done
+done
+
+field() { sed -n "s/.*\"$2\":\(\"\([^\"]*\)\"\|\([-0-9]*\)\).*/\2\3/p" <<<"$1"; }
+median() { sort -n | awk '{a[NR]=$1} END {if (NR == 0) print "-"; else if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+
+printf '\nlive migration, %s queue pair(s), %s run(s) per back-end (medians; per-run figures below)\n' "$queues" "$runs"
+printf '%-8s %12s %14s %12s %12s  %s\n' backend "total ms" "downtime ms" "wall ms" "pings lost" status
+for b in $backends; do
+  f="$work/$b.jsonl"
+  ok="$(grep '"status":"completed"' "$f" || true)"
+  if [[ -n "$ok" ]]; then
+    tot="$(while read -r l; do field "$l" total_ms; done <<<"$ok" | median)"
+    down="$(while read -r l; do field "$l" downtime_ms; done <<<"$ok" | median)"
+    wall="$(while read -r l; do field "$l" wall_ms; done <<<"$ok" | median)"
+    lost="$(while read -r l; do field "$l" pings_lost; done <<<"$ok" | awk '{s+=$1} END {print s+0}')"
+    printf '%-8s %12s %14s %12s %12s  %s\n' "$b" "$tot" "$down" "$wall" "$lost total" "$(grep -c . <<<"$ok")/$runs completed"
+  else
+    err="$(field "$(head -n1 "$f")" error)"
+    printf '%-8s %12s %14s %12s %12s  %s\n' "$b" - - - - "not supported yet: ${err:-no report}"
+  fi
+done
+printf '\nper run:\n'
+cat "$work"/*.jsonl
