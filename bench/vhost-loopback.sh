@@ -22,6 +22,7 @@
 #                          fixed layout above, so change it only on a machine with other CPUs)
 # Output: one table (stdout); per-run samples and progress on stderr. Any run that measures 0 or
 # cannot be parsed fails the case loudly (its log is kept) and the script exits 1.
+# Columns, pinning, the noise caveat and why the old script printed 0 pps: bench/README.md.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 runs="${1:-${RUNS:-5}}"
