@@ -33,6 +33,7 @@ public static class ServeCommand
         public bool PackedRings { get; set; } = true;
         public string? Vfio { get; set; }
         public bool Generic { get; set; }
+        public int[]? Cpus { get; set; }
     }
 
     public static int Run(CliContext ctx, IReadOnlyList<string> argv) => Run(ctx, argv, CancellationToken.None);
@@ -185,7 +186,7 @@ public static class ServeCommand
         {
             throw new CliException($"backend {a.Backend}: {e.Message}");
         }
-        var sw = SoftVf.Create(vfOptions, backend, new EngineOptions { Mode = a.Mode, Log = log });
+        var sw = SoftVf.Create(vfOptions, backend, new EngineOptions { Mode = a.Mode, CpuAffinity = CpuList.ForWorker(a.Cpus, 0), Log = log });
         try
         {
             var adapter = IfcvfAdapter.Probe(sw.Function, new IfcvfAdapterOptions { Name = "vdpa0" });
@@ -270,6 +271,19 @@ public static class ServeCommand
                 case "--generic" or "generic":
                     a.Generic = true; // accept a plain virtio-net function (DPDK's vdpa=1)
                     break;
+                case "--cpu" or "cpu":
+                {
+                    string v = Value();
+                    try
+                    {
+                        a.Cpus = CpuList.Parse(v);
+                    }
+                    catch (FormatException e)
+                    {
+                        throw new CliException($"--cpu: {e.Message}");
+                    }
+                    break;
+                }
                 case "--stats-period":
                     a.StatsPeriod = double.TryParse(Value(), CultureInfo.InvariantCulture, out double s) && s > 0
                         ? s : throw new CliException("--stats-period must be a positive number of seconds");
@@ -298,6 +312,21 @@ public static class ServeCommand
         if (string.IsNullOrEmpty(a.Socket))
         {
             throw new CliException("serve needs --socket PATH");
+        }
+        if (a.Cpus is not null)
+        {
+            if (a.Vfio is not null)
+            {
+                throw new CliException("--cpu pins the software VF's datapath worker; with --vfio the frames never pass through this process");
+            }
+            try
+            {
+                CpuList.EnsureAllowed(a.Cpus); // one worker: it takes the first CPU, but every CPU named must be usable
+            }
+            catch (ArgumentException e)
+            {
+                throw new CliException($"--cpu {CpuList.Format(a.Cpus)}: {e.Message}");
+            }
         }
         return a;
     }

@@ -3,7 +3,7 @@ using IfcVdpa.Virtio;
 
 namespace IfcVdpa.Cli;
 
-/// <summary>`ifcvf sim add [count N] [mac M] [queues N]` and `ifcvf sim del NAME` (software VFs in the daemon).</summary>
+/// <summary>`ifcvf sim add [count N] [mac M] [queues N] [backend B] [cpu LIST]` and `ifcvf sim del NAME` (software VFs in the daemon).</summary>
 public static class SimCommand
 {
     public static int Run(CliContext ctx, string verb, IEnumerable<string> args)
@@ -19,7 +19,19 @@ public static class SimCommand
                 int queues = kv.Int("queues", 1);
                 int vectors = kv.Int("msix_vectors", 0);
                 string? backend = kv.Get("backend");
+                string? cpu = kv.Get("cpu");
                 kv.EnsureAllUsed();
+                if (cpu is not null)
+                {
+                    try
+                    {
+                        _ = IfcvfModel.Datapath.CpuList.Parse(cpu); // the syntax here; the daemon checks the CPUs against its own
+                    }
+                    catch (FormatException e)
+                    {
+                        throw new CliException($"cpu: {e.Message}");
+                    }
+                }
                 if (mac is not null && MacAddress.TryParse(mac) is null)
                 {
                     throw new CliException($"mac must look like 00:e0:ed:00:00:01, not \"{mac}\"");
@@ -39,6 +51,10 @@ public static class SimCommand
                     if (backend is not null)
                     {
                         w.WriteString("backend", backend);
+                    }
+                    if (cpu is not null)
+                    {
+                        w.WriteString("cpu", cpu);
                     }
                 });
                 if (ctx.Json)

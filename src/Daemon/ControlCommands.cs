@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Text.Json;
+using IfcVdpa.IfcvfModel.Datapath;
 using IfcVdpa.Vdpa;
 using IfcVdpa.VhostUser;
 using IfcVdpa.VirtioNet;
@@ -127,8 +128,18 @@ public static class ControlCommands
         int queues = (int)(a.Integer("queues", 1, 32) ?? 1);
         int? vectors = (int?)a.Integer("msix_vectors", 1, 2048);
         string backend = a.String("backend", 200) ?? "loopback";
+        string? cpu = a.String("cpu", 200);
         a.EnsureNoUnknown();
-        var added = registry.AddSoftwareVfs(count, mac is null ? (ReadOnlyMemory<byte>?)null : mac, queues, vectors, backend);
+        int[]? cpus;
+        try
+        {
+            cpus = cpu is null ? null : CpuList.Parse(cpu);
+        }
+        catch (FormatException e)
+        {
+            throw new ControlException($"cpu: {e.Message}");
+        }
+        var added = registry.AddSoftwareVfs(count, mac is null ? (ReadOnlyMemory<byte>?)null : mac, queues, vectors, backend, cpus);
         w.WriteStartObject("mgmtdev");
         foreach (var md in added)
         {
@@ -169,6 +180,10 @@ public static class ControlCommands
         if (md.Device is { } d)
         {
             w.WriteString("dev", d.Name);
+        }
+        if (md.DatapathCpu is int cpu)
+        {
+            w.WriteNumber("cpu", cpu);
         }
         w.WriteEndObject();
     }

@@ -88,9 +88,11 @@ public sealed partial class DeviceRegistry(DaemonLog? log = null) : IDisposable
     /// <summary>
     /// sim add: creates <paramref name="count"/> software IFC VFs named sim/ifcvfN (lowest free N), each
     /// with a PCI-like address sim:00:NN.0. MACs count up from <paramref name="baseMac"/> (default
-    /// 00:e0:ed:00:00:N+1).
+    /// 00:e0:ed:00:00:N+1). <paramref name="cpus"/> pins each VF's datapath worker: the i-th VF added gets
+    /// cpus[i % cpus.Count] (null: not pinned, the worker inherits the daemon's affinity).
     /// </summary>
-    public IReadOnlyList<ManagementDevice> AddSoftwareVfs(int count, ReadOnlyMemory<byte>? baseMac, int queuePairs, int? msixVectors = null, string backend = "loopback")
+    public IReadOnlyList<ManagementDevice> AddSoftwareVfs(int count, ReadOnlyMemory<byte>? baseMac, int queuePairs, int? msixVectors = null, string backend = "loopback",
+        IReadOnlyList<int>? cpus = null)
     {
         ArgumentNullException.ThrowIfNull(backend);
         if (backend == "pair" && count % 2 != 0)
@@ -112,6 +114,21 @@ public sealed partial class DeviceRegistry(DaemonLog? log = null) : IDisposable
         if (baseMac is { } m && (m.Length != 6 || (m.Span[0] & 1) != 0 || !m.Span.ContainsAnyExcept((byte)0)))
         {
             throw new RegistryException("mac must be a unicast address like 00:e0:ed:00:00:01");
+        }
+        if (cpus is not null)
+        {
+            try
+            {
+                if (cpus.Count == 0)
+                {
+                    throw new ArgumentException("the CPU list is empty");
+                }
+                CpuList.EnsureAllowed(cpus);
+            }
+            catch (ArgumentException e)
+            {
+                throw new RegistryException($"cpu: {e.Message}");
+            }
         }
         lock (_lock)
         {
@@ -151,11 +168,12 @@ public sealed partial class DeviceRegistry(DaemonLog? log = null) : IDisposable
                 {
                     (net, pairPeer) = (pairPeer, null);
                 }
-                var sw = SoftVf.Create(options, net, new EngineOptions { Mode = EngineMode.Event, Log = m => _log.Warn(m, ("vf", options.Address)) });
+                int? cpu = CpuList.ForWorker(cpus, i);
+                var sw = SoftVf.Create(options, net, new EngineOptions { Mode = EngineMode.Event, CpuAffinity = cpu, Log = m => _log.Warn(m, ("vf", options.Address)) });
                 ManagementDevice md;
                 try
                 {
-                    md = new ManagementDevice("sim", $"ifcvf{n}", sw.Function, ownsFunction: false, datapath: sw);
+                    md = new ManagementDevice("sim", $"ifcvf{n}", sw.Function, ownsFunction: false, datapath: sw) { DatapathCpu = cpu };
                 }
                 catch
                 {

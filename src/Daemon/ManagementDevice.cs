@@ -35,6 +35,9 @@ public sealed class ManagementDevice : IDisposable
     /// <summary>`sim` or `pci`.</summary>
     public string BusName { get; }
 
+    /// <summary>The CPU the software VF's datapath worker is pinned to (`sim add ... cpu`), or null.</summary>
+    public int? DatapathCpu { get; init; }
+
     /// <summary>`ifcvf0` or `0000:00:05.0`.</summary>
     public string DevName { get; }
 

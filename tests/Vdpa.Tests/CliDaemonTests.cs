@@ -20,6 +20,21 @@ public class CliDaemonTests
     }
 
     [Fact]
+    public void SimAddPinsWorkersToCpusAndRefusesForbiddenOnes()
+    {
+        using var d = new DaemonProcess();
+        var r = d.Cli("sim", "add", "count", "2", "cpu", "0");
+        Assert.True(r.Exit == 0, r.Err);
+        Assert.Equal(2, Lines(r.Out).Count(l => l.EndsWith(" cpu 0", StringComparison.Ordinal)));
+        r = d.Cli("sim", "add", "cpu", "0-x");
+        Assert.Equal(1, r.Exit);
+        Assert.Contains("cpu: CPU list \"0-x\"", Assert.Single(Lines(r.Err)), StringComparison.Ordinal);
+        r = d.Cli("sim", "add", "cpu", "1023");
+        Assert.Equal(1, r.Exit);
+        Assert.Contains("CPU 1023 is not among the CPUs this process may run on", Assert.Single(Lines(r.Err)), StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void FullSessionHumanAndJson()
     {
         using var d = new DaemonProcess();

@@ -95,6 +95,20 @@ public class ProvisioningTests
     }
 
     [Fact]
+    public void SoftwareVfsTakeTheirWorkerCpuRoundRobinAndForbiddenCpusAreRefused()
+    {
+        using var reg = NewRegistry();
+        int[] allowed = CpuAffinity.Allowed(Environment.ProcessId)!;
+        int[] cpus = [allowed[^1], allowed[0]];
+        var added = reg.AddSoftwareVfs(3, null, 1, cpus: cpus);
+        Assert.Equal(new int?[] { cpus[0], cpus[1], cpus[0] }, added.Select(m => m.DatapathCpu));
+        Assert.Null(reg.AddSoftwareVfs(1, null, 1)[0].DatapathCpu); // not given: not pinned
+        var e = Assert.Throws<RegistryException>(() => reg.AddSoftwareVfs(1, null, 1, cpus: [allowed[^1] + 1]));
+        Assert.Contains("is not among the CPUs this process may run on", e.Message, StringComparison.Ordinal);
+        Assert.Equal(4, reg.ManagementDevices.Count); // a refused add creates nothing
+    }
+
+    [Fact]
     public void OneDevicePerVfAndUniqueValidNames()
     {
         using var reg = NewRegistry();

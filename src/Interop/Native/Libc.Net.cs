@@ -2,7 +2,7 @@ using System.Runtime.InteropServices;
 
 namespace IfcVdpa.Interop.Native;
 
-/// <summary>TUN/TAP (linux/if_tun.h), open(2), ioctl(2) and sched_setaffinity(2).</summary>
+/// <summary>TUN/TAP (linux/if_tun.h), open(2), ioctl(2), sched_setaffinity(2) and sched_getaffinity(2).</summary>
 internal static partial class Libc
 {
     public const int O_RDWR = 0x2;
@@ -34,4 +34,7 @@ internal static partial class Libc
 
     [LibraryImport(Lib, SetLastError = true)]
     public static unsafe partial int sched_setaffinity(int pid, nuint cpusetsize, ulong* mask);
+
+    [LibraryImport(Lib, SetLastError = true)]
+    public static unsafe partial int sched_getaffinity(int pid, nuint cpusetsize, ulong* mask);
 }
