@@ -6,7 +6,6 @@ using IfcVdpa.IfcvfModel;
 using IfcVdpa.IfcvfModel.Backends;
 using IfcVdpa.IfcvfModel.Datapath;
 using IfcVdpa.Interop.Primitives;
-using IfcVdpa.Pci;
 using IfcVdpa.Virtio;
 using static IfcVdpa.Virtio.SplitRing;
 
@@ -30,6 +29,7 @@ public class DatapathBenchmarks
 
     private MappedMemory _mem = null!;
     private SoftIfcVf _vf = null!;
+    private IfcvfAdapter _adapter = null!;
     private VirtioNetEngine _engine = null!;
     private ushort _txAvail;
     private ushort _rxAvail;
@@ -53,8 +53,7 @@ public class DatapathBenchmarks
         _engine = new VirtioNetEngine(NetBackend.Loopback(), new EngineOptions { Mode = EngineMode.Manual, Burst = Burst });
         _vf.AttachEngine(_engine);
         _vf.DmaMap(Iova, _mem.All, writable: true);
-        var hw = IfcvfHw.Init(_vf);
-        _vf.EnableMsix([null, new CallbackSink(() => { }), new CallbackSink(() => { })]);
+        _adapter = IfcvfAdapter.Probe(_vf);
         ulong next = Iova;
         ulong Alloc(ulong n)
         {
@@ -62,7 +61,7 @@ public class DatapathBenchmarks
             next += (n + 4095) & ~4095UL;
             return a;
         }
-        var queues = new List<HwQueue>();
+        var queues = new List<(int Q, bool Enabled, ulong Desc, ulong Avail, ulong Used)>();
         for (int q = 0; q < 2; q++)
         {
             ulong desc = Alloc((ulong)DescTableBytes(Size));
@@ -90,10 +89,25 @@ public class DatapathBenchmarks
             {
                 _txAvailAddr = avail;
             }
-            queues.Add(new HwQueue(!rx || Loopback, Size, desc, avail, used, 0, 0, (ushort)(q + 1)));
+            queues.Add((q, !rx || Loopback, desc, avail, used));
         }
-        hw.StartHw(VirtioFeature.Bit(VirtioFeature.F_VERSION_1) | VirtioFeature.Bit(VirtioFeature.F_ACCESS_PLATFORM) |
-            VirtioFeature.Bit(VirtioFeature.F_RING_EVENT_IDX), queues, 0, 0);
+        // The production bring-up: the driver's vDPA ops (features, per queue size/addresses/ready, DRIVER_OK).
+        const byte Ack = VirtioStatus.ACKNOWLEDGE | VirtioStatus.DRIVER;
+        _adapter.Reset();
+        _adapter.SetStatus(Ack);
+        _adapter.SetDriverFeatures(VirtioFeature.Bit(VirtioFeature.F_VERSION_1) | VirtioFeature.Bit(VirtioFeature.F_ACCESS_PLATFORM) |
+            VirtioFeature.Bit(VirtioFeature.F_RING_EVENT_IDX));
+        _adapter.SetStatus(Ack | VirtioStatus.FEATURES_OK);
+        foreach (var (q, enabled, desc, avail, used) in queues)
+        {
+            if (enabled)
+            {
+                _adapter.SetVqNum(q, Size);
+                _adapter.SetVqAddress(q, desc, avail, used);
+                _adapter.SetVqReady(q, true);
+            }
+        }
+        _adapter.SetStatus(Ack | VirtioStatus.FEATURES_OK | VirtioStatus.DRIVER_OK);
     }
 
     private Span<byte> Span(ulong iova, int len) => _mem.Span(iova - Iova, len);
@@ -116,6 +130,7 @@ public class DatapathBenchmarks
     [GlobalCleanup]
     public void Cleanup()
     {
+        _adapter.Dispose();
         _engine.Dispose();
         _vf.Dispose();
         _mem.Dispose();
