@@ -116,7 +116,7 @@ public sealed class UnixSocketBoundedSendTests
         int sent = Fill(a);
         var reader = Task.Run(() =>
         {
-            Thread.Sleep(200);
+            Thread.Sleep(200); // the scenario, not a barrier: the reader starts late, so the send must wait for room
             return Drain(b, quietMs: 1000);
         });
         Assert.True(a.TrySend(Message(sent), [], 5000)); // room appears once the reader starts
@@ -238,7 +238,7 @@ public sealed class BackendChannelTests : IDisposable
             dev.Vf.SetLinkUp(!dev.Vf.LinkUp);
             if (++flaps % 256 == 0)
             {
-                Thread.Sleep(10);
+                Thread.Sleep(10); // pacing the flood (not a wait for anything)
                 // Meanwhile the session answers.
                 Assert.InRange(TimedRequest(() => h.Fe.GetU64(VhostUserRequest.GET_FEATURES) & 0, 0), 0, 3000);
             }
@@ -262,7 +262,7 @@ public sealed class BackendChannelTests : IDisposable
 
         // The session keeps serving: a new channel is accepted promptly (this takes the channel lock that a
         // blocked send would hold forever) and config changes flow on it; the device still runs.
-        Thread.Sleep(200); // config callbacks still queued from the flood find no channel
+        // Config callbacks still queued from the flood may land on the new channel: drained below either way.
         var (ch2, peer2) = UnixSocket.CreatePair();
         Own(ch2);
         using (peer2)

@@ -111,7 +111,8 @@ public sealed class BackendTests : IDisposable
     {
         using var be = Backend(client: true);
         be.Start();
-        Thread.Sleep(200);
+        // It has tried (and logged that it waits) before the front-end exists: no connection counted.
+        Assert.True(WaitFor(() => _logs.Any(l => l.Contains("waiting for a front-end", StringComparison.Ordinal))), LogText);
         Assert.Equal(0, be.Connections);
         using var listener = UnixSocket.Listen(SocketPath, 0x180);
         using var conn = listener.Accept(5000);

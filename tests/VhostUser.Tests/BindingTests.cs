@@ -135,7 +135,7 @@ public sealed class BindingTests : IDisposable
         Assert.False(_dev.Adapter.GetVqReady(1));
         Assert.True(_h.Session.Configured);
         _fe.Send(1, VirtioNetFrontEnd.Frame(60, 2)); // queued while TX is disabled: nothing moves
-        Thread.Sleep(200);
+        Assert.False(_dev.Vf.IsQueueRunning(1)); // stopped synchronously by the disable: no worker can take it
         Assert.Equal(1, _mem.UsedIdx(0));
         Assert.Equal(0UL, _h.Fe.SetState(VhostUserRequest.SET_VRING_ENABLE, 1, 1));
         Assert.True(_dev.Adapter.GetVqReady(1));

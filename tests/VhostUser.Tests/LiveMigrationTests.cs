@@ -338,8 +338,10 @@ public sealed class LiveMigrationTests : IDisposable
         Assert.Equal(VdpaVqState.Split(3, 3), _dev.Adapter.GetVqState(0));
         Assert.Equal(VdpaVqState.Split(3, 3), _dev.Adapter.GetVqState(1));
 
+        long doorbells = _dev.Vf.DoorbellCount(1);
         _net.Send(1, VirtioNetFrontEnd.Frame(64, 4)); // kicked while suspended: not processed
-        Thread.Sleep(100);
+        Assert.True(SpinWait.SpinUntil(() => _dev.Vf.DoorbellCount(1) > doorbells, 2000)); // the kick reached the device
+        Assert.False(_dev.Vf.IsQueueRunning(1)); // ... whose queue is stopped: nothing can process it
         Assert.Equal(3, _mem.UsedIdx(1));
         Assert.Equal(3, _mem.UsedIdx(0));
 

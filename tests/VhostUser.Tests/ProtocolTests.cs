@@ -397,7 +397,12 @@ public sealed class ProtocolTests : IDisposable
         Assert.Equal(77u, Fe.GetVringBase(1));
         Assert.Contains("ready 1 False", _dev.Ops);
         kicks[1].Signal();
-        Thread.Sleep(100);
+        // A relay round that starts after that signal: ring 0's kick, twice (the second proves a whole round
+        // has passed since the first, which may have shared a round with ring 1's signal).
+        kicks[0].Signal();
+        Assert.True(SpinWait.SpinUntil(() => _dev.Kicks(0) == 1, 2000));
+        kicks[0].Signal();
+        Assert.True(SpinWait.SpinUntil(() => _dev.Kicks(0) == 2, 2000));
         Assert.Equal(1, _dev.Kicks(1)); // a stopped ring's kicks are no longer relayed
         foreach (var e in kicks.Concat(calls))
         {
