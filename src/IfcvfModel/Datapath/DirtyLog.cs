@@ -1,6 +1,6 @@
 using System.Runtime.CompilerServices;
-using System.Runtime.InteropServices;
 using IfcVdpa.Interop.Primitives;
+using IfcVdpa.Virtio;
 
 namespace IfcVdpa.IfcvfModel.Datapath;
 
@@ -56,27 +56,14 @@ internal readonly struct DirtyLog
             int shift = (int)(((byteIova - wordIova) * 8) + (page & 7));
             if (wordIova >= _base && wordIova + 4 <= _end && _dma.TryTranslate(wordIova, 4, true, out var word))
             {
-                uint bit = 1u << shift;
-                if ((Interlocked.Or(ref MemoryMarshal.Cast<byte, uint>(word)[0], bit) & bit) == 0)
+                if (VhostLogBits.SetInWord(word, shift))
                 {
                     marked++;
                 }
             }
-            else if (_dma.TryTranslate(byteIova, 1, true, out var b))
+            else if (_dma.TryTranslate(byteIova, 1, true, out var b) && VhostLogBits.SetInByte(ref b[0], (byte)(1 << (int)(page & 7))))
             {
-                byte bit = (byte)(1 << (int)(page & 7));
-                ref byte target = ref b[0];
-                byte old = Volatile.Read(ref target);
-                while ((old & bit) == 0)
-                {
-                    byte seen = Interlocked.CompareExchange(ref target, (byte)(old | bit), old);
-                    if (seen == old)
-                    {
-                        marked++;
-                        break;
-                    }
-                    old = seen;
-                }
+                marked++;
             }
         }
         return marked;

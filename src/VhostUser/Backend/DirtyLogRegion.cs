@@ -1,5 +1,5 @@
-using System.Runtime.InteropServices;
 using IfcVdpa.Interop.Primitives;
+using IfcVdpa.Virtio;
 
 namespace IfcVdpa.VhostUser;
 
@@ -121,13 +121,11 @@ public sealed class DirtyLogRegion : IDisposable
             bool set;
             if (word >= Skew && word + 4 <= Skew + Size)
             {
-                uint bit = 1u << (int)(((at - word) * 8) + (ulong)bitInByte);
-                ref uint w = ref MemoryMarshal.Cast<byte, uint>(_mapping.Span(word, 4))[0];
-                set = (Interlocked.Or(ref w, bit) & bit) == 0;
+                set = VhostLogBits.SetInWord(_mapping.Span(word, 4), (int)(((at - word) * 8) + (ulong)bitInByte));
             }
             else
             {
-                set = OrByte(ref _mapping.Span(at, 1)[0], (byte)(1 << bitInByte));
+                set = VhostLogBits.SetInByte(ref _mapping.Span(at, 1)[0], (byte)(1 << bitInByte));
             }
             if (set)
             {
@@ -136,21 +134,6 @@ public sealed class DirtyLogRegion : IDisposable
         }
         Interlocked.Add(ref _marked, marked);
         return marked;
-    }
-
-    private static bool OrByte(ref byte target, byte bit)
-    {
-        byte old = Volatile.Read(ref target);
-        while ((old & bit) == 0)
-        {
-            byte seen = Interlocked.CompareExchange(ref target, (byte)(old | bit), old);
-            if (seen == old)
-            {
-                return true;
-            }
-            old = seen;
-        }
-        return false;
     }
 
     public void Dispose() => _mapping.Dispose();
