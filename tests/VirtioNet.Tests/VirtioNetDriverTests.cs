@@ -129,9 +129,10 @@ public sealed class VirtioNetDriverTests : IDisposable
         var seen = new System.Collections.Concurrent.ConcurrentQueue<bool>();
         da.LinkChanged += seen.Enqueue;
         vfA.SetLinkUp(false);
-        Assert.True(SpinWait.SpinUntil(() => !da.LinkUp, 5000));
+        // Wait for the event itself (LinkUp changes before LinkChanged is raised), then for the second one.
+        Assert.True(SpinWait.SpinUntil(() => !da.LinkUp && seen.Count == 1, 5000));
         vfA.SetLinkUp(true);
-        Assert.True(SpinWait.SpinUntil(() => da.LinkUp, 5000));
+        Assert.True(SpinWait.SpinUntil(() => da.LinkUp && seen.Count == 2, 5000));
         Assert.Equal([false, true], seen.ToArray());
     }
 
