@@ -139,5 +139,40 @@ public class DatapathBenchmarks
 
 public static class Program
 {
-    public static void Main(string[] args) => BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
+    /// <summary>
+    /// <c>profile FRAME BURST LOOPBACK SECONDS</c>: runs <see cref="DatapathBenchmarks.PerPacket"/> in a loop for
+    /// <c>perf record</c> (with DOTNET_PerfMapEnabled=1) and prints ns/packet; anything else goes to BenchmarkDotNet.
+    /// </summary>
+    public static void Main(string[] args)
+    {
+        if (args.Length == 5 && args[0] == "profile")
+        {
+            var b = new DatapathBenchmarks
+            {
+                FrameSize = int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture),
+                Burst = int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture),
+                Loopback = bool.Parse(args[3]),
+            };
+            double seconds = double.Parse(args[4], System.Globalization.CultureInfo.InvariantCulture);
+            b.Setup();
+            for (int i = 0; i < 200_000; i++)
+            {
+                b.PerPacket(); // warm-up: tiered JIT reaches its optimised code
+            }
+            var sw = System.Diagnostics.Stopwatch.StartNew();
+            long ops = 0;
+            while (sw.Elapsed.TotalSeconds < seconds)
+            {
+                for (int i = 0; i < 10_000; i++)
+                {
+                    b.PerPacket();
+                }
+                ops += 10_000;
+            }
+            Console.WriteLine($"{sw.Elapsed.TotalNanoseconds / (ops * 32):F1} ns/packet");
+            b.Cleanup();
+            return;
+        }
+        BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
+    }
 }

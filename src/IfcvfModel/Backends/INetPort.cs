@@ -11,7 +11,7 @@ internal interface INetPort
     /// Sends one frame from queue pair <paramref name="pair"/>. A port that turns frames around (loopback)
     /// hands them to <paramref name="local"/>. False: dropped (counted on the TX queue).
     /// </summary>
-    bool Transmit<TSink>(Span<byte> frame, int pair, ref TSink local) where TSink : IFrameSink, allows ref struct;
+    bool Transmit<TSink>(ReadOnlySpan<byte> frame, int pair, ref TSink local) where TSink : IFrameSink, allows ref struct;
 
     /// <summary>After a TX burst that handled chains (a pair wakes its peer's worker).</summary>
     void TxBurstDone();
@@ -32,8 +32,12 @@ internal interface IFrameSink
     /// <summary>Queue pairs to spread received traffic over.</summary>
     int SteeringPairs { get; }
 
-    /// <summary>Places a frame (its header is rewritten) in the RX queue of <paramref name="pair"/> (pair 0 if that one is not running).</summary>
-    void Deliver(Span<byte> frame, int pair);
+    /// <summary>
+    /// Places a frame in the RX queue of <paramref name="pair"/> (pair 0 if that one is not running). The
+    /// header the driver sees is rewritten on the way (offload fields, num_buffers); the frame itself is
+    /// only read (it may be the transmitting guest's own buffer).
+    /// </summary>
+    void Deliver(ReadOnlySpan<byte> frame, int pair);
 
     /// <summary>Counts a frame the port dropped on the way in.</summary>
     void Drop();

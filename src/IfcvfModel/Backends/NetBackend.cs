@@ -110,7 +110,7 @@ internal sealed class LoopbackBackend(bool filterDestinationMac) : NetBackend
     {
         public int WakeFd => -1;
 
-        public bool Transmit<TSink>(Span<byte> frame, int pair, ref TSink local) where TSink : IFrameSink, allows ref struct
+        public bool Transmit<TSink>(ReadOnlySpan<byte> frame, int pair, ref TSink local) where TSink : IFrameSink, allows ref struct
         {
             if (filter && !local.ForUs(frame))
             {

@@ -33,7 +33,7 @@ internal sealed class PairBackend : NetBackend
     {
         public int WakeFd => -1;
 
-        public bool Transmit<TSink>(Span<byte> frame, int pair, ref TSink local) where TSink : IFrameSink, allows ref struct =>
+        public bool Transmit<TSink>(ReadOnlySpan<byte> frame, int pair, ref TSink local) where TSink : IFrameSink, allows ref struct =>
             self._peer?.Host is not null && self._outbound.TryPush(frame, pair);
 
         public void TxBurstDone() => self._peer?.Host?.Wake();

@@ -17,7 +17,7 @@ internal sealed class PcapBackend(string path) : NetBackend
     {
         public int WakeFd => -1;
 
-        public bool Transmit<TSink>(Span<byte> frame, int pair, ref TSink local) where TSink : IFrameSink, allows ref struct
+        public bool Transmit<TSink>(ReadOnlySpan<byte> frame, int pair, ref TSink local) where TSink : IFrameSink, allows ref struct
         {
             writer.Write(frame[VirtioNetHeader.Size..]);
             return true;

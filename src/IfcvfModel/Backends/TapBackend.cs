@@ -41,7 +41,7 @@ internal sealed class TapBackend(string name) : NetBackend
     {
         public int WakeFd => self._dead ? -1 : self._tap.Fd;
 
-        public bool Transmit<TSink>(Span<byte> frame, int pair, ref TSink local) where TSink : IFrameSink, allows ref struct =>
+        public bool Transmit<TSink>(ReadOnlySpan<byte> frame, int pair, ref TSink local) where TSink : IFrameSink, allows ref struct =>
             self._tap.Write(frame);
 
         public void TxBurstDone()

@@ -245,7 +245,7 @@ internal sealed class NetPersonality<TPort>(VirtqueueEngine engine, NetBackend b
                     break;
                 }
                 UsedRing.Put(tx.Q, ref tx.View, chain, 0);
-                Send(tx.Q, gather.Total, pair, ref local);
+                Send(tx.Q, gather.Frame, pair, ref local);
             }
         }
         finally
@@ -278,11 +278,10 @@ internal sealed class NetPersonality<TPort>(VirtqueueEngine engine, NetBackend b
                 CountInboundDrop(); // no TX queue was ever set up: nothing to send it from
                 continue;
             }
-            frame.CopyTo(_stage, 0);
             var local = new LocalSink(this, tx);
             try
             {
-                if (!_port.Transmit(_stage.AsSpan(0, frame.Length), 0, ref local))
+                if (!_port.Transmit(frame, 0, ref local))
                 {
                     tx.Drops++;
                 }
@@ -298,8 +297,9 @@ internal sealed class NetPersonality<TPort>(VirtqueueEngine engine, NetBackend b
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private void Send(Virtqueue q, int len, int pair, ref LocalSink local)
+    private void Send(Virtqueue q, ReadOnlySpan<byte> frame, int pair, ref LocalSink local)
     {
+        int len = frame.Length;
         if (len < Hdr)
         {
             q.Errors++; // shorter than the virtio-net header: nothing to send
@@ -308,7 +308,7 @@ internal sealed class NetPersonality<TPort>(VirtqueueEngine engine, NetBackend b
         }
         q.Packets++;
         q.Bytes += len - Hdr;
-        if (!_port.Transmit(_stage.AsSpan(0, len), pair, ref local))
+        if (!_port.Transmit(frame, pair, ref local))
         {
             q.Drops++;
         }

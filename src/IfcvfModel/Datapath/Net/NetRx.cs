@@ -14,6 +14,7 @@ internal sealed class NetRx(VirtqueueEngine engine)
     private readonly uint[] _segLen = new uint[NetPersonality.MaxSegments];
     private readonly Chain[] _chains = new Chain[NetPersonality.MaxSegments];
     private readonly int[] _chainSegEnd = new int[NetPersonality.MaxSegments];
+    private readonly byte[] _hdr = new byte[VirtioNetHeader.Size];
     private bool _guestCsum;
     private bool _guestTso;
     private bool _mergeable;
@@ -25,11 +26,19 @@ internal sealed class NetRx(VirtqueueEngine engine)
         _mergeable = VirtioFeature.Has(features, VirtioFeature.NET_F_MRG_RXBUF);
     }
 
-    /// <summary>Places one frame (its header is rewritten). False: dropped or a ring error.</summary>
-    public bool Deliver(Virtqueue rx, scoped ref RingView rv, Span<byte> frame)
+    /// <summary>
+    /// Places one frame (header + Ethernet frame; only read: it may be a guest's TX buffer), with the header
+    /// the driver may see. False: dropped or a ring error.
+    /// </summary>
+    public bool Deliver(Virtqueue rx, scoped ref RingView rv, ReadOnlySpan<byte> frame)
     {
         var dma = engine.Dma;
         int total = frame.Length;
+        if (total < VirtioNetHeader.Size)
+        {
+            rx.Drops++;
+            return false;
+        }
         var start = AvailRing.Mark(rx);
         int segs = 0;
         int chains = 0;
@@ -76,22 +85,24 @@ internal sealed class NetRx(VirtqueueEngine engine)
         return Scatter(rx, ref rv, frame, chains);
     }
 
-    /// <summary>Writes the frame into the collected chains and completes them.</summary>
-    private bool Scatter(Virtqueue rx, scoped ref RingView rv, Span<byte> frame, int chains)
+    /// <summary>Writes the header (rewritten) and the frame into the collected chains and completes them.</summary>
+    private bool Scatter(Virtqueue rx, scoped ref RingView rv, ReadOnlySpan<byte> frame, int chains)
     {
         int total = frame.Length;
         // The header the driver sees: offload fields only when it negotiated them, num_buffers always.
+        var hdr = _hdr.AsSpan();
+        frame[..VirtioNetHeader.Size].CopyTo(hdr);
         if (!_guestCsum)
         {
-            frame[VirtioNetHeader.Flags] = 0;
-            BinaryPrimitives.WriteUInt32LittleEndian(frame[VirtioNetHeader.CsumStart..], 0);
+            hdr[VirtioNetHeader.Flags] = 0;
+            BinaryPrimitives.WriteUInt32LittleEndian(hdr[VirtioNetHeader.CsumStart..], 0);
         }
         if (!_guestTso)
         {
-            frame[VirtioNetHeader.GsoType] = VirtioNetHeader.GSO_NONE;
-            BinaryPrimitives.WriteUInt32LittleEndian(frame[VirtioNetHeader.HdrLen..], 0);
+            hdr[VirtioNetHeader.GsoType] = VirtioNetHeader.GSO_NONE;
+            BinaryPrimitives.WriteUInt32LittleEndian(hdr[VirtioNetHeader.HdrLen..], 0);
         }
-        BinaryPrimitives.WriteUInt16LittleEndian(frame[VirtioNetHeader.NumBuffers..], (ushort)chains);
+        BinaryPrimitives.WriteUInt16LittleEndian(hdr[VirtioNetHeader.NumBuffers..], (ushort)chains);
         var dma = engine.Dma;
         bool logging = DirtyLog.TryOpen(engine.Device, dma, out var log);
         int off = 0;
@@ -108,7 +119,16 @@ internal sealed class NetRx(VirtqueueEngine engine)
                     engine.Fail(rx, "RX buffer unmapped while in use");
                     return false;
                 }
-                frame.Slice(off, take).CopyTo(dst);
+                if (off < VirtioNetHeader.Size)
+                {
+                    int h = Math.Min(VirtioNetHeader.Size - off, take);
+                    hdr.Slice(off, h).CopyTo(dst);
+                    frame.Slice(off + h, take - h).CopyTo(dst[h..]);
+                }
+                else
+                {
+                    frame.Slice(off, take).CopyTo(dst);
+                }
                 if (logging)
                 {
                     rx.DirtyPages += log.Mark(_segAddr[seg], (uint)take);

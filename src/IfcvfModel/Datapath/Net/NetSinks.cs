@@ -17,7 +17,7 @@ internal ref struct LocalSink(NetPersonality net, Virtqueue tx) : IFrameSink
 
     public readonly bool ForUs(ReadOnlySpan<byte> frame) => net.ForUs(frame);
 
-    public void Deliver(Span<byte> frame, int pair)
+    public void Deliver(ReadOnlySpan<byte> frame, int pair)
     {
         if (!_tried)
         {
@@ -92,7 +92,7 @@ internal ref struct InboundSink(NetPersonality net) : IFrameSink
 
     public readonly void Drop() => net.CountInboundDrop();
 
-    public void Deliver(Span<byte> frame, int pair)
+    public void Deliver(ReadOnlySpan<byte> frame, int pair)
     {
         var engine = net.Engine;
         var rx = engine.Queue(2 * pair);
