@@ -59,7 +59,18 @@ public static class CommandLine
           --control PATH             daemon control socket (default: $IFCVF_CONTROL, else
                                      $XDG_RUNTIME_DIR/ifcvf/ifcvfd.sock, else /run/ifcvf/ifcvfd.sock)
           -h, --help                 this text
+          -V, --version              version, git commit and how it runs (NativeAOT or JIT)
         """;
+
+    /// <summary>`ifcvf --version`: the assembly's informational version (publish sets the commit), the runtime and the code form.</summary>
+    public static string VersionText()
+    {
+        var asm = typeof(CommandLine).Assembly;
+        string version = asm.GetCustomAttributes(typeof(System.Reflection.AssemblyInformationalVersionAttribute), false)
+            is [System.Reflection.AssemblyInformationalVersionAttribute a, ..] ? a.InformationalVersion : asm.GetName().Version?.ToString() ?? "unknown";
+        string form = System.Runtime.CompilerServices.RuntimeFeature.IsDynamicCodeSupported ? "JIT" : "NativeAOT";
+        return $"ifcvf {version} ({form}, {System.Runtime.InteropServices.RuntimeInformation.FrameworkDescription}, {System.Runtime.InteropServices.RuntimeInformation.RuntimeIdentifier})";
+    }
 
     public static Task<int> RunAsync(string[] args, TextWriter stdout, TextWriter stderr)
     {
@@ -82,6 +93,9 @@ public static class CommandLine
                     break;
                 case "-h" or "--help" or "help":
                     stdout.Write(Usage);
+                    return Task.FromResult(0);
+                case "-V" or "--version":
+                    stdout.WriteLine(VersionText());
                     return Task.FromResult(0);
                 default:
                     rest.Add(a);
