@@ -35,6 +35,10 @@ public static class ServeCommand
         public bool Generic { get; set; }
         public int[]? Cpus { get; set; }
         public string? Metrics { get; set; }
+        public string Class { get; set; } = "net";
+        public bool BackendGiven { get; set; }
+        public bool ReadOnly { get; set; }
+        public uint BlkSize { get; set; } = 512;
     }
 
     public static int Run(CliContext ctx, IReadOnlyList<string> argv) => Run(ctx, argv, CancellationToken.None);
@@ -77,14 +81,14 @@ public static class ServeCommand
         int waitMs = period is { } p ? (int)Math.Max(100, p * 1000) : -1;
         while (!done.Wait(waitMs, CancellationToken.None))
         {
-            PrintStats(ctx, adapter, server, device.Pairs);
+            PrintStats(ctx, adapter, server, device.Pairs, device.Block);
         }
         log(stop.IsCancellationRequested ? "stop requested: stopping" : "signal received: stopping");
         server.Stop();
         device.StopDatapath();
         if (period is not null)
         {
-            PrintStats(ctx, adapter, server, device.Pairs);
+            PrintStats(ctx, adapter, server, device.Pairs, device.Block);
         }
         log($"stopped; {server.Connections} front-end connection(s) served, socket {(File.Exists(a.Socket) && !a.Client ? "still present" : "removed")}");
         return 0;
@@ -108,9 +112,11 @@ public static class ServeCommand
         }
     }
 
-    private static void PrintStats(CliContext ctx, IfcvfAdapter dev, VhostUserBackend server, int pairs)
+    private static void PrintStats(CliContext ctx, IfcvfAdapter dev, VhostUserBackend server, int pairs, bool block)
     {
         var s = server.Session;
+        int rings = block ? pairs : pairs * 2; // a block device's "pairs" are its request queues
+        string Kind(int q) => block ? "req" : q % 2 == 0 ? "rx" : "tx";
         if (ctx.Json)
         {
             var w = new JsonText();
@@ -122,14 +128,14 @@ public static class ServeCommand
             var (devLog, logAll, usedPages) = s?.DirtyLogState ?? default;
             w.Bool("dirty_log", devLog);
             w.Bool("log_all", logAll);
-            w.Num("dirty_pages", Enumerable.Range(0, pairs * 2).Sum(q => dev.GetVqStats(q).DirtyPages) + usedPages);
+            w.Num("dirty_pages", Enumerable.Range(0, rings).Sum(q => dev.GetVqStats(q).DirtyPages) + usedPages);
             w.BeginArray("queues");
-            for (int q = 0; q < pairs * 2; q++)
+            for (int q = 0; q < rings; q++)
             {
                 var st = dev.GetVqStats(q);
                 w.BeginObject();
                 w.Num("qidx", q);
-                w.Str("type", q % 2 == 0 ? "rx" : "tx");
+                w.Str("type", Kind(q));
                 w.Num("packets", st.Packets);
                 w.Num("bytes", st.Bytes);
                 w.Num("kicks", st.Kicks);
@@ -149,14 +155,14 @@ public static class ServeCommand
             line.Append(CultureInfo.InvariantCulture, $"{DateTime.Now:HH:mm:ss} {(s?.Configured == true ? "running" : s is not null ? "connected" : "idle")}");
             if (s?.DirtyLogState is { } lm && (lm.DeviceLogging || lm.LogAll))
             {
-                long pages = Enumerable.Range(0, pairs * 2).Sum(q => dev.GetVqStats(q).DirtyPages) + lm.UsedRingPagesMarked;
+                long pages = Enumerable.Range(0, rings).Sum(q => dev.GetVqStats(q).DirtyPages) + lm.UsedRingPagesMarked;
                 line.Append(CultureInfo.InvariantCulture, $" | dirty log {(lm.DeviceLogging ? "on" : "waiting for a log")} pages {pages}");
             }
-            for (int q = 0; q < pairs * 2; q++)
+            for (int q = 0; q < rings; q++)
             {
                 var st = dev.GetVqStats(q);
                 line.Append(CultureInfo.InvariantCulture,
-                    $" | q{q} {(q % 2 == 0 ? "rx" : "tx")} pkts {st.Packets} bytes {st.Bytes} kicks {st.Kicks} irqs {st.Interrupts} err {st.Errors} drop {st.Drops}");
+                    $" | q{q} {Kind(q)} pkts {st.Packets} bytes {st.Bytes} kicks {st.Kicks} irqs {st.Interrupts} err {st.Errors} drop {st.Drops}");
             }
             ctx.Out.WriteLine(line.ToString());
         }
@@ -166,6 +172,9 @@ public static class ServeCommand
     /// <summary>The device being served and what owns it (disposed in reverse order of creation).</summary>
     private sealed class ServedDevice(IfcvfAdapter adapter, string describe, int pairs, Action stopDatapath, params IDisposable[] owned) : IDisposable
     {
+        /// <summary>A block device (then <see cref="Pairs"/> counts its request queues).</summary>
+        public bool Block { get; init; }
+
         public IfcvfAdapter Adapter { get; } = adapter;
 
         public string Describe { get; } = describe;
@@ -186,6 +195,11 @@ public static class ServeCommand
 
     private static ServedDevice SoftwareDevice(Args a, Action<string> log)
     {
+        if (a.Class == "blk")
+        {
+            var (blkVf, blkAdapter, describe) = BlkServe.Create(a.Backend, a.Queues, a.ReadOnly, a.BlkSize, a.Mode, CpuList.ForWorker(a.Cpus, 0), log);
+            return new ServedDevice(blkAdapter, describe, a.Queues, blkVf.StopDatapath, blkVf) { Block = true };
+        }
         var vfOptions = new SoftIfcVfOptions
         {
             Address = "sim:00.0",
@@ -263,6 +277,22 @@ public static class ServeCommand
                     break;
                 case "--backend" or "backend":
                     a.Backend = Value();
+                    a.BackendGiven = true;
+                    break;
+                case "--class" or "class":
+                    a.Class = Value() switch
+                    {
+                        "net" => "net",
+                        "blk" or "block" => "blk",
+                        var c => throw new CliException($"--class must be net or blk, not \"{c}\""),
+                    };
+                    break;
+                case "--readonly" or "readonly":
+                    a.ReadOnly = true;
+                    break;
+                case "--blk-size" or "blk_size":
+                    a.BlkSize = uint.TryParse(Value(), CultureInfo.InvariantCulture, out uint bs) && bs is 512 or 1024 or 2048 or 4096
+                        ? bs : throw new CliException("--blk-size must be 512, 1024, 2048 or 4096");
                     break;
                 case "--queues" or "queues":
                     a.Queues = int.TryParse(Value(), CultureInfo.InvariantCulture, out int q) && q is >= 1 and <= 16
@@ -351,6 +381,21 @@ public static class ServeCommand
         if (string.IsNullOrEmpty(a.Socket))
         {
             throw new CliException("serve needs --socket PATH");
+        }
+        if (a.Class == "blk")
+        {
+            if (!a.BackendGiven)
+            {
+                throw new CliException("serve --class blk needs --backend file:PATH|mem:SIZE");
+            }
+            if (a.Vfio is not null || a.Mac is not null || a.Mtu is not null)
+            {
+                throw new CliException("serve --class blk: --vfio, --mac and --mtu do not apply to the software block VF");
+            }
+        }
+        else if (a.ReadOnly || a.BlkSize != 512)
+        {
+            throw new CliException("--readonly and --blk-size need --class blk");
         }
         if (a.Cpus is not null)
         {

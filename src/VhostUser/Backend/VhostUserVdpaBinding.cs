@@ -50,6 +50,7 @@ public sealed partial class VhostUserVdpaBinding : IDisposable
     private bool _configured;
     private bool _stateFallbackLogged;
     private bool _disposed;
+    private readonly bool _block;
     private readonly IVdpaDirtyLog? _hwLog;
     private readonly IVdpaFrameInjection? _inject;
     private DirtyLogRegion? _dirtyLog;   // the latest SET_LOG_BASE
@@ -63,8 +64,11 @@ public sealed partial class VhostUserVdpaBinding : IDisposable
         _channel = channel;
         _options = options;
         _log = log;
-        QueuePairs = Math.Max(1, device.NumVqs / 2);
-        _rings = new Vring[QueuePairs * 2];
+        // virtio-net: the front-end keeps the control queue, rings are the data queue pairs; virtio-blk:
+        // every request queue is a ring, and GET_QUEUE_NUM counts queues (what vhost-user-blk expects).
+        bool block = _block = device.GetDeviceId() == VirtioBlk.DeviceId;
+        QueuePairs = block ? Math.Max(1, device.NumVqs) : Math.Max(1, device.NumVqs / 2);
+        _rings = new Vring[block ? QueuePairs : QueuePairs * 2];
         for (int i = 0; i < _rings.Length; i++)
         {
             _rings[i] = new Vring();
@@ -98,6 +102,7 @@ public sealed partial class VhostUserVdpaBinding : IDisposable
     /// <summary>The device's own features (read once).</summary>
     public ulong DeviceFeatures { get; }
 
+    /// <summary>Queue pairs (net) or request queues (block): what GET_QUEUE_NUM reports.</summary>
     public int QueuePairs { get; }
 
     public int RingCount => _rings.Length;
@@ -367,7 +372,8 @@ public sealed partial class VhostUserVdpaBinding : IDisposable
 
     private bool ShouldRun(int q) => _rings[q].Ready && _rings[q].Enabled && TranslateRing(q, _rings[q].Addr!.Value, _rings[q].Num, out _) is null;
 
-    private bool ReadyToConfigure() => _featuresSet && _memory.Count > 0 && StatusGate && ShouldRun(0) && ShouldRun(1);
+    /// <summary>Net: the first queue pair runs (DPDK's "ready"); block: the first request queue.</summary>
+    private bool ReadyToConfigure() => _featuresSet && _memory.Count > 0 && StatusGate && ShouldRun(0) && (_block || ShouldRun(1));
 
     /// <summary>After every state change: start the device when ready, start/stop individual rings when running.</summary>
     private void Reevaluate()
