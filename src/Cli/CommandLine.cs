@@ -169,7 +169,8 @@ public static class CommandLine
             {
                 null or "pairs" => LmLayout.PairBlocks,
                 "compact" => LmLayout.Compact,
-                var x => throw new CliException($"layout must be pairs or compact, not \"{x}\""),
+                "queues" => LmLayout.PerQueueBlocks,
+                var x => throw new CliException($"layout must be pairs, queues or compact, not \"{x}\""),
             },
         };
         kv.EnsureAllUsed();
