@@ -4,7 +4,7 @@ using IfcVdpa.Daemon;
 namespace IfcVdpa.Cli;
 
 /// <summary>
-/// `ifcvf daemon [--allow-uid N]... [sim N] [vfio BDF]... [generic]`: runs the daemon in the foreground
+/// `ifcvf daemon [--allow-uid N]... [--metrics [ADDR:]PORT] [sim N] [vfio BDF]... [generic]`: runs the daemon in the foreground
 /// until SIGINT/SIGTERM. `vfio BDF` adopts a function bound to vfio-pci as management device pci/BDF
 /// (`generic` also accepts plain virtio-net functions, like DPDK's vdpa=1).
 /// </summary>
@@ -30,7 +30,19 @@ public static class DaemonCommand
             vfio.Add(bdf);
         }
         bool generic = kv.Flag("generic");
+        string? metrics = kv.Get("--metrics");
         kv.EnsureAllUsed();
+        if (metrics is not null)
+        {
+            try
+            {
+                IfcVdpa.Daemon.Metrics.MetricsEndpoint.Parse(metrics);
+            }
+            catch (FormatException e)
+            {
+                throw new CliException(e.Message);
+            }
+        }
         if (sims is < 0 or > DeviceRegistry.MaxSoftwareVfs)
         {
             throw new CliException($"sim must be 0..{DeviceRegistry.MaxSoftwareVfs}");
@@ -40,7 +52,7 @@ public static class DaemonCommand
         DaemonHost host;
         try
         {
-            host = new DaemonHost(new DaemonOptions { ControlPath = ctx.ResolveControlPath(), AllowUids = allow, SoftwareVfs = sims });
+            host = new DaemonHost(new DaemonOptions { ControlPath = ctx.ResolveControlPath(), AllowUids = allow, SoftwareVfs = sims, Metrics = metrics });
         }
         catch (Exception e) when (e is ArgumentException or RegistryException)
         {

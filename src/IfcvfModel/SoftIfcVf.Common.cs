@@ -325,6 +325,7 @@ public sealed partial class SoftIfcVf
                 return;
             }
             NeedsResetReason = reason;
+            _needsResetEvents++; // under the register lock; read with Volatile by the stats path
             _status |= VirtioStatus.NEEDS_RESET;
             UpdateRunning();
             SignalConfigChange();
