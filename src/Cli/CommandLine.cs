@@ -20,10 +20,12 @@ public static class CommandLine
                                      the way `lspci -vv` does
           pci list | bind BDF | unbind BDF | show BDF
                                      virtio/IFC functions, vfio-pci binding (previous driver restored)
-          daemon [ --allow-uid UID ]... [ --metrics [ADDR:]PORT ] [ sim N ] [ vfio BDF ]... [ generic ]
+          daemon [ --allow-uid UID ]... [ --metrics [ADDR:]PORT ] [ --config FILE ] [ sim N ] [ vfio BDF ]... [ generic ]
                                      run the daemon in the foreground (control socket mode 0600);
                                      vfio BDF adopts a vfio-pci function as mgmtdev pci/BDF;
-                                     --metrics serves Prometheus metrics (only a port: 127.0.0.1)
+                                     --metrics serves Prometheus metrics (only a port: 127.0.0.1);
+                                     --config applies vfio, sim add, dev add, dev attach and vhost add
+                                     lines before listening (a bad line: FILE:LINE, nothing started)
           sim add [ count N ] [ mac M ] [ queues N ] [ msix_vectors N ] [ backend loopback|pair|tap:NAME|pcap:FILE ]
                   [ cpu LIST ]       create software IFC VFs (management devices sim/ifcvfN); the
                                      backend is their "wire" (pair: VFs wired two by two); cpu pins

@@ -4,7 +4,7 @@ using IfcVdpa.Daemon;
 namespace IfcVdpa.Cli;
 
 /// <summary>
-/// `ifcvf daemon [--allow-uid N]... [--metrics [ADDR:]PORT] [sim N] [vfio BDF]... [generic]`: runs the daemon in the foreground
+/// `ifcvf daemon [--allow-uid N]... [--metrics [ADDR:]PORT] [--config FILE] [sim N] [vfio BDF]... [generic]`: runs the daemon in the foreground
 /// until SIGINT/SIGTERM. `vfio BDF` adopts a function bound to vfio-pci as management device pci/BDF
 /// (`generic` also accepts plain virtio-net functions, like DPDK's vdpa=1).
 /// </summary>
@@ -31,7 +31,9 @@ public static class DaemonCommand
         }
         bool generic = kv.Flag("generic");
         string? metrics = kv.Get("--metrics");
+        string? config = kv.Get("--config");
         kv.EnsureAllUsed();
+        var configLines = config is null ? null : DaemonConfig.Load(config); // the whole file is checked before anything starts
         if (metrics is not null)
         {
             try
@@ -64,6 +66,10 @@ public static class DaemonCommand
             {
                 AdoptVfio(host, bdf, generic);
             }
+            if (configLines is not null)
+            {
+                DaemonConfig.Apply(host, config!, configLines);
+            }
             try
             {
                 host.Run(stop.Token);
@@ -76,7 +82,7 @@ public static class DaemonCommand
         return 0;
     }
 
-    private static void AdoptVfio(DaemonHost host, string bdf, bool generic)
+    internal static void AdoptVfio(DaemonHost host, string bdf, bool generic)
     {
         IfcVdpa.Vfio.VfioPciFunction fn;
         try

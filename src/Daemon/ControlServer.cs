@@ -245,6 +245,16 @@ public sealed class ControlServer : IDisposable
         }
     }
 
+    /// <summary>
+    /// Serves one request line in-process, as from the daemon's own uid (the config file at start, before
+    /// the socket listens): the same handlers, checks and counters as a request on the socket.
+    /// </summary>
+    public byte[] Invoke(ReadOnlySpan<byte> requestLine)
+    {
+        int end = requestLine.IndexOf((byte)'\n');
+        return Dispatch((end >= 0 ? requestLine[..end] : requestLine).ToArray(), _ownUid, Environment.ProcessId);
+    }
+
     private byte[]? ReadRequest(Socket conn, out string? error)
     {
         error = null;
