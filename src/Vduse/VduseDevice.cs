@@ -94,14 +94,21 @@ public sealed class VduseDevice : IDisposable
             VduseIoctl.SetApiVersion(control, 0); // API 0 is what this consumer speaks (1 adds queue groups and ASIDs)
             try
             {
-                VduseIoctl.CreateDevice(control, spec.Name, spec.VendorId, spec.DeviceId, spec.Features, (uint)spec.VqNum, spec.VqAlign, spec.Config);
+                try
+                {
+                    VduseIoctl.CreateDevice(control, spec.Name, spec.VendorId, spec.DeviceId, spec.Features, (uint)spec.VqNum, spec.VqAlign, spec.Config);
+                }
+                catch (IOException e) when (e.HResult == 17 && TryDestroyStale(control, spec.Name, options.Log))
+                {
+                    VduseIoctl.CreateDevice(control, spec.Name, spec.VendorId, spec.DeviceId, spec.Features, (uint)spec.VqNum, spec.VqAlign, spec.Config);
+                }
             }
             catch (IOException e)
             {
                 throw new VdpaException(e.HResult switch
                 {
                     1 => $"VDUSE_CREATE_DEV {spec.Name}: not permitted (a net device needs CAP_NET_ADMIN)",
-                    17 => $"VDUSE_CREATE_DEV {spec.Name}: a VDUSE device of that name exists already",
+                    17 => $"VDUSE_CREATE_DEV {spec.Name}: a VDUSE device of that name exists and is in use (another process has it open, or it is bound to the vDPA bus)",
                     22 => $"VDUSE_CREATE_DEV {spec.Name}: the kernel refused the device (device id {spec.DeviceId}, features 0x{spec.Features:x}, {spec.VqNum} queues, {spec.Config.Length}-byte config; net devices need Linux 6.7+; kernel VDUSE API {api})",
                     _ => $"VDUSE_CREATE_DEV {spec.Name}: {e.Message}",
                 });
@@ -148,6 +155,24 @@ public sealed class VduseDevice : IDisposable
             {
                 Thread.Sleep(20); // polling for a device node to appear: there is no event to wait on without udev
             }
+        }
+    }
+
+    /// <summary>
+    /// A device of the same name left behind by an owner that died (nobody has it open, not on the bus) is
+    /// destroyed so the name can be used again; the kernel refuses (EBUSY) when it is in use.
+    /// </summary>
+    private static bool TryDestroyStale(SafeFd control, string name, Action<string> log)
+    {
+        try
+        {
+            VduseIoctl.DestroyDevice(control, name);
+            log($"VDUSE device {name} was left behind by an earlier owner (not open, not on the bus): destroyed, creating it again");
+            return true;
+        }
+        catch (IOException)
+        {
+            return false;
         }
     }
 
