@@ -151,6 +151,19 @@ public sealed class VduseIotlb(IVdpaDevice device, IVduseKernel kernel, Action<s
         return removed;
     }
 
+    /// <summary>True when a mapped region contains <paramref name="iova"/>.</summary>
+    public bool Covers(ulong iova)
+    {
+        foreach (var (s, l, _) in _regions)
+        {
+            if (s <= iova && iova <= l)
+            {
+                return true;
+            }
+        }
+        return false;
+    }
+
     public void Clear() => Unmap(0, ulong.MaxValue);
 
     private void LogOnce(string key, string message)

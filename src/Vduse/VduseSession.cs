@@ -20,6 +20,7 @@ public sealed class VduseSession : IDisposable
     private readonly VduseDeviceSpec _spec;
     private readonly Action<string> _log;
     private readonly Lock _lock = new();
+    private readonly Lock _iotlbLock = new(); // the IOTLB: requests and the kick relay (never held while waiting for the relay)
     private readonly Lock _configLock = new(); // never held while taking _lock: the config interrupt may come from a thread the device waits for
     private readonly VduseIotlb _iotlb;
     private readonly HashSet<string> _logged = [];
@@ -33,6 +34,8 @@ public sealed class VduseSession : IDisposable
     private volatile bool _running;
     private volatile bool _disposed;
     private int _irqErrorLogged;
+    private int _kickRescans;
+    private volatile bool _bounceMapped;
     private long _interrupts;
     private long _kicksRelayed;
 
@@ -64,7 +67,10 @@ public sealed class VduseSession : IDisposable
     public bool Running { get { lock (_lock) { return _running; } } }
 
     /// <summary>IOTLB regions currently mapped into the device.</summary>
-    public int MappedRegions { get { lock (_lock) { return _iotlb.Count; } } }
+    public int MappedRegions { get { lock (_iotlbLock) { return _iotlb.Count; } } }
+
+    /// <summary>Kicks before which the IOTLB was scanned again (virtio_vdpa: the bounce map appears with the first buffer).</summary>
+    public int KickRescans => Volatile.Read(ref _kickRescans);
 
     public long Interrupts => Interlocked.Read(ref _interrupts);
 
@@ -180,7 +186,7 @@ public sealed class VduseSession : IDisposable
 
     private void Start()
     {
-        _iotlb.MapRange(0, ulong.MaxValue);
+        RescanIotlb(fromKick: false);
         bool packed = VirtioFeature.Has(_features, VirtioFeature.F_RING_PACKED);
         var relaySet = new List<(int, EventFd)>();
         int started = 0;
@@ -215,8 +221,8 @@ public sealed class VduseSession : IDisposable
         _relay ??= new EventFdFanIn($"vduse-kick-{_spec.Name}", OnKick,
             (q, e) => LogOnce($"kick-{q}", $"vq {q}: kick relay: {e.Message}"),
             q => LogOnce($"kick-broken-{q}", $"vq {q}: kick eventfd hung up"), _log);
+        _running = true; // before the relay runs: a kick may rescan the IOTLB
         _relay.Update([.. relaySet]);
-        _running = true;
         SyncConfig(inject: false);
         _log($"device {_device.Name} running on the vDPA bus as {_spec.Name}: {started} queues, features 0x{_features:x}, {_iotlb.Count} IOTLB regions mapped");
     }
@@ -241,10 +247,40 @@ public sealed class VduseSession : IDisposable
 
     private string? CheckQueue(int q, VduseVqInfoView info, bool packed) => CheckQueue(q, info, packed, _spec.VqMaxSize);
 
+    /// <summary>Maximum kicks that scan the IOTLB for new regions before the bounce map (IOVA 0) shows up.</summary>
+    public const int MaxKickRescans = 1000;
+
     private void OnKick(int q)
     {
         Interlocked.Increment(ref _kicksRelayed);
+        if (!_bounceMapped && Interlocked.Increment(ref _kickRescans) <= MaxKickRescans)
+        {
+            // With virtio_vdpa the kernel creates its bounce map (IOVA 0, 64 MiB by default) at the first
+            // buffer it maps, which is after DRIVER_OK and before that buffer's kick: look again here, so the
+            // device finds the buffer mapped. Once the region at IOVA 0 is there, kicks go straight through.
+            try
+            {
+                RescanIotlb(fromKick: true);
+            }
+            catch (Exception e) when (e is VdpaException or IOException or ArgumentException)
+            {
+                LogOnce("rescan", $"IOTLB scan at a kick: {e.Message}");
+            }
+        }
         _device.KickVq(q);
+    }
+
+    private void RescanIotlb(bool fromKick)
+    {
+        lock (_iotlbLock)
+        {
+            if (fromKick && !_running)
+            {
+                return; // stopped meanwhile: Stop unmaps everything
+            }
+            _iotlb.MapRange(0, ulong.MaxValue);
+            _bounceMapped = _iotlb.Covers(0);
+        }
     }
 
     /// <summary>The device's used-buffer interrupt: injected into the kernel's callback (datapath worker; no allocation).</summary>
@@ -350,10 +386,14 @@ public sealed class VduseSession : IDisposable
         }
         try
         {
-            _iotlb.Unmap(start, last);
-            if (_running)
+            lock (_iotlbLock)
             {
-                _iotlb.MapRange(start, last);
+                _iotlb.Unmap(start, last);
+                if (_running)
+                {
+                    _iotlb.MapRange(start, last);
+                }
+                _bounceMapped = _iotlb.Covers(0);
             }
             return true;
         }
@@ -403,7 +443,12 @@ public sealed class VduseSession : IDisposable
             }
             _log($"device {_device.Name} stopped");
         }
-        _iotlb.Clear();
+        lock (_iotlbLock)
+        {
+            _iotlb.Clear();
+            _bounceMapped = false;
+            _kickRescans = 0;
+        }
     }
 
     private void LogOnce(string key, string message)
