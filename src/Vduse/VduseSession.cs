@@ -157,6 +157,18 @@ public sealed class VduseSession : IDisposable
         {
             _log($"SET_STATUS {VirtioStatus.Describe(s)} failed: {e.Message}");
             Stop();
+            try
+            {
+                _device.Reset(); // a half-started device (some queues ready) goes back to a clean reset
+                for (int q = 0; q < _spec.VqNum; q++)
+                {
+                    _device.SetVqCallback(q, null);
+                }
+            }
+            catch (VdpaException r)
+            {
+                _log($"device reset: {r.Message}");
+            }
             return false;
         }
     }
