@@ -20,9 +20,12 @@ public static class CommandLine
                                      the way `lspci -vv` does
           pci list | bind BDF | unbind BDF | show BDF
                                      virtio/IFC functions, vfio-pci binding (previous driver restored)
-          daemon [ --allow-uid UID ]... [ sim N ] [ vfio BDF ]... [ generic ]
+          daemon [ --allow-uid UID ]... [ --metrics [ADDR:]PORT ] [ --config FILE ] [ sim N ] [ vfio BDF ]... [ generic ]
                                      run the daemon in the foreground (control socket mode 0600);
-                                     vfio BDF adopts a vfio-pci function as mgmtdev pci/BDF
+                                     vfio BDF adopts a vfio-pci function as mgmtdev pci/BDF;
+                                     --metrics serves Prometheus metrics (only a port: 127.0.0.1);
+                                     --config applies vfio, sim add, dev add, dev attach and vhost add
+                                     lines before listening (a bad line: FILE:LINE, nothing started)
           sim add [ count N ] [ mac M ] [ queues N ] [ msix_vectors N ] [ backend loopback|pair|tap:NAME|pcap:FILE ]
                   [ cpu LIST ]       create software IFC VFs (management devices sim/ifcvfN); the
                                      backend is their "wire" (pair: VFs wired two by two); cpu pins
@@ -46,7 +49,8 @@ public static class CommandLine
           vhost del NAME             stop serving it (the device is reset)
           serve --socket PATH [ --backend loopback|tap:NAME|pcap:FILE ] [ --queues N ] [ --mac M ] [ --mtu N ]
                 [ --client ] [ --poll | --event ] [ --split-only ] [ --stats-period S ] [ --socket-mode OCTAL ]
-                [ --cpu LIST ]       vhost-user back-end (QEMU, DPDK virtio-user) on a software IFC VF
+                [ --cpu LIST ] [ --metrics [ADDR:]PORT ]
+                                     vhost-user back-end (QEMU, DPDK virtio-user) on a software IFC VF
                                      until Ctrl-C; -j or --stats-period print per-queue counters;
                                      --cpu pins the datapath worker (one: the first CPU of LIST)
           serve --vduse NAME [ --backend ... ] [ --mac M ] [ --mtu N ] [ --stats-period S ]
@@ -171,7 +175,8 @@ public static class CommandLine
             {
                 null or "pairs" => LmLayout.PairBlocks,
                 "compact" => LmLayout.Compact,
-                var x => throw new CliException($"layout must be pairs or compact, not \"{x}\""),
+                "queues" => LmLayout.PerQueueBlocks,
+                var x => throw new CliException($"layout must be pairs, queues or compact, not \"{x}\""),
             },
         };
         kv.EnsureAllUsed();
