@@ -100,7 +100,7 @@ public sealed class VduseGuestTests(ITestOutputHelper output)
 
         // TCP: 4 MiB across the VFs, the same bytes on the other side
         Line("VDUSE-GUEST tcp-send rc=0");
-        var tcp = Regex.Match(Line("VDUSE-GUEST tcp"), "tx-sha256=([0-9a-f]{64}) rx-sha256=([0-9a-f]{64}) rx-bytes=(\\d+)");
+        var tcp = Regex.Match(Line("VDUSE-GUEST tcp tx-sha256"), "tx-sha256=([0-9a-f]{64}) rx-sha256=([0-9a-f]{64}) rx-bytes=(\\d+)");
         Assert.True(tcp.Success, "tcp line malformed");
         Assert.Equal(tcp.Groups[1].Value, tcp.Groups[2].Value);
         Assert.Equal("4194304", tcp.Groups[3].Value);
