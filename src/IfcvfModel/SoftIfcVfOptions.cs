@@ -30,6 +30,13 @@ public sealed record SoftIfcVfOptions
 
     public LmLayout LmLayout { get; init; } = LmLayout.PairBlocks;
 
+    /// <summary>
+    /// Whether the LM block has the dirty-page log registers (logging control, base, end). Without them the
+    /// block keeps only ring state and the MQ register: the registers read 0 and ignore writes, the VF logs
+    /// nothing, and a vhost back-end migrates the guest through its software relay instead.
+    /// </summary>
+    public bool DirtyLog { get; init; } = true;
+
     /// <summary>MSI-X table size; default one per queue plus one for config changes.</summary>
     public int? MsixVectors { get; init; }
 
