@@ -12,7 +12,9 @@ cache="$root/.peers"
 export DEBIAN_FRONTEND=noninteractive
 
 packages=(dpdk-dev librte-net-virtio23 librte-net-vhost23 librte-mempool-ring23
-          qemu-system-x86 busybox-static cpio iproute2 iputils-ping xz-utils procps)
+          qemu-system-x86 busybox-static cpio iproute2 iputils-ping xz-utils procps
+          prometheus # promtool validates the metrics endpoint's output (tests/Peers.Tests/MetricsTests.cs)
+          systemd)   # systemd-analyze verifies contrib/systemd/ifcvf.service (tests/Peers.Tests/SystemdUnitTests.cs)
 
 log() { echo "install-peers: $*"; }
 
@@ -44,7 +46,7 @@ if [[ ${#missing[@]} -gt 0 ]]; then
   log "apt-get install ${missing[*]}"
   "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-for tool in dpdk-testpmd qemu-system-x86_64 cpio; do
+for tool in dpdk-testpmd qemu-system-x86_64 cpio promtool systemd-analyze; do
   command -v "$tool" >/dev/null || { log "missing $tool after install"; exit 1; }
 done
 [[ -x /bin/busybox ]] || { log "missing /bin/busybox after install"; exit 1; }

@@ -20,9 +20,12 @@ public static class CommandLine
                                      the way `lspci -vv` does
           pci list | bind BDF | unbind BDF | show BDF
                                      virtio/IFC functions, vfio-pci binding (previous driver restored)
-          daemon [ --allow-uid UID ]... [ sim N ] [ vfio BDF ]... [ generic ]
+          daemon [ --allow-uid UID ]... [ --metrics [ADDR:]PORT ] [ --config FILE ] [ sim N ] [ vfio BDF ]... [ generic ]
                                      run the daemon in the foreground (control socket mode 0600);
-                                     vfio BDF adopts a vfio-pci function as mgmtdev pci/BDF
+                                     vfio BDF adopts a vfio-pci function as mgmtdev pci/BDF;
+                                     --metrics serves Prometheus metrics (only a port: 127.0.0.1);
+                                     --config applies vfio, sim add, dev add, dev attach and vhost add
+                                     lines before listening (a bad line: FILE:LINE, nothing started)
           sim add [ count N ] [ mac M ] [ queues N ] [ msix_vectors N ] [ backend loopback|pair|tap:NAME|pcap:FILE ]
                   [ cpu LIST ] [ dirty-log on|off ]
                                      create software IFC VFs (management devices sim/ifcvfN); the
@@ -44,7 +47,11 @@ public static class CommandLine
           vhost del NAME             stop serving it (the device is reset)
           serve --socket PATH [ --backend loopback|tap:NAME|pcap:FILE ] [ --queues N ] [ --mac M ] [ --mtu N ]
                 [ --client ] [ --poll | --event ] [ --split-only ] [ --stats-period S ] [ --socket-mode OCTAL ]
+<<<<<<< HEAD
                 [ --cpu LIST ] [ --no-dirty-log ]
+=======
+                [ --cpu LIST ] [ --metrics [ADDR:]PORT ]
+>>>>>>> main
                                      vhost-user back-end (QEMU, DPDK virtio-user) on a software IFC VF
                                      until Ctrl-C; -j or --stats-period print per-queue counters;
                                      --cpu pins the datapath worker (one: the first CPU of LIST);
@@ -62,7 +69,18 @@ public static class CommandLine
           --control PATH             daemon control socket (default: $IFCVF_CONTROL, else
                                      $XDG_RUNTIME_DIR/ifcvf/ifcvfd.sock, else /run/ifcvf/ifcvfd.sock)
           -h, --help                 this text
+          -V, --version              version, git commit and how it runs (NativeAOT or JIT)
         """;
+
+    /// <summary>`ifcvf --version`: the assembly's informational version (publish sets the commit), the runtime and the code form.</summary>
+    public static string VersionText()
+    {
+        var asm = typeof(CommandLine).Assembly;
+        string version = asm.GetCustomAttributes(typeof(System.Reflection.AssemblyInformationalVersionAttribute), false)
+            is [System.Reflection.AssemblyInformationalVersionAttribute a, ..] ? a.InformationalVersion : asm.GetName().Version?.ToString() ?? "unknown";
+        string form = System.Runtime.CompilerServices.RuntimeFeature.IsDynamicCodeSupported ? "JIT" : "NativeAOT";
+        return $"ifcvf {version} ({form}, {System.Runtime.InteropServices.RuntimeInformation.FrameworkDescription}, {System.Runtime.InteropServices.RuntimeInformation.RuntimeIdentifier})";
+    }
 
     public static Task<int> RunAsync(string[] args, TextWriter stdout, TextWriter stderr)
     {
@@ -85,6 +103,9 @@ public static class CommandLine
                     break;
                 case "-h" or "--help" or "help":
                     stdout.Write(Usage);
+                    return Task.FromResult(0);
+                case "-V" or "--version":
+                    stdout.WriteLine(VersionText());
                     return Task.FromResult(0);
                 default:
                     rest.Add(a);
@@ -156,7 +177,8 @@ public static class CommandLine
             {
                 null or "pairs" => LmLayout.PairBlocks,
                 "compact" => LmLayout.Compact,
-                var x => throw new CliException($"layout must be pairs or compact, not \"{x}\""),
+                "queues" => LmLayout.PerQueueBlocks,
+                var x => throw new CliException($"layout must be pairs, queues or compact, not \"{x}\""),
             },
         };
         kv.EnsureAllUsed();

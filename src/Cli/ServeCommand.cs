@@ -35,6 +35,7 @@ public static class ServeCommand
         public string? Vfio { get; set; }
         public bool Generic { get; set; }
         public int[]? Cpus { get; set; }
+        public string? Metrics { get; set; }
     }
 
     public static int Run(CliContext ctx, IReadOnlyList<string> argv) => Run(ctx, argv, CancellationToken.None);
@@ -54,6 +55,12 @@ public static class ServeCommand
             Session = new VhostUserSessionOptions { Log = log, Name = a.Socket! },
         };
         using var server = new VhostUserBackend(adapter, options);
+        using var meter = new IfcVdpa.Daemon.Metrics.IfcvfMeter(new IfcVdpa.Daemon.Metrics.MetricsSources
+        {
+            Devices = () => [adapter],
+            VhostConnections = () => (server.Connections, server.Session is null ? 0 : 1),
+        });
+        using var metrics = StartMetrics(a.Metrics, log);
         try
         {
             server.Start();
@@ -82,6 +89,24 @@ public static class ServeCommand
         }
         log($"stopped; {server.Connections} front-end connection(s) served, socket {(File.Exists(a.Socket) && !a.Client ? "still present" : "removed")}");
         return 0;
+    }
+
+    private static IfcVdpa.Daemon.Metrics.MetricsEndpoint? StartMetrics(string? spec, Action<string> log)
+    {
+        if (spec is null)
+        {
+            return null;
+        }
+        try
+        {
+            var m = IfcVdpa.Daemon.Metrics.MetricsEndpoint.Start(spec);
+            log($"metrics endpoint listening on {m.Url}");
+            return m;
+        }
+        catch (InvalidOperationException e)
+        {
+            throw new CliException(e.Message);
+        }
     }
 
     private static void PrintStats(CliContext ctx, IfcvfAdapter dev, VhostUserBackend server, int pairs)
@@ -290,6 +315,20 @@ public static class ServeCommand
                     {
                         throw new CliException($"--cpu: {e.Message}");
                     }
+                    break;
+                }
+                case "--metrics":
+                {
+                    string v = Value();
+                    try
+                    {
+                        IfcVdpa.Daemon.Metrics.MetricsEndpoint.Parse(v);
+                    }
+                    catch (FormatException e)
+                    {
+                        throw new CliException(e.Message);
+                    }
+                    a.Metrics = v;
                     break;
                 }
                 case "--stats-period":

@@ -116,6 +116,9 @@ public sealed partial class IfcvfAdapter
 
     string IVdpaDeviceDiagnostics.InterruptMode => IrqMode.ToString();
 
+    /// <summary>NEEDS_RESET events the function counted (the software VF does; a VFIO function's reach the front-end's config eventfd, unseen here).</summary>
+    long IVdpaDeviceDiagnostics.NeedsResetEvents => _pci is IQueueStatsSource s ? s.NeedsResetEvents : 0;
+
     /// <summary>DMA mappings installed through this device and not yet removed.</summary>
     public int DmaMapCount
     {

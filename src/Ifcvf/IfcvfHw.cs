@@ -389,7 +389,7 @@ public sealed class IfcvfHw
     /// <summary>Writes the MQ register (queue pairs in use). Only the pair-blocks firmware has one.</summary>
     public void SetMq(uint queuePairs)
     {
-        if (HasLm && Options.LmLayout == LmLayout.PairBlocks)
+        if (HasLm && IfcLiveMigration.HasMqRegister(Options.LmLayout))
         {
             _pci.WriteBar32(IfcLiveMigration.Bar, IfcLiveMigration.MqRegister, queuePairs);
         }
