@@ -47,11 +47,7 @@ public static class CommandLine
           vhost del NAME             stop serving it (the device is reset)
           serve --socket PATH [ --backend loopback|tap:NAME|pcap:FILE ] [ --queues N ] [ --mac M ] [ --mtu N ]
                 [ --client ] [ --poll | --event ] [ --split-only ] [ --stats-period S ] [ --socket-mode OCTAL ]
-<<<<<<< HEAD
-                [ --cpu LIST ] [ --no-dirty-log ]
-=======
-                [ --cpu LIST ] [ --metrics [ADDR:]PORT ]
->>>>>>> main
+                [ --cpu LIST ] [ --metrics [ADDR:]PORT ] [ --no-dirty-log ]
                                      vhost-user back-end (QEMU, DPDK virtio-user) on a software IFC VF
                                      until Ctrl-C; -j or --stats-period print per-queue counters;
                                      --cpu pins the datapath worker (one: the first CPU of LIST);
