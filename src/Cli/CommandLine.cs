@@ -33,6 +33,7 @@ public static class CommandLine
                                      each VF's datapath worker: VF i gets the i-th CPU of LIST, round robin;
                                      dirty-log off: VFs without the LM dirty log (software relay migration)
           sim del NAME               delete a software VF (and its vDPA device)
+          sim link NAME up|down      set a software VF's link status (config interrupt to its driver)
           mgmtdev show [ NAME ]      management devices (VFs): classes, max vqs, features
           dev add name NAME mgmtdev MGMTDEV [ mac M ] [ mtu N ] [ max_vqp N ] [ device_features HEX ]
           dev del NAME
@@ -41,6 +42,9 @@ public static class CommandLine
           dev vstats show NAME [ qidx Q ]
           dev attach NAME virtio tap TAPNAME [ queues N ]
                                      the host uses the device as its own NIC through TAP TAPNAME
+          dev attach NAME vduse [ VDUSENAME ]
+                                     the device joins the kernel's vDPA bus through VDUSE (Linux 6.7+,
+                                     modprobe vduse); then `vdpa dev add name VDUSENAME mgmtdev vduse`
           dev detach NAME            detach the device's consumer
           vhost add NAME socket PATH [ client ]
                                      serve the device's virtqueues to a vhost-user front-end (daemon mode)
@@ -53,6 +57,8 @@ public static class CommandLine
                                      --cpu pins the datapath worker (one: the first CPU of LIST);
                                      --no-dirty-log: a VF without the LM dirty log (migration then
                                      goes through the back-end's software relay, split rings only)
+          serve --vduse NAME [ --backend ... ] [ --mac M ] [ --mtu N ] [ --stats-period S ]
+                                     one software IFC VF on the kernel's vDPA bus as VDUSE device NAME
           serve --socket PATH --vfio BDF [ --generic ] [ --client ] [ --stats-period S ]
                                      the same on a function bound to vfio-pci (an IFC VF; --generic also
                                      takes a plain virtio-net function): true vDPA, like DPDK's vdpa app

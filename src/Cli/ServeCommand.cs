@@ -17,7 +17,7 @@ namespace IfcVdpa.Cli;
 /// `--vfio BDF [--generic]` serves a real function bound to vfio-pci instead (DPDK's vdpa sample app with
 /// its ifc driver): the frames then never pass through this process.
 /// </summary>
-public static class ServeCommand
+public static partial class ServeCommand
 {
     private sealed record Args
     {
@@ -35,6 +35,7 @@ public static class ServeCommand
         public string? Vfio { get; set; }
         public bool Generic { get; set; }
         public int[]? Cpus { get; set; }
+        public string? Vduse { get; set; }
         public string? Metrics { get; set; }
     }
 
@@ -46,6 +47,10 @@ public static class ServeCommand
         var a = Parse(argv);
         var log = new Action<string>(s => ctx.Err.WriteLine($"{DateTime.Now:HH:mm:ss.fff} {s}"));
         using var device = a.Vfio is null ? SoftwareDevice(a, log) : VfioDevice(a);
+        if (a.Vduse is not null)
+        {
+            return ServeVduse(ctx, device, a.Vduse, a.StatsPeriod ?? (ctx.Json ? 1.0 : null), log, stop);
+        }
         var adapter = device.Adapter;
         var options = new VhostUserBackendOptions
         {
@@ -298,6 +303,9 @@ public static class ServeCommand
                 case "--event":
                     a.Mode = EngineMode.Event;
                     break;
+                case "--vduse" or "vduse":
+                    a.Vduse = Value();
+                    break;
                 case "--vfio" or "vfio":
                     a.Vfio = Value();
                     break;
@@ -356,9 +364,9 @@ public static class ServeCommand
                     throw new CliException($"serve: unknown argument \"{k}\"");
             }
         }
-        if (string.IsNullOrEmpty(a.Socket))
+        if (string.IsNullOrEmpty(a.Socket) && a.Vduse is null)
         {
-            throw new CliException("serve needs --socket PATH");
+            throw new CliException("serve needs --socket PATH (vhost-user) or --vduse NAME (the kernel vDPA bus)");
         }
         if (a.Cpus is not null)
         {

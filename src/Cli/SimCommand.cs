@@ -83,6 +83,23 @@ public static class SimCommand
                 ctx.Request("sim del", w => w.WriteString("name", name));
                 return 0;
             }
+            case "link":
+            {
+                // sim link NAME up|down: the software VF's link status (what unplugging its cable would do)
+                string name = kv.Positional() ?? throw new CliException("sim link needs a VF name and up|down");
+                string state = kv.Positional() ?? throw new CliException("sim link NAME needs up or down");
+                kv.EnsureAllUsed();
+                if (state is not ("up" or "down"))
+                {
+                    throw new CliException($"sim link: state must be up or down, not \"{state}\"");
+                }
+                ctx.Request("sim link", w =>
+                {
+                    w.WriteString("name", name);
+                    w.WriteBoolean("up", state == "up");
+                });
+                return 0;
+            }
             default:
                 throw new CliException($"unknown command \"sim {verb}\"; try \"ifcvf help\"");
         }

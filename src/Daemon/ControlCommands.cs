@@ -24,6 +24,7 @@ public static class ControlCommands
             w.WriteNumber("pid", Environment.ProcessId);
         });
         server.Handle("sim add", (a, w) => SimAdd(registry, a, w));
+        server.Handle("sim link", (a, w) => VduseConsumer.SimLink(registry, a));
         server.Handle("sim del", (a, w) =>
         {
             string name = a.RequiredString("name");
@@ -60,6 +61,7 @@ public static class ControlCommands
         {
             string name = a.RequiredString("name");
             a.EnsureNoUnknown();
+            VduseConsumer.EnsureDetachable(registry, name);
             if (!registry.DetachConsumer(name))
             {
                 throw new ControlException($"vDPA device \"{name}\" has no consumer attached");
@@ -76,10 +78,16 @@ public static class ControlCommands
         string consumer = a.RequiredString("consumer");
         string? tap = a.String("tap", 15);
         int pairs = (int)(a.Integer("queues", 1, 32) ?? 1);
+        string? vduse = a.String("vduse", 63);
         a.EnsureNoUnknown();
+        if (consumer == "vduse")
+        {
+            VduseConsumer.Attach(registry, name, vduse ?? name);
+            return;
+        }
         if (consumer != "virtio")
         {
-            throw new ControlException($"consumer must be \"virtio\" here (vhost-user consumers use \"vhost add\"), not \"{consumer}\"");
+            throw new ControlException($"consumer must be \"virtio\" or \"vduse\" here (vhost-user consumers use \"vhost add\"), not \"{consumer}\"");
         }
         if (tap is null || !DeviceRegistry.IsValidDeviceName(tap))
         {

@@ -95,13 +95,19 @@ public sealed unsafe class MappedMemory : IDisposable
     }
 
     /// <summary>Maps <paramref name="length"/> bytes of a peer's fd starting at <paramref name="offset"/>.</summary>
-    public static MappedMemory MapFd(int fd, ulong length, ulong offset)
+    public static MappedMemory MapFd(int fd, ulong length, ulong offset) => MapFd(fd, length, offset, writable: true);
+
+    /// <summary>
+    /// Maps <paramref name="length"/> bytes of <paramref name="fd"/> from <paramref name="offset"/>, shared, read-only
+    /// unless <paramref name="writable"/> (a descriptor opened read-only cannot be mapped writable).
+    /// </summary>
+    public static MappedMemory MapFd(int fd, ulong length, ulong offset, bool writable)
     {
         if (length == 0 || length > long.MaxValue || offset > long.MaxValue)
         {
             throw new ArgumentOutOfRangeException(nameof(length), "bad mapping size or offset");
         }
-        nint p = Libc.mmap(0, (nuint)length, Libc.PROT_READ | Libc.PROT_WRITE, Libc.MAP_SHARED, fd, (long)offset);
+        nint p = Libc.mmap(0, (nuint)length, Libc.PROT_READ | (writable ? Libc.PROT_WRITE : 0), Libc.MAP_SHARED, fd, (long)offset);
         if (p == Libc.MAP_FAILED)
         {
             throw Errno.Exception($"mmap(fd {fd}, {length} bytes at {offset})");
