@@ -16,7 +16,8 @@ export DEBIAN_FRONTEND=noninteractive
 packages=(dpdk-dev librte-net-virtio23 librte-net-vhost23 librte-mempool-ring23
           qemu-system-x86 busybox-static cpio iproute2 iputils-ping xz-utils procps
           prometheus # promtool validates the metrics endpoint's output (tests/Peers.Tests/MetricsTests.cs)
-          systemd)   # systemd-analyze verifies contrib/systemd/ifcvf.service (tests/Peers.Tests/SystemdUnitTests.cs)
+          systemd    # systemd-analyze verifies contrib/systemd/ifcvf.service (tests/Peers.Tests/SystemdUnitTests.cs)
+          libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients) # libvirt-managed guests (LibvirtGuestTests.cs)
 # gcc + dpkg-source: the DPDK base-code harness (tests/Fidelity.Tests, scripts/dpdk-ifc)
 packages+=(build-essential dpkg-dev)
 
@@ -50,7 +51,7 @@ if [[ ${#missing[@]} -gt 0 ]]; then
   log "apt-get install ${missing[*]}"
   "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-for tool in dpdk-testpmd qemu-system-x86_64 cpio promtool systemd-analyze gcc dpkg-source; do
+for tool in dpdk-testpmd qemu-system-x86_64 cpio promtool systemd-analyze gcc dpkg-source libvirtd virtlogd virsh; do
   command -v "$tool" >/dev/null || { log "missing $tool after install"; exit 1; }
 done
 [[ -x /bin/busybox ]] || { log "missing /bin/busybox after install"; exit 1; }
