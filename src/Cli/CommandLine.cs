@@ -27,9 +27,11 @@ public static class CommandLine
                                      --config applies vfio, sim add, dev add, dev attach and vhost add
                                      lines before listening (a bad line: FILE:LINE, nothing started)
           sim add [ count N ] [ mac M ] [ queues N ] [ msix_vectors N ] [ backend loopback|pair|tap:NAME|pcap:FILE ]
-                  [ cpu LIST ]       create software IFC VFs (management devices sim/ifcvfN); the
+                  [ cpu LIST ] [ dirty-log on|off ]
+                                     create software IFC VFs (management devices sim/ifcvfN); the
                                      backend is their "wire" (pair: VFs wired two by two); cpu pins
-                                     each VF's datapath worker: VF i gets the i-th CPU of LIST, round robin
+                                     each VF's datapath worker: VF i gets the i-th CPU of LIST, round robin;
+                                     dirty-log off: VFs without the LM dirty log (software relay migration)
           sim del NAME               delete a software VF (and its vDPA device)
           sim link NAME up|down      set a software VF's link status (config interrupt to its driver)
           mgmtdev show [ NAME ]      management devices (VFs): classes, max vqs, features
@@ -49,10 +51,12 @@ public static class CommandLine
           vhost del NAME             stop serving it (the device is reset)
           serve --socket PATH [ --backend loopback|tap:NAME|pcap:FILE ] [ --queues N ] [ --mac M ] [ --mtu N ]
                 [ --client ] [ --poll | --event ] [ --split-only ] [ --stats-period S ] [ --socket-mode OCTAL ]
-                [ --cpu LIST ] [ --metrics [ADDR:]PORT ]
+                [ --cpu LIST ] [ --metrics [ADDR:]PORT ] [ --no-dirty-log ]
                                      vhost-user back-end (QEMU, DPDK virtio-user) on a software IFC VF
                                      until Ctrl-C; -j or --stats-period print per-queue counters;
-                                     --cpu pins the datapath worker (one: the first CPU of LIST)
+                                     --cpu pins the datapath worker (one: the first CPU of LIST);
+                                     --no-dirty-log: a VF without the LM dirty log (migration then
+                                     goes through the back-end's software relay, split rings only)
           serve --vduse NAME [ --backend ... ] [ --mac M ] [ --mtu N ] [ --stats-period S ]
                                      one software IFC VF on the kernel's vDPA bus as VDUSE device NAME
           serve --socket PATH --vfio BDF [ --generic ] [ --client ] [ --stats-period S ]

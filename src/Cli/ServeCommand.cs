@@ -31,6 +31,7 @@ public static partial class ServeCommand
         public double? StatsPeriod { get; set; }
         public uint SocketMode { get; set; } = 0x180;
         public bool PackedRings { get; set; } = true;
+        public bool DirtyLog { get; set; } = true;
         public string? Vfio { get; set; }
         public bool Generic { get; set; }
         public int[]? Cpus { get; set; }
@@ -133,6 +134,9 @@ public static partial class ServeCommand
             var (devLog, logAll, usedPages) = s?.DirtyLogState ?? default;
             w.Bool("dirty_log", devLog);
             w.Bool("log_all", logAll);
+            var (relaying, relayed) = s?.RelayState ?? default;
+            w.Bool("log_relay", relaying);
+            w.Num("relayed_used", relayed);
             w.Num("dirty_pages", Enumerable.Range(0, rings).Sum(q => dev.GetVqStats(q).DirtyPages) + usedPages);
             w.BeginArray("queues");
             for (int q = 0; q < rings; q++)
@@ -161,7 +165,7 @@ public static partial class ServeCommand
             if (s?.DirtyLogState is { } lm && (lm.DeviceLogging || lm.LogAll))
             {
                 long pages = Enumerable.Range(0, rings).Sum(q => dev.GetVqStats(q).DirtyPages) + lm.UsedRingPagesMarked;
-                line.Append(CultureInfo.InvariantCulture, $" | dirty log {(lm.DeviceLogging ? "on" : "waiting for a log")} pages {pages}");
+                line.Append(CultureInfo.InvariantCulture, $" | dirty log {(s.RelayState.Relaying ? "relay" : lm.DeviceLogging ? "on" : "waiting for a log")} pages {pages}");
             }
             for (int q = 0; q < rings; q++)
             {
@@ -212,6 +216,7 @@ public static partial class ServeCommand
             Mac = a.Mac ?? new SoftIfcVfOptions().Mac,
             Mtu = a.Mtu ?? 1500,
             DeviceFeatures = SoftIfcVfOptions.DefaultFeatures | (a.PackedRings ? 1UL << Virtio.VirtioFeature.F_RING_PACKED : 0),
+            DirtyLog = a.DirtyLog,
         };
         try
         {
@@ -321,6 +326,9 @@ public static partial class ServeCommand
                     break;
                 case "--split-only":
                     a.PackedRings = false; // offer split rings only
+                    break;
+                case "--no-dirty-log":
+                    a.DirtyLog = false; // a VF whose LM block keeps no dirty log: migration goes through the software relay
                     break;
                 case "--event":
                     a.Mode = EngineMode.Event;

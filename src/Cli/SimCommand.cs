@@ -3,7 +3,7 @@ using IfcVdpa.Virtio;
 
 namespace IfcVdpa.Cli;
 
-/// <summary>`ifcvf sim add [count N] [mac M] [queues N] [backend B] [cpu LIST]` and `ifcvf sim del NAME` (software VFs in the daemon).</summary>
+/// <summary>`ifcvf sim add [count N] [mac M] [queues N] [backend B] [cpu LIST] [dirty-log on|off]` and `ifcvf sim del NAME` (software VFs in the daemon).</summary>
 public static class SimCommand
 {
     public static int Run(CliContext ctx, string verb, IEnumerable<string> args)
@@ -20,7 +20,12 @@ public static class SimCommand
                 int vectors = kv.Int("msix_vectors", 0);
                 string? backend = kv.Get("backend");
                 string? cpu = kv.Get("cpu");
+                string? dirtyLog = kv.Get("dirty-log");
                 kv.EnsureAllUsed();
+                if (dirtyLog is not null and not "on" and not "off")
+                {
+                    throw new CliException($"dirty-log must be on or off, not \"{dirtyLog}\"");
+                }
                 if (cpu is not null)
                 {
                     try
@@ -55,6 +60,10 @@ public static class SimCommand
                     if (cpu is not null)
                     {
                         w.WriteString("cpu", cpu);
+                    }
+                    if (dirtyLog is not null)
+                    {
+                        w.WriteBoolean("dirty_log", dirtyLog == "on");
                     }
                 });
                 if (ctx.Json)

@@ -137,6 +137,7 @@ public static class ControlCommands
         int? vectors = (int?)a.Integer("msix_vectors", 1, 2048);
         string backend = a.String("backend", 200) ?? "loopback";
         string? cpu = a.String("cpu", 200);
+        bool dirtyLog = a.Bool("dirty_log") ?? true;
         a.EnsureNoUnknown();
         int[]? cpus;
         try
@@ -147,7 +148,7 @@ public static class ControlCommands
         {
             throw new ControlException($"cpu: {e.Message}");
         }
-        var added = registry.AddSoftwareVfs(count, mac is null ? (ReadOnlyMemory<byte>?)null : mac, queues, vectors, backend, cpus);
+        var added = registry.AddSoftwareVfs(count, mac is null ? (ReadOnlyMemory<byte>?)null : mac, queues, vectors, backend, cpus, dirtyLog);
         w.WriteStartObject("mgmtdev");
         foreach (var md in added)
         {

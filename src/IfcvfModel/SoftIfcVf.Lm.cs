@@ -118,6 +118,10 @@ public sealed partial class SoftIfcVf
 
     private uint ReadLm(int off, int size)
     {
+        if (!_options.DirtyLog && off < RingStateBase)
+        {
+            return 0; // no dirty-log registers in this VF's LM block
+        }
         switch (off, size)
         {
             case (LoggingCtrl, 4): return _lmCtrl;
@@ -142,6 +146,10 @@ public sealed partial class SoftIfcVf
 
     private void WriteLm(int off, int size, uint value)
     {
+        if (!_options.DirtyLog && off < RingStateBase)
+        {
+            return; // no dirty-log registers: writes are dropped, the VF never logs
+        }
         switch (off, size)
         {
             case (LoggingCtrl, 4): _lmCtrl = value; return;

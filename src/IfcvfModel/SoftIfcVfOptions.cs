@@ -31,6 +31,13 @@ public sealed record SoftIfcVfOptions
     public LmLayout LmLayout { get; init; } = LmLayout.PairBlocks;
 
     /// <summary>
+    /// Whether the LM block has the dirty-page log registers (logging control, base, end). Without them the
+    /// block keeps only ring state and the MQ register: the registers read 0 and ignore writes, the VF logs
+    /// nothing, and a vhost back-end migrates the guest through its software relay instead.
+    /// </summary>
+    public bool DirtyLog { get; init; } = true;
+
+    /// <summary>
     /// A block VF (C5000X-PL storage: 1AF4:1042, or 1AF4:1001 with <see cref="Transitional"/>, subsystem
     /// 8086:0002) with this virtio-blk config instead of a net VF: <see cref="VirtioBlkConfig.NumQueues"/>
     /// request queues, no control queue; the net options are ignored. Use <see cref="ForBlock"/>.
