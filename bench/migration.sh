@@ -3,16 +3,18 @@
 # moved between two QEMU 7.2 instances over a Unix socket, pinged every 200 ms from a namespace while
 # 8 MiB are sent to it over TCP) with two vhost-user back-ends per run, side by side:
 #   dpdk:  DPDK's vhost PMD + net_tap in testpmd (the reference), as source and destination
-#   serve: `ifcvf serve --backend tap:NAME` as source and destination
+#   serve: `ifcvf serve --backend tap:NAME` as source and destination (the IFC VF's LM-block dirty log)
+#   serve-relay: `ifcvf serve --no-dirty-log` (a VF without the log: the back-end's software relay)
+#   daemon: the daemon's `vhost add` on a software VF with a TAP backend
 # For each it prints QEMU's total time and downtime (query-migrate), the wall time the test waited,
-# and the pings lost; when QEMU cannot migrate on a back-end, its error instead of figures.
+# and the pings lost (medians with [min..max] over the runs); when QEMU cannot migrate, its error instead.
 # Usage: bench/migration.sh [RUNS=3]      (root; scripts/install-peers.sh installed the peers)
 # Environment: BACKENDS="dpdk serve" restricts the columns; QUEUES=1|2; PINGPONG=1 runs the three-round-trip
 # case (2 queue pairs) instead of one migration.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 runs="${1:-3}"
-backends="${BACKENDS:-dpdk serve}"
+backends="${BACKENDS:-dpdk serve serve-relay}"
 queues="${QUEUES:-1}"
 work="$(mktemp -d /tmp/ifcvf-migbench.XXXXXX)"
 trap 'rm -rf "$work"' EXIT
@@ -20,10 +22,11 @@ trap 'rm -rf "$work"' EXIT
 "$root/scripts/install-peers.sh" >/dev/null
 dotnet build "$root/tests/Peers.Tests" -c Release --nologo -v quiet >/dev/null
 # serve: let the launcher build the CLI now rather than inside the first run
-[[ " $backends " == *" serve "* ]] && "$root/ifcvf" --help >/dev/null 2>&1 || true
+[[ " $backends " == *" serve"* || " $backends " == *" daemon "* ]] && "$root/ifcvf" --help >/dev/null 2>&1 || true
 
 filter="FullyQualifiedName~MigrationTests.MigratesUnderPingAndTransfer"
-case_of() { echo "&DisplayName~$1"; } # the one-migration theory runs once per back-end: pick this one's case
+# the one-migration theory has a row per back-end; IFCVF_MIGRATION_BACKEND turns the dpdk row (1 queue pair) into $b
+case_of() { echo "&DisplayName~dpdk"; }
 if [[ "${PINGPONG:-0}" == 1 ]]; then # three round trips, 2 queue pairs (a Category=Manual test: not in the CI run)
   filter="FullyQualifiedName~MigrationTests.PingPongThreeRoundTripsTwoQueuePairs"
   case_of() { echo ""; }
@@ -43,10 +46,11 @@ for b in $backends; do
 done
 
 field() { sed -n "s/.*\"$2\":\(\"\([^\"]*\)\"\|\([-0-9]*\)\).*/\2\3/p" <<<"$1"; }
-median() { sort -n | awk '{a[NR]=$1} END {if (NR == 0) print "-"; else if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+# median [min..max]
+median() { sort -n | awk '{a[NR]=$1} END {if (NR == 0) print "-"; else printf "%s [%s..%s]\n", (NR % 2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2, a[1], a[NR]}'; }
 
 printf '\nlive migration, %s queue pair(s), %s run(s) per back-end (medians; per-run figures below)\n' "$queues" "$runs"
-printf '%-8s %12s %14s %12s %12s  %s\n' backend "total ms" "downtime ms" "wall ms" "pings lost" status
+printf '%-11s %20s %18s %20s %14s %12s  %s\n' backend "total ms" "downtime ms" "wall ms" "pings lost" "lost total" status
 for b in $backends; do
   f="$work/$b.jsonl"
   ok="$(grep '"status":"completed"' "$f" || true)"
@@ -54,11 +58,12 @@ for b in $backends; do
     tot="$(while read -r l; do field "$l" total_ms; done <<<"$ok" | median)"
     down="$(while read -r l; do field "$l" downtime_ms; done <<<"$ok" | median)"
     wall="$(while read -r l; do field "$l" wall_ms; done <<<"$ok" | median)"
-    lost="$(while read -r l; do field "$l" pings_lost; done <<<"$ok" | awk '{s+=$1} END {print s+0}')"
-    printf '%-8s %12s %14s %12s %12s  %s\n' "$b" "$tot" "$down" "$wall" "$lost total" "$(grep -c . <<<"$ok")/$runs completed"
+    lost="$(while read -r l; do field "$l" pings_lost; done <<<"$ok" | median)"
+    losttot="$(while read -r l; do field "$l" pings_lost; done <<<"$ok" | awk '{s+=$1} END {print s+0}')"
+    printf '%-11s %20s %18s %20s %14s %12s  %s\n' "$b" "$tot" "$down" "$wall" "$lost" "$losttot" "$(grep -c . <<<"$ok")/$runs completed"
   else
     err="$(field "$(head -n1 "$f")" error)"
-    printf '%-8s %12s %14s %12s %12s  %s\n' "$b" - - - - "not supported yet: ${err:-no report}"
+    printf '%-11s %20s %18s %20s %14s %12s  %s\n' "$b" - - - - - "failed: ${err:-no report}"
   fi
 done
 printf '\nper run:\n'

@@ -3,7 +3,9 @@
 #   - DPDK testpmd with virtio-user and vhost PMDs (Debian 12 packages),
 #   - QEMU (x86_64 system emulator), busybox-static and cpio for a small Linux guest,
 #   - a Debian cloud kernel (downloaded, not installed) extracted under .peers/kernel,
-#   - the guest initramfs built from it (.peers/guest/initrd.gz).
+#   - the guest initramfs built from it (.peers/guest/initrd.gz),
+#   - gcc and Debian's dpdk source package (.peers/dpdk-src, through a private deb-src entry) for the
+#     issue 17 test that builds DPDK's unmodified IFC VF base code (scripts/dpdk-ifc/).
 # Idempotent and non-interactive: when everything is present it only checks and exits quickly.
 # `apt-get update` runs at most once, and only when something has to be fetched.
 set -euo pipefail
@@ -12,7 +14,12 @@ cache="$root/.peers"
 export DEBIAN_FRONTEND=noninteractive
 
 packages=(dpdk-dev librte-net-virtio23 librte-net-vhost23 librte-mempool-ring23
-          qemu-system-x86 busybox-static cpio iproute2 iputils-ping xz-utils procps)
+          qemu-system-x86 busybox-static cpio iproute2 iputils-ping xz-utils procps
+          prometheus # promtool validates the metrics endpoint's output (tests/Peers.Tests/MetricsTests.cs)
+          systemd    # systemd-analyze verifies contrib/systemd/ifcvf.service (tests/Peers.Tests/SystemdUnitTests.cs)
+          libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients) # libvirt-managed guests (LibvirtGuestTests.cs)
+# gcc + dpkg-source: the DPDK base-code harness (tests/Fidelity.Tests, scripts/dpdk-ifc)
+packages+=(build-essential dpkg-dev)
 
 log() { echo "install-peers: $*"; }
 
@@ -44,7 +51,7 @@ if [[ ${#missing[@]} -gt 0 ]]; then
   log "apt-get install ${missing[*]}"
   "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-for tool in dpdk-testpmd qemu-system-x86_64 cpio; do
+for tool in dpdk-testpmd qemu-system-x86_64 cpio promtool systemd-analyze gcc dpkg-source libvirtd virtlogd virsh; do
   command -v "$tool" >/dev/null || { log "missing $tool after install"; exit 1; }
 done
 [[ -x /bin/busybox ]] || { log "missing /bin/busybox after install"; exit 1; }
@@ -73,6 +80,9 @@ if ! compgen -G "$kdir/boot/vmlinuz-*" >/dev/null; then
   mv "$kdir.tmp" "$kdir"
   rm -f "$cache/debs"/*.deb
 fi
+
+# DPDK's source (apt-get source dpdk, the installed dpdk-dev's version), cached; never committed.
+"$root/scripts/dpdk-ifc/fetch-source.sh" >/dev/null
 
 # The guest initramfs (rebuilt when its inputs are newer than it).
 "$root/scripts/guest/build-initramfs.sh" "$kdir" "$cache/guest"

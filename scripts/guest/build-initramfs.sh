@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the test guest's initramfs: static busybox, scripts/guest/init as /init and the virtio-net
-# driver modules from an extracted Debian cloud kernel.
+# and virtio-blk driver modules from an extracted Debian cloud kernel.
 # Usage: build-initramfs.sh KERNEL_DIR OUT_DIR    (KERNEL_DIR holds boot/vmlinuz-* and lib/modules/)
 # Writes OUT_DIR/vmlinuz and OUT_DIR/initrd.gz and OUT_DIR/inputs.sha256 (a digest of the init script,
 # this script, the kernel and busybox); does nothing when that digest is unchanged and the output is newer
@@ -11,7 +11,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 kdir="${1:?kernel dir}"
 out="${2:?output dir}"
 modules=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover
-         net_failover virtio_net)
+         net_failover virtio_net virtio_blk)
 
 vmlinuz="$(compgen -G "$kdir/boot/vmlinuz-*" | sort | tail -n1)"
 [[ -n "$vmlinuz" ]] || { echo "build-initramfs: no kernel in $kdir/boot" >&2; exit 1; }

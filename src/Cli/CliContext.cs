@@ -6,6 +6,9 @@ namespace IfcVdpa.Cli;
 /// <summary>What every command gets: output mode, writers, and the control socket path (--control).</summary>
 public sealed record CliContext(bool Json, TextWriter Out, TextWriter Err, string? ControlPath)
 {
+    /// <summary>Serves requests in-process instead of over the control socket (the daemon's config file).</summary>
+    public Func<string, Action<Utf8JsonWriter>?, JsonElement>? Requester { get; init; }
+
     /// <summary>The control socket: --control, else IFCVF_CONTROL, else the default.</summary>
     public string ResolveControlPath()
     {
@@ -24,7 +27,7 @@ public sealed record CliContext(bool Json, TextWriter Out, TextWriter Err, strin
     {
         try
         {
-            return ControlClient.Request(ResolveControlPath(), command, writeArgs);
+            return Requester is { } local ? local(command, writeArgs) : ControlClient.Request(ResolveControlPath(), command, writeArgs);
         }
         catch (ControlUnavailableException e)
         {

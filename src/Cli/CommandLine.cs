@@ -20,14 +20,20 @@ public static class CommandLine
                                      the way `lspci -vv` does
           pci list | bind BDF | unbind BDF | show BDF
                                      virtio/IFC functions, vfio-pci binding (previous driver restored)
-          daemon [ --allow-uid UID ]... [ sim N ] [ vfio BDF ]... [ generic ]
+          daemon [ --allow-uid UID ]... [ --metrics [ADDR:]PORT ] [ --config FILE ] [ sim N ] [ vfio BDF ]... [ generic ]
                                      run the daemon in the foreground (control socket mode 0600);
-                                     vfio BDF adopts a vfio-pci function as mgmtdev pci/BDF
+                                     vfio BDF adopts a vfio-pci function as mgmtdev pci/BDF;
+                                     --metrics serves Prometheus metrics (only a port: 127.0.0.1);
+                                     --config applies vfio, sim add, dev add, dev attach and vhost add
+                                     lines before listening (a bad line: FILE:LINE, nothing started)
           sim add [ count N ] [ mac M ] [ queues N ] [ msix_vectors N ] [ backend loopback|pair|tap:NAME|pcap:FILE ]
-                  [ cpu LIST ]       create software IFC VFs (management devices sim/ifcvfN); the
+                  [ cpu LIST ] [ dirty-log on|off ]
+                                     create software IFC VFs (management devices sim/ifcvfN); the
                                      backend is their "wire" (pair: VFs wired two by two); cpu pins
-                                     each VF's datapath worker: VF i gets the i-th CPU of LIST, round robin
+                                     each VF's datapath worker: VF i gets the i-th CPU of LIST, round robin;
+                                     dirty-log off: VFs without the LM dirty log (software relay migration)
           sim del NAME               delete a software VF (and its vDPA device)
+          sim link NAME up|down      set a software VF's link status (config interrupt to its driver)
           mgmtdev show [ NAME ]      management devices (VFs): classes, max vqs, features
           dev add name NAME mgmtdev MGMTDEV [ mac M ] [ mtu N ] [ max_vqp N ] [ device_features HEX ]
           dev del NAME
@@ -36,15 +42,23 @@ public static class CommandLine
           dev vstats show NAME [ qidx Q ]
           dev attach NAME virtio tap TAPNAME [ queues N ]
                                      the host uses the device as its own NIC through TAP TAPNAME
+          dev attach NAME vduse [ VDUSENAME ]
+                                     the device joins the kernel's vDPA bus through VDUSE (Linux 6.7+,
+                                     modprobe vduse); then `vdpa dev add name VDUSENAME mgmtdev vduse`
           dev detach NAME            detach the device's consumer
           vhost add NAME socket PATH [ client ]
                                      serve the device's virtqueues to a vhost-user front-end (daemon mode)
           vhost del NAME             stop serving it (the device is reset)
           serve --socket PATH [ --backend loopback|tap:NAME|pcap:FILE ] [ --queues N ] [ --mac M ] [ --mtu N ]
                 [ --client ] [ --poll | --event ] [ --split-only ] [ --stats-period S ] [ --socket-mode OCTAL ]
-                [ --cpu LIST ]       vhost-user back-end (QEMU, DPDK virtio-user) on a software IFC VF
+                [ --cpu LIST ] [ --metrics [ADDR:]PORT ] [ --no-dirty-log ]
+                                     vhost-user back-end (QEMU, DPDK virtio-user) on a software IFC VF
                                      until Ctrl-C; -j or --stats-period print per-queue counters;
-                                     --cpu pins the datapath worker (one: the first CPU of LIST)
+                                     --cpu pins the datapath worker (one: the first CPU of LIST);
+                                     --no-dirty-log: a VF without the LM dirty log (migration then
+                                     goes through the back-end's software relay, split rings only)
+          serve --vduse NAME [ --backend ... ] [ --mac M ] [ --mtu N ] [ --stats-period S ]
+                                     one software IFC VF on the kernel's vDPA bus as VDUSE device NAME
           serve --socket PATH --vfio BDF [ --generic ] [ --client ] [ --stats-period S ]
                                      the same on a function bound to vfio-pci (an IFC VF; --generic also
                                      takes a plain virtio-net function): true vDPA, like DPDK's vdpa app
@@ -57,7 +71,18 @@ public static class CommandLine
           --control PATH             daemon control socket (default: $IFCVF_CONTROL, else
                                      $XDG_RUNTIME_DIR/ifcvf/ifcvfd.sock, else /run/ifcvf/ifcvfd.sock)
           -h, --help                 this text
+          -V, --version              version, git commit and how it runs (NativeAOT or JIT)
         """;
+
+    /// <summary>`ifcvf --version`: the assembly's informational version (publish sets the commit), the runtime and the code form.</summary>
+    public static string VersionText()
+    {
+        var asm = typeof(CommandLine).Assembly;
+        string version = asm.GetCustomAttributes(typeof(System.Reflection.AssemblyInformationalVersionAttribute), false)
+            is [System.Reflection.AssemblyInformationalVersionAttribute a, ..] ? a.InformationalVersion : asm.GetName().Version?.ToString() ?? "unknown";
+        string form = System.Runtime.CompilerServices.RuntimeFeature.IsDynamicCodeSupported ? "JIT" : "NativeAOT";
+        return $"ifcvf {version} ({form}, {System.Runtime.InteropServices.RuntimeInformation.FrameworkDescription}, {System.Runtime.InteropServices.RuntimeInformation.RuntimeIdentifier})";
+    }
 
     public static Task<int> RunAsync(string[] args, TextWriter stdout, TextWriter stderr)
     {
@@ -80,6 +105,9 @@ public static class CommandLine
                     break;
                 case "-h" or "--help" or "help":
                     stdout.Write(Usage);
+                    return Task.FromResult(0);
+                case "-V" or "--version":
+                    stdout.WriteLine(VersionText());
                     return Task.FromResult(0);
                 default:
                     rest.Add(a);
@@ -151,7 +179,8 @@ public static class CommandLine
             {
                 null or "pairs" => LmLayout.PairBlocks,
                 "compact" => LmLayout.Compact,
-                var x => throw new CliException($"layout must be pairs or compact, not \"{x}\""),
+                "queues" => LmLayout.PerQueueBlocks,
+                var x => throw new CliException($"layout must be pairs, queues or compact, not \"{x}\""),
             },
         };
         kv.EnsureAllUsed();

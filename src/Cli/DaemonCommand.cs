@@ -4,7 +4,7 @@ using IfcVdpa.Daemon;
 namespace IfcVdpa.Cli;
 
 /// <summary>
-/// `ifcvf daemon [--allow-uid N]... [sim N] [vfio BDF]... [generic]`: runs the daemon in the foreground
+/// `ifcvf daemon [--allow-uid N]... [--metrics [ADDR:]PORT] [--config FILE] [sim N] [vfio BDF]... [generic]`: runs the daemon in the foreground
 /// until SIGINT/SIGTERM. `vfio BDF` adopts a function bound to vfio-pci as management device pci/BDF
 /// (`generic` also accepts plain virtio-net functions, like DPDK's vdpa=1).
 /// </summary>
@@ -30,7 +30,21 @@ public static class DaemonCommand
             vfio.Add(bdf);
         }
         bool generic = kv.Flag("generic");
+        string? metrics = kv.Get("--metrics");
+        string? config = kv.Get("--config");
         kv.EnsureAllUsed();
+        var configLines = config is null ? null : DaemonConfig.Load(config); // the whole file is checked before anything starts
+        if (metrics is not null)
+        {
+            try
+            {
+                IfcVdpa.Daemon.Metrics.MetricsEndpoint.Parse(metrics);
+            }
+            catch (FormatException e)
+            {
+                throw new CliException(e.Message);
+            }
+        }
         if (sims is < 0 or > DeviceRegistry.MaxSoftwareVfs)
         {
             throw new CliException($"sim must be 0..{DeviceRegistry.MaxSoftwareVfs}");
@@ -40,7 +54,7 @@ public static class DaemonCommand
         DaemonHost host;
         try
         {
-            host = new DaemonHost(new DaemonOptions { ControlPath = ctx.ResolveControlPath(), AllowUids = allow, SoftwareVfs = sims });
+            host = new DaemonHost(new DaemonOptions { ControlPath = ctx.ResolveControlPath(), AllowUids = allow, SoftwareVfs = sims, Metrics = metrics });
         }
         catch (Exception e) when (e is ArgumentException or RegistryException)
         {
@@ -51,6 +65,10 @@ public static class DaemonCommand
             foreach (var bdf in vfio)
             {
                 AdoptVfio(host, bdf, generic);
+            }
+            if (configLines is not null)
+            {
+                DaemonConfig.Apply(host, config!, configLines);
             }
             try
             {
@@ -64,7 +82,7 @@ public static class DaemonCommand
         return 0;
     }
 
-    private static void AdoptVfio(DaemonHost host, string bdf, bool generic)
+    internal static void AdoptVfio(DaemonHost host, string bdf, bool generic)
     {
         IfcVdpa.Vfio.VfioPciFunction fn;
         try

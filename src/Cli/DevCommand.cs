@@ -30,7 +30,23 @@ public static class DevCommand
                 // dev attach NAME virtio tap TAPNAME [queues N]
                 var kv = new Keywords(args);
                 string name = kv.Positional() ?? throw new CliException("dev attach needs a device name");
-                string consumer = kv.Positional() ?? throw new CliException("dev attach needs a consumer: virtio tap TAPNAME");
+                string consumer = kv.Positional() ?? throw new CliException("dev attach needs a consumer: virtio tap TAPNAME, or vduse [ VDUSENAME ]");
+                if (consumer == "vduse")
+                {
+                    // dev attach NAME vduse [ VDUSENAME ]: the device joins the kernel's vDPA bus through VDUSE
+                    string? vduseName = kv.Positional();
+                    kv.EnsureAllUsed();
+                    ctx.Request("dev attach", w =>
+                    {
+                        w.WriteString("name", name);
+                        w.WriteString("consumer", consumer);
+                        if (vduseName is not null)
+                        {
+                            w.WriteString("vduse", vduseName);
+                        }
+                    });
+                    return 0;
+                }
                 string tap = kv.Get("tap") ?? throw new CliException("dev attach NAME virtio needs \"tap TAPNAME\"");
                 int queues = kv.Int("queues", 1);
                 kv.EnsureAllUsed();

@@ -17,7 +17,7 @@ namespace IfcVdpa.Cli;
 /// `--vfio BDF [--generic]` serves a real function bound to vfio-pci instead (DPDK's vdpa sample app with
 /// its ifc driver): the frames then never pass through this process.
 /// </summary>
-public static class ServeCommand
+public static partial class ServeCommand
 {
     private sealed record Args
     {
@@ -31,9 +31,16 @@ public static class ServeCommand
         public double? StatsPeriod { get; set; }
         public uint SocketMode { get; set; } = 0x180;
         public bool PackedRings { get; set; } = true;
+        public bool DirtyLog { get; set; } = true;
         public string? Vfio { get; set; }
         public bool Generic { get; set; }
         public int[]? Cpus { get; set; }
+        public string? Vduse { get; set; }
+        public string? Metrics { get; set; }
+        public string Class { get; set; } = "net";
+        public bool BackendGiven { get; set; }
+        public bool ReadOnly { get; set; }
+        public uint BlkSize { get; set; } = 512;
     }
 
     public static int Run(CliContext ctx, IReadOnlyList<string> argv) => Run(ctx, argv, CancellationToken.None);
@@ -44,6 +51,10 @@ public static class ServeCommand
         var a = Parse(argv);
         var log = new Action<string>(s => ctx.Err.WriteLine($"{DateTime.Now:HH:mm:ss.fff} {s}"));
         using var device = a.Vfio is null ? SoftwareDevice(a, log) : VfioDevice(a);
+        if (a.Vduse is not null)
+        {
+            return ServeVduse(ctx, device, a.Vduse, a.StatsPeriod ?? (ctx.Json ? 1.0 : null), log, stop);
+        }
         var adapter = device.Adapter;
         var options = new VhostUserBackendOptions
         {
@@ -53,6 +64,12 @@ public static class ServeCommand
             Session = new VhostUserSessionOptions { Log = log, Name = a.Socket! },
         };
         using var server = new VhostUserBackend(adapter, options);
+        using var meter = new IfcVdpa.Daemon.Metrics.IfcvfMeter(new IfcVdpa.Daemon.Metrics.MetricsSources
+        {
+            Devices = () => [adapter],
+            VhostConnections = () => (server.Connections, server.Session is null ? 0 : 1),
+        });
+        using var metrics = StartMetrics(a.Metrics, log);
         try
         {
             server.Start();
@@ -70,22 +87,42 @@ public static class ServeCommand
         int waitMs = period is { } p ? (int)Math.Max(100, p * 1000) : -1;
         while (!done.Wait(waitMs, CancellationToken.None))
         {
-            PrintStats(ctx, adapter, server, device.Pairs);
+            PrintStats(ctx, adapter, server, device.Pairs, device.Block);
         }
         log(stop.IsCancellationRequested ? "stop requested: stopping" : "signal received: stopping");
         server.Stop();
         device.StopDatapath();
         if (period is not null)
         {
-            PrintStats(ctx, adapter, server, device.Pairs);
+            PrintStats(ctx, adapter, server, device.Pairs, device.Block);
         }
         log($"stopped; {server.Connections} front-end connection(s) served, socket {(File.Exists(a.Socket) && !a.Client ? "still present" : "removed")}");
         return 0;
     }
 
-    private static void PrintStats(CliContext ctx, IfcvfAdapter dev, VhostUserBackend server, int pairs)
+    private static IfcVdpa.Daemon.Metrics.MetricsEndpoint? StartMetrics(string? spec, Action<string> log)
+    {
+        if (spec is null)
+        {
+            return null;
+        }
+        try
+        {
+            var m = IfcVdpa.Daemon.Metrics.MetricsEndpoint.Start(spec);
+            log($"metrics endpoint listening on {m.Url}");
+            return m;
+        }
+        catch (InvalidOperationException e)
+        {
+            throw new CliException(e.Message);
+        }
+    }
+
+    private static void PrintStats(CliContext ctx, IfcvfAdapter dev, VhostUserBackend server, int pairs, bool block)
     {
         var s = server.Session;
+        int rings = block ? pairs : pairs * 2; // a block device's "pairs" are its request queues
+        string Kind(int q) => block ? "req" : q % 2 == 0 ? "rx" : "tx";
         if (ctx.Json)
         {
             var w = new JsonText();
@@ -97,14 +134,17 @@ public static class ServeCommand
             var (devLog, logAll, usedPages) = s?.DirtyLogState ?? default;
             w.Bool("dirty_log", devLog);
             w.Bool("log_all", logAll);
-            w.Num("dirty_pages", Enumerable.Range(0, pairs * 2).Sum(q => dev.GetVqStats(q).DirtyPages) + usedPages);
+            var (relaying, relayed) = s?.RelayState ?? default;
+            w.Bool("log_relay", relaying);
+            w.Num("relayed_used", relayed);
+            w.Num("dirty_pages", Enumerable.Range(0, rings).Sum(q => dev.GetVqStats(q).DirtyPages) + usedPages);
             w.BeginArray("queues");
-            for (int q = 0; q < pairs * 2; q++)
+            for (int q = 0; q < rings; q++)
             {
                 var st = dev.GetVqStats(q);
                 w.BeginObject();
                 w.Num("qidx", q);
-                w.Str("type", q % 2 == 0 ? "rx" : "tx");
+                w.Str("type", Kind(q));
                 w.Num("packets", st.Packets);
                 w.Num("bytes", st.Bytes);
                 w.Num("kicks", st.Kicks);
@@ -124,14 +164,14 @@ public static class ServeCommand
             line.Append(CultureInfo.InvariantCulture, $"{DateTime.Now:HH:mm:ss} {(s?.Configured == true ? "running" : s is not null ? "connected" : "idle")}");
             if (s?.DirtyLogState is { } lm && (lm.DeviceLogging || lm.LogAll))
             {
-                long pages = Enumerable.Range(0, pairs * 2).Sum(q => dev.GetVqStats(q).DirtyPages) + lm.UsedRingPagesMarked;
-                line.Append(CultureInfo.InvariantCulture, $" | dirty log {(lm.DeviceLogging ? "on" : "waiting for a log")} pages {pages}");
+                long pages = Enumerable.Range(0, rings).Sum(q => dev.GetVqStats(q).DirtyPages) + lm.UsedRingPagesMarked;
+                line.Append(CultureInfo.InvariantCulture, $" | dirty log {(s.RelayState.Relaying ? "relay" : lm.DeviceLogging ? "on" : "waiting for a log")} pages {pages}");
             }
-            for (int q = 0; q < pairs * 2; q++)
+            for (int q = 0; q < rings; q++)
             {
                 var st = dev.GetVqStats(q);
                 line.Append(CultureInfo.InvariantCulture,
-                    $" | q{q} {(q % 2 == 0 ? "rx" : "tx")} pkts {st.Packets} bytes {st.Bytes} kicks {st.Kicks} irqs {st.Interrupts} err {st.Errors} drop {st.Drops}");
+                    $" | q{q} {Kind(q)} pkts {st.Packets} bytes {st.Bytes} kicks {st.Kicks} irqs {st.Interrupts} err {st.Errors} drop {st.Drops}");
             }
             ctx.Out.WriteLine(line.ToString());
         }
@@ -141,6 +181,9 @@ public static class ServeCommand
     /// <summary>The device being served and what owns it (disposed in reverse order of creation).</summary>
     private sealed class ServedDevice(IfcvfAdapter adapter, string describe, int pairs, Action stopDatapath, params IDisposable[] owned) : IDisposable
     {
+        /// <summary>A block device (then <see cref="Pairs"/> counts its request queues).</summary>
+        public bool Block { get; init; }
+
         public IfcvfAdapter Adapter { get; } = adapter;
 
         public string Describe { get; } = describe;
@@ -161,6 +204,11 @@ public static class ServeCommand
 
     private static ServedDevice SoftwareDevice(Args a, Action<string> log)
     {
+        if (a.Class == "blk")
+        {
+            var (blkVf, blkAdapter, describe) = BlkServe.Create(a.Backend, a.Queues, a.ReadOnly, a.BlkSize, a.Mode, CpuList.ForWorker(a.Cpus, 0), log);
+            return new ServedDevice(blkAdapter, describe, a.Queues, blkVf.StopDatapath, blkVf) { Block = true };
+        }
         var vfOptions = new SoftIfcVfOptions
         {
             Address = "sim:00.0",
@@ -168,6 +216,7 @@ public static class ServeCommand
             Mac = a.Mac ?? new SoftIfcVfOptions().Mac,
             Mtu = a.Mtu ?? 1500,
             DeviceFeatures = SoftIfcVfOptions.DefaultFeatures | (a.PackedRings ? 1UL << Virtio.VirtioFeature.F_RING_PACKED : 0),
+            DirtyLog = a.DirtyLog,
         };
         try
         {
@@ -238,6 +287,22 @@ public static class ServeCommand
                     break;
                 case "--backend" or "backend":
                     a.Backend = Value();
+                    a.BackendGiven = true;
+                    break;
+                case "--class" or "class":
+                    a.Class = Value() switch
+                    {
+                        "net" => "net",
+                        "blk" or "block" => "blk",
+                        var c => throw new CliException($"--class must be net or blk, not \"{c}\""),
+                    };
+                    break;
+                case "--readonly" or "readonly":
+                    a.ReadOnly = true;
+                    break;
+                case "--blk-size" or "blk_size":
+                    a.BlkSize = uint.TryParse(Value(), CultureInfo.InvariantCulture, out uint bs) && bs is 512 or 1024 or 2048 or 4096
+                        ? bs : throw new CliException("--blk-size must be 512, 1024, 2048 or 4096");
                     break;
                 case "--queues" or "queues":
                     a.Queues = int.TryParse(Value(), CultureInfo.InvariantCulture, out int q) && q is >= 1 and <= 16
@@ -262,8 +327,14 @@ public static class ServeCommand
                 case "--split-only":
                     a.PackedRings = false; // offer split rings only
                     break;
+                case "--no-dirty-log":
+                    a.DirtyLog = false; // a VF whose LM block keeps no dirty log: migration goes through the software relay
+                    break;
                 case "--event":
                     a.Mode = EngineMode.Event;
+                    break;
+                case "--vduse" or "vduse":
+                    a.Vduse = Value();
                     break;
                 case "--vfio" or "vfio":
                     a.Vfio = Value();
@@ -282,6 +353,20 @@ public static class ServeCommand
                     {
                         throw new CliException($"--cpu: {e.Message}");
                     }
+                    break;
+                }
+                case "--metrics":
+                {
+                    string v = Value();
+                    try
+                    {
+                        IfcVdpa.Daemon.Metrics.MetricsEndpoint.Parse(v);
+                    }
+                    catch (FormatException e)
+                    {
+                        throw new CliException(e.Message);
+                    }
+                    a.Metrics = v;
                     break;
                 }
                 case "--stats-period":
@@ -309,9 +394,24 @@ public static class ServeCommand
                     throw new CliException($"serve: unknown argument \"{k}\"");
             }
         }
-        if (string.IsNullOrEmpty(a.Socket))
+        if (string.IsNullOrEmpty(a.Socket) && a.Vduse is null)
         {
-            throw new CliException("serve needs --socket PATH");
+            throw new CliException("serve needs --socket PATH (vhost-user) or --vduse NAME (the kernel vDPA bus)");
+        }
+        if (a.Class == "blk")
+        {
+            if (!a.BackendGiven)
+            {
+                throw new CliException("serve --class blk needs --backend file:PATH|mem:SIZE");
+            }
+            if (a.Vfio is not null || a.Mac is not null || a.Mtu is not null)
+            {
+                throw new CliException("serve --class blk: --vfio, --mac and --mtu do not apply to the software block VF");
+            }
+        }
+        else if (a.ReadOnly || a.BlkSize != 512)
+        {
+            throw new CliException("--readonly and --blk-size need --class blk");
         }
         if (a.Cpus is not null)
         {

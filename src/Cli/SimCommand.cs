@@ -3,7 +3,7 @@ using IfcVdpa.Virtio;
 
 namespace IfcVdpa.Cli;
 
-/// <summary>`ifcvf sim add [count N] [mac M] [queues N] [backend B] [cpu LIST]` and `ifcvf sim del NAME` (software VFs in the daemon).</summary>
+/// <summary>`ifcvf sim add [count N] [mac M] [queues N] [backend B] [cpu LIST] [dirty-log on|off]` and `ifcvf sim del NAME` (software VFs in the daemon).</summary>
 public static class SimCommand
 {
     public static int Run(CliContext ctx, string verb, IEnumerable<string> args)
@@ -20,7 +20,12 @@ public static class SimCommand
                 int vectors = kv.Int("msix_vectors", 0);
                 string? backend = kv.Get("backend");
                 string? cpu = kv.Get("cpu");
+                string? dirtyLog = kv.Get("dirty-log");
                 kv.EnsureAllUsed();
+                if (dirtyLog is not null and not "on" and not "off")
+                {
+                    throw new CliException($"dirty-log must be on or off, not \"{dirtyLog}\"");
+                }
                 if (cpu is not null)
                 {
                     try
@@ -56,6 +61,10 @@ public static class SimCommand
                     {
                         w.WriteString("cpu", cpu);
                     }
+                    if (dirtyLog is not null)
+                    {
+                        w.WriteBoolean("dirty_log", dirtyLog == "on");
+                    }
                 });
                 if (ctx.Json)
                 {
@@ -72,6 +81,23 @@ public static class SimCommand
                 string name = kv.Positional() ?? throw new CliException("sim del needs a VF name (e.g. sim/ifcvf0)");
                 kv.EnsureAllUsed();
                 ctx.Request("sim del", w => w.WriteString("name", name));
+                return 0;
+            }
+            case "link":
+            {
+                // sim link NAME up|down: the software VF's link status (what unplugging its cable would do)
+                string name = kv.Positional() ?? throw new CliException("sim link needs a VF name and up|down");
+                string state = kv.Positional() ?? throw new CliException("sim link NAME needs up or down");
+                kv.EnsureAllUsed();
+                if (state is not ("up" or "down"))
+                {
+                    throw new CliException($"sim link: state must be up or down, not \"{state}\"");
+                }
+                ctx.Request("sim link", w =>
+                {
+                    w.WriteString("name", name);
+                    w.WriteBoolean("up", state == "up");
+                });
                 return 0;
             }
             default:

@@ -66,7 +66,13 @@ public static class ControlClient
         {
             throw new ControlUnavailableException($"the daemon on {path} closed the connection without a reply");
         }
-        using var doc = JsonDocument.Parse(reply.ToArray());
+        return ParseReply(reply.ToArray());
+    }
+
+    /// <summary>A reply's "data" object; a refusal becomes <see cref="ControlRefusedException"/>.</summary>
+    public static JsonElement ParseReply(byte[] reply)
+    {
+        using var doc = JsonDocument.Parse(reply);
         var root = doc.RootElement;
         if (root.TryGetProperty("ok", out var ok) && ok.ValueKind == JsonValueKind.True)
         {

@@ -24,6 +24,7 @@ public static class ControlCommands
             w.WriteNumber("pid", Environment.ProcessId);
         });
         server.Handle("sim add", (a, w) => SimAdd(registry, a, w));
+        server.Handle("sim link", (a, w) => VduseConsumer.SimLink(registry, a));
         server.Handle("sim del", (a, w) =>
         {
             string name = a.RequiredString("name");
@@ -60,6 +61,7 @@ public static class ControlCommands
         {
             string name = a.RequiredString("name");
             a.EnsureNoUnknown();
+            VduseConsumer.EnsureDetachable(registry, name);
             if (!registry.DetachConsumer(name))
             {
                 throw new ControlException($"vDPA device \"{name}\" has no consumer attached");
@@ -76,10 +78,16 @@ public static class ControlCommands
         string consumer = a.RequiredString("consumer");
         string? tap = a.String("tap", 15);
         int pairs = (int)(a.Integer("queues", 1, 32) ?? 1);
+        string? vduse = a.String("vduse", 63);
         a.EnsureNoUnknown();
+        if (consumer == "vduse")
+        {
+            VduseConsumer.Attach(registry, name, vduse ?? name);
+            return;
+        }
         if (consumer != "virtio")
         {
-            throw new ControlException($"consumer must be \"virtio\" here (vhost-user consumers use \"vhost add\"), not \"{consumer}\"");
+            throw new ControlException($"consumer must be \"virtio\" or \"vduse\" here (vhost-user consumers use \"vhost add\"), not \"{consumer}\"");
         }
         if (tap is null || !DeviceRegistry.IsValidDeviceName(tap))
         {
@@ -129,6 +137,7 @@ public static class ControlCommands
         int? vectors = (int?)a.Integer("msix_vectors", 1, 2048);
         string backend = a.String("backend", 200) ?? "loopback";
         string? cpu = a.String("cpu", 200);
+        bool dirtyLog = a.Bool("dirty_log") ?? true;
         a.EnsureNoUnknown();
         int[]? cpus;
         try
@@ -139,7 +148,7 @@ public static class ControlCommands
         {
             throw new ControlException($"cpu: {e.Message}");
         }
-        var added = registry.AddSoftwareVfs(count, mac is null ? (ReadOnlyMemory<byte>?)null : mac, queues, vectors, backend, cpus);
+        var added = registry.AddSoftwareVfs(count, mac is null ? (ReadOnlyMemory<byte>?)null : mac, queues, vectors, backend, cpus, dirtyLog);
         w.WriteStartObject("mgmtdev");
         foreach (var md in added)
         {

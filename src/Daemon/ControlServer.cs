@@ -45,6 +45,8 @@ public sealed class ControlServer : IDisposable
     private Socket? _listener;
     private Task? _acceptLoop;
     private int _active;
+    private long _requests;
+    private long _refusals;
     private bool _disposed;
 
     public ControlServer(ControlServerOptions options, DaemonLog? log = null)
@@ -56,6 +58,18 @@ public sealed class ControlServer : IDisposable
     }
 
     public string Path { get; }
+
+    /// <summary>Requests answered (ok or error) since start.</summary>
+    public long Requests => Interlocked.Read(ref _requests);
+
+    /// <summary>Requests answered with a refusal: uid not allowed, malformed request, bad arguments, a device that said no.</summary>
+    public long Refusals => Interlocked.Read(ref _refusals);
+
+    private void CountRefusal()
+    {
+        Interlocked.Increment(ref _requests);
+        Interlocked.Increment(ref _refusals);
+    }
 
     /// <summary>Registers a command (before or after Start). A name may be registered once.</summary>
     public void Handle(string command, ControlHandler handler)
@@ -206,6 +220,7 @@ public sealed class ControlServer : IDisposable
             if (uid != _ownUid && !_options.AllowUids.Contains(uid))
             {
                 _log.Warn("control request refused: uid not allowed", ("peer_uid", uid), ("peer_pid", pid));
+                CountRefusal();
                 Reply(conn, Error($"permission denied: uid {uid} may not use this daemon (it serves uid {_ownUid}; allow others with --allow-uid)"));
                 return;
             }
@@ -217,6 +232,7 @@ public sealed class ControlServer : IDisposable
                 if (readError is not null)
                 {
                     _log.Warn("bad control request", ("peer_uid", uid), ("peer_pid", pid), ("error", readError));
+                    CountRefusal();
                     Reply(conn, Error(readError));
                 }
                 return;
@@ -227,6 +243,16 @@ public sealed class ControlServer : IDisposable
         {
             _log.Warn("control connection failed", ("peer_uid", uid), ("peer_pid", pid), ("error", e.Message));
         }
+    }
+
+    /// <summary>
+    /// Serves one request line in-process, as from the daemon's own uid (the config file at start, before
+    /// the socket listens): the same handlers, checks and counters as a request on the socket.
+    /// </summary>
+    public byte[] Invoke(ReadOnlySpan<byte> requestLine)
+    {
+        int end = requestLine.IndexOf((byte)'\n');
+        return Dispatch((end >= 0 ? requestLine[..end] : requestLine).ToArray(), _ownUid, Environment.ProcessId);
     }
 
     private byte[]? ReadRequest(Socket conn, out string? error)
@@ -333,14 +359,17 @@ public sealed class ControlServer : IDisposable
                 w.WriteEndObject();
             }
             _log.Debug("control request served", ("cmd", cmd), ("peer_uid", uid), ("peer_pid", pid));
+            Interlocked.Increment(ref _requests);
             return Ok(data.ToArray());
         }
         catch (JsonException e)
         {
+            CountRefusal();
             return Error($"request is not valid JSON: {e.Message}");
         }
         catch (Exception e) when (DaemonErrors.IsRefusal(e))
         {
+            CountRefusal();
             _log.Info("control request refused", ("cmd", ControlArgs.Truncate(cmd)), ("peer_uid", uid), ("error", e.Message));
             return Error(e.Message);
         }
@@ -349,6 +378,7 @@ public sealed class ControlServer : IDisposable
 #pragma warning restore CA1031
         {
             _log.Error("control command failed", ("cmd", ControlArgs.Truncate(cmd)), ("error", e.ToString()));
+            Interlocked.Increment(ref _requests);
             return Error($"internal error: {e.Message}");
         }
     }

@@ -1,3 +1,5 @@
+using IfcVdpa.Daemon.Metrics;
+
 namespace IfcVdpa.Daemon;
 
 public sealed record DaemonOptions
@@ -9,6 +11,9 @@ public sealed record DaemonOptions
 
     /// <summary>Software VFs to create at start (like `sim add count N`).</summary>
     public int SoftwareVfs { get; init; }
+
+    /// <summary>Prometheus endpoint, `[ADDR:]PORT` (null: none; see <see cref="MetricsEndpoint.Parse"/>).</summary>
+    public string? Metrics { get; init; }
 }
 
 /// <summary>
@@ -28,6 +33,18 @@ public sealed class DaemonHost : IDisposable
             AllowUids = options.AllowUids,
         }, Log);
         ControlCommands.Register(Server, Registry);
+        if (options.Metrics is not null)
+        {
+            MetricsEndpoint.Parse(options.Metrics); // a bad address is refused before anything starts
+        }
+        _metricsSpec = options.Metrics;
+        Meter = new IfcvfMeter(new MetricsSources
+        {
+            Devices = () => Registry.Devices,
+            ManagementDevices = () => Registry.ManagementDevices.Count,
+            VhostConnections = () => Registry.VhostConnections,
+            Control = Server,
+        });
         if (options.SoftwareVfs > 0)
         {
             Registry.AddSoftwareVfs(options.SoftwareVfs, null, 1);
@@ -40,10 +57,40 @@ public sealed class DaemonHost : IDisposable
 
     public ControlServer Server { get; }
 
+    /// <summary>The daemon's instruments (always published; exported only with <see cref="DaemonOptions.Metrics"/>).</summary>
+    public IfcvfMeter Meter { get; }
+
+    /// <summary>The Prometheus endpoint once started (null without --metrics).</summary>
+    public MetricsEndpoint? MetricsEndpoint { get; private set; }
+
+    private readonly string? _metricsSpec;
+
     public void Start()
     {
+        if (_metricsSpec is not null)
+        {
+            MetricsEndpoint = MetricsEndpoint.Start(_metricsSpec);
+            Log.Info("metrics endpoint listening", ("url", MetricsEndpoint.Url));
+        }
         Server.Start();
         Log.Info("daemon ready", ("pid", Environment.ProcessId), ("control", Server.Path));
+        NotifyServiceManager($"READY=1\nMAINPID={Environment.ProcessId}\nSTATUS=control socket {Server.Path}");
+    }
+
+    /// <summary>sd_notify, when started by a service manager; a failure is logged, never fatal.</summary>
+    private void NotifyServiceManager(string state)
+    {
+        try
+        {
+            if (SystemdNotify.Notify(state) is { } target)
+            {
+                Log.Info("service manager notified", ("state", state.Split('\n')[0]), ("notify_socket", target));
+            }
+        }
+        catch (IOException e)
+        {
+            Log.Warn("service manager notification failed", ("error", e.Message));
+        }
     }
 
     /// <summary>Runs until <paramref name="stop"/> is cancelled.</summary>
@@ -52,12 +99,15 @@ public sealed class DaemonHost : IDisposable
         Start();
         stop.WaitHandle.WaitOne();
         Log.Info("daemon stopping");
+        NotifyServiceManager("STOPPING=1");
     }
 
     /// <summary>Stops accepting requests, then deletes every vDPA device and VF.</summary>
     public void Dispose()
     {
         Server.Dispose();
+        MetricsEndpoint?.Dispose();
+        Meter.Dispose();
         Registry.Dispose();
         Log.Info("daemon stopped");
     }

@@ -9,6 +9,32 @@ public sealed record ConsumerInfo(string Kind, string Detail, IDisposable Handle
 public sealed partial class DeviceRegistry
 {
     private readonly Dictionary<string, ConsumerInfo> _consumers = [];
+    private long _retiredVhostConnections; // front-end connections of vhost consumers already detached
+
+    /// <summary>
+    /// vhost-user front-end connections accepted (or made, in client mode) by every vhost consumer since
+    /// the daemon started, and how many are connected now (for metrics).
+    /// </summary>
+    public (long Total, int Connected) VhostConnections
+    {
+        get
+        {
+            lock (_lock)
+            {
+                long total = _retiredVhostConnections;
+                int now = 0;
+                foreach (var c in _consumers.Values)
+                {
+                    if (c.Handle is VhostUser.VhostUserBackend b)
+                    {
+                        total += b.Connections;
+                        now += b.Session is null ? 0 : 1;
+                    }
+                }
+                return (total, now);
+            }
+        }
+    }
 
     /// <summary>
     /// Attaches a consumer built by <paramref name="create"/> to device <paramref name="devName"/>.
@@ -57,6 +83,10 @@ public sealed partial class DeviceRegistry
             return false;
         }
         info.Handle.Dispose();
+        if (info.Handle is VhostUser.VhostUserBackend b)
+        {
+            _retiredVhostConnections += b.Connections;
+        }
         _log.Info("consumer detached", ("dev", devName), ("consumer", info.Kind));
         return true;
     }

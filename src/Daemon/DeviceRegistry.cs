@@ -89,10 +89,11 @@ public sealed partial class DeviceRegistry(DaemonLog? log = null) : IDisposable
     /// sim add: creates <paramref name="count"/> software IFC VFs named sim/ifcvfN (lowest free N), each
     /// with a PCI-like address sim:00:NN.0. MACs count up from <paramref name="baseMac"/> (default
     /// 00:e0:ed:00:00:N+1). <paramref name="cpus"/> pins each VF's datapath worker: the i-th VF added gets
-    /// cpus[i % cpus.Count] (null: not pinned, the worker inherits the daemon's affinity).
+    /// cpus[i % cpus.Count] (null: not pinned, the worker inherits the daemon's affinity). <paramref name="dirtyLog"/> false builds
+    /// VFs whose LM block has no dirty log (a vhost consumer then migrates through its software relay).
     /// </summary>
     public IReadOnlyList<ManagementDevice> AddSoftwareVfs(int count, ReadOnlyMemory<byte>? baseMac, int queuePairs, int? msixVectors = null, string backend = "loopback",
-        IReadOnlyList<int>? cpus = null)
+        IReadOnlyList<int>? cpus = null, bool dirtyLog = true)
     {
         ArgumentNullException.ThrowIfNull(backend);
         if (backend == "pair" && count % 2 != 0)
@@ -154,6 +155,7 @@ public sealed partial class DeviceRegistry(DaemonLog? log = null) : IDisposable
                     QueuePairs = queuePairs,
                     Mac = mac,
                     MsixVectors = msixVectors,
+                    DirtyLog = dirtyLog,
                 };
                 NetBackend net;
                 if (backend != "pair")

@@ -21,6 +21,10 @@ public sealed partial class IfcvfAdapter
         {
             ThrowIfRemoved();
             RequireLiveMigrationBlock("a dirty-page log");
+            if (!_hw.HasDirtyLog)
+            {
+                throw new VdpaNotSupportedException($"{Name}: this function's LM block has no dirty-log registers");
+            }
             if (logSize == 0 || logIova + logSize < logIova)
             {
                 throw new VdpaException($"{Name}: dirty log [0x{logIova:x}, +0x{logSize:x}) is empty or wraps around");
@@ -30,8 +34,8 @@ public sealed partial class IfcvfAdapter
         }
     }
 
-    /// <summary>Whether this function can keep a dirty log (an IFC VF with the LM block).</summary>
-    public bool CanLogDirtyPages => _useLm;
+    /// <summary>Whether this function can keep a dirty log (an IFC VF whose LM block has the dirty-log registers).</summary>
+    public bool CanLogDirtyPages => _useLm && _hw.HasDirtyLog;
 
     /// <summary>Whether the dirty log is on (set by <see cref="EnableDirtyLog"/>; a reset turns it off).</summary>
     public bool DirtyLogEnabled
@@ -111,6 +115,9 @@ public sealed partial class IfcvfAdapter
     }
 
     string IVdpaDeviceDiagnostics.InterruptMode => IrqMode.ToString();
+
+    /// <summary>NEEDS_RESET events the function counted (the software VF does; a VFIO function's reach the front-end's config eventfd, unseen here).</summary>
+    long IVdpaDeviceDiagnostics.NeedsResetEvents => _pci is IQueueStatsSource s ? s.NeedsResetEvents : 0;
 
     /// <summary>DMA mappings installed through this device and not yet removed.</summary>
     public int DmaMapCount

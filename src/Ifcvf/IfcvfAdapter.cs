@@ -60,7 +60,15 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IVdpaDeviceDiagnostics, 
         // A plain virtio-net function has no IFC live-migration block: BAR4 (if any) is something else.
         _useLm = isIfc && hw.HasLm;
         NumVqs = hw.NumQueues;
-        if (NumVqs < 2)
+        DeviceClass = ClassOf(pci);
+        if (DeviceClass == IfcDeviceClass.Block)
+        {
+            if (NumVqs < 1)
+            {
+                throw new IfcvfProbeException($"{pci.Address}: a virtio-blk device needs at least one request queue");
+            }
+        }
+        else if (NumVqs < 2)
         {
             throw new IfcvfProbeException($"{pci.Address}: {NumVqs} virtqueue(s); a virtio-net device needs at least one RX/TX pair");
         }
@@ -95,7 +103,13 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IVdpaDeviceDiagnostics, 
         ArgumentNullException.ThrowIfNull(pci);
         options ??= new IfcvfAdapterOptions();
         var (isIfc, subVendor) = CheckIdentity(pci, options.AcceptGenericVirtioNet);
-        var hw = IfcvfHw.Init(pci, options.Hw);
+        var hwOptions = options.Hw;
+        if (ClassOf(pci) == IfcDeviceClass.Block && hwOptions.LmLayout == LmLayout.PairBlocks)
+        {
+            // A block VF keeps one ring-state slot per queue (DPDK's ifc driver for block VFs).
+            hwOptions = hwOptions with { LmLayout = LmLayout.PerQueueBlocks };
+        }
+        var hw = IfcvfHw.Init(pci, hwOptions);
         return new IfcvfAdapter(pci, hw, options, isIfc, subVendor);
     }
 
@@ -131,7 +145,7 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IVdpaDeviceDiagnostics, 
             case IfcDeviceClass.Net:
                 return (true, subVendor);
             case IfcDeviceClass.Block:
-                throw new IfcvfProbeException($"{pci.Address}: {id} is an IFC virtio-blk VF; only the net VF is supported");
+                return (true, subVendor);
         }
         if (device == VirtioPci.ModernNetDeviceId)
         {
@@ -141,13 +155,25 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IVdpaDeviceDiagnostics, 
             }
             throw new IfcvfProbeException($"{pci.Address}: {id} is a generic virtio-net function, not an IFC VF (accept it with the generic-virtio-net option, like DPDK's vdpa=1)");
         }
-        throw new IfcvfProbeException($"{pci.Address}: {id} is not an IFC VF (expected 1af4:1041 subsystem 8086:001a or 1af4:1000 subsystem 8086:0001)");
+        throw new IfcvfProbeException($"{pci.Address}: {id} is not an IFC VF (expected 1af4:1041 subsystem 8086:001a, 1af4:1000 subsystem 8086:0001, or the block VF 1af4:1042 / 1af4:1001 subsystem 8086:0002)");
+    }
+
+    /// <summary>The device class an IFC VF's IDs say (anything not in the table is driven as net).</summary>
+    public static IfcDeviceClass ClassOf(IPciFunction pci)
+    {
+        ArgumentNullException.ThrowIfNull(pci);
+        return IfcPciIds.Find(pci.ReadConfig16(PciConfig.VendorId), pci.ReadConfig16(PciConfig.DeviceId),
+            pci.ReadConfig16(PciConfig.SubsystemVendorId), pci.ReadConfig16(PciConfig.SubsystemId))?.Class ?? IfcDeviceClass.Net;
     }
 
     private void Provision(IfcvfAdapterOptions o, out ushort? mtu, out ushort? maxVqPairs)
     {
         mtu = null;
         maxVqPairs = null;
+        if (DeviceClass == IfcDeviceClass.Block && (o.Mac is not null || o.Mtu is not null || o.MaxVqPairs is not null))
+        {
+            throw new VdpaException($"{_pci.Address} is a block VF: mac, mtu and max_vqp are virtio-net attributes");
+        }
         if (o.DeviceFeatures is ulong want)
         {
             ulong extra = want & ~HardwareFeatures;
@@ -242,7 +268,10 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IVdpaDeviceDiagnostics, 
 
     public IfcvfHw Hw => _hw;
 
-    public uint GetDeviceId() => VirtioIdNet;
+    /// <summary>Net or block (from the PCI IDs).</summary>
+    public IfcDeviceClass DeviceClass { get; }
+
+    public uint GetDeviceId() => DeviceClass == IfcDeviceClass.Block ? VirtioBlk.DeviceId : VirtioIdNet;
 
     public uint GetVendorId() => SubsystemVendorId;
 
@@ -432,8 +461,9 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IVdpaDeviceDiagnostics, 
         }
     }
 
-    /// <summary>min(DEVICE_CFG capability length, sizeof(virtio_net_config)).</summary>
-    public uint GetConfigSize() => Math.Min(_hw.DeviceConfigSize, (uint)VirtioNetConfig.Size);
+    /// <summary>min(DEVICE_CFG capability length, sizeof(virtio_net_config) or sizeof(virtio_blk_config)).</summary>
+    public uint GetConfigSize() =>
+        Math.Min(_hw.DeviceConfigSize, (uint)(DeviceClass == IfcDeviceClass.Block ? VirtioBlkConfig.Size : VirtioNetConfig.Size));
 
     /// <summary>Byte-wise read inside the generation retry loop, with the provisioned mtu / max_vqp shown.</summary>
     public void GetConfig(uint offset, Span<byte> buffer)
@@ -486,6 +516,15 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IVdpaDeviceDiagnostics, 
 
     private uint EnabledQueuePairs()
     {
+        if (DeviceClass == IfcDeviceClass.Block)
+        {
+            uint queues = 0; // a block VF's MQ register counts queues, not pairs
+            for (int q = 0; q < NumVqs; q++)
+            {
+                queues += _hw.GetVqReady(q) ? 1u : 0u;
+            }
+            return queues;
+        }
         int dataQueues = NumVqs - (NumVqs % 2); // the control queue (odd count) is not a pair
         uint pairs = 0;
         for (int q = 0; q < dataQueues; q += 2)

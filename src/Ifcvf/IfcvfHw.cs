@@ -49,6 +49,7 @@ public sealed class IfcvfHw
         // for every queue's ring-state word counts as missing.
         HasLm = pci.FindBar(IfcLiveMigration.Bar) is { } lm &&
                 (ulong)IfcLiveMigration.BlockSize(options.LmLayout, NumQueues) <= lm.Size;
+        HasDirtyLog = HasLm && ProbeDirtyLog();
         _notifyOff = new ushort[NumQueues];
         for (int q = 0; q < NumQueues; q++)
         {
@@ -75,6 +76,23 @@ public sealed class IfcvfHw
 
     /// <summary>True when BAR4 holds a live-migration block big enough for every queue.</summary>
     public bool HasLm { get; }
+
+    /// <summary>
+    /// True when the LM block has working dirty-log registers: a log base written (logging off) reads back.
+    /// A block without them (a VF whose firmware keeps ring state only) reads 0: migration then needs a
+    /// software relay in the consumer.
+    /// </summary>
+    public bool HasDirtyLog { get; }
+
+    private bool ProbeDirtyLog()
+    {
+        const uint Pattern = 0x5A5A_5000; // page-aligned: a plausible log base
+        _pci.WriteBar32(IfcLiveMigration.Bar, IfcLiveMigration.LoggingCtrl, IfcLiveMigration.LoggingDisable);
+        _pci.WriteBar32(IfcLiveMigration.Bar, IfcLiveMigration.BaseAddrLow, Pattern);
+        bool sticks = _pci.ReadBar32(IfcLiveMigration.Bar, IfcLiveMigration.BaseAddrLow) == Pattern;
+        _pci.WriteBar32(IfcLiveMigration.Bar, IfcLiveMigration.BaseAddrLow, 0);
+        return sticks;
+    }
 
     /// <summary>Walks the capabilities and reads the queue geometry (ifcvf_init_hw).</summary>
     public static IfcvfHw Init(IPciFunction pci, IfcvfHwOptions? options = null)
@@ -371,7 +389,7 @@ public sealed class IfcvfHw
     /// <summary>Writes the MQ register (queue pairs in use). Only the pair-blocks firmware has one.</summary>
     public void SetMq(uint queuePairs)
     {
-        if (HasLm && Options.LmLayout == LmLayout.PairBlocks)
+        if (HasLm && IfcLiveMigration.HasMqRegister(Options.LmLayout))
         {
             _pci.WriteBar32(IfcLiveMigration.Bar, IfcLiveMigration.MqRegister, queuePairs);
         }

@@ -325,6 +325,7 @@ public sealed partial class SoftIfcVf
                 return;
             }
             NeedsResetReason = reason;
+            _needsResetEvents++; // under the register lock; read with Volatile by the stats path
             _status |= VirtioStatus.NEEDS_RESET;
             UpdateRunning();
             SignalConfigChange();
@@ -439,8 +440,8 @@ public sealed partial class SoftIfcVf
             }
             _generation++;
         }
-        Span<byte> cfg = stackalloc byte[VirtioNetConfig.Size];
-        FillNetConfig(cfg);
+        Span<byte> cfg = stackalloc byte[DeviceConfigLength];
+        FillDeviceConfig(cfg);
         return Extract(cfg, off, size);
     }
 
@@ -458,8 +459,9 @@ public sealed partial class SoftIfcVf
 
     private void WriteDeviceConfig(int off, int size, uint value)
     {
-        // Only the MAC is writable (legacy-style writes that Linux ifcvf set_config issues byte-wise).
-        if (off < VirtioNetConfig.Mac || off + size > VirtioNetConfig.Mac + 6)
+        // Only the MAC is writable (legacy-style writes that Linux ifcvf set_config issues byte-wise); a
+        // block VF has nothing writable (writeback needs CONFIG_WCE, which it does not offer).
+        if (_options.IsBlock || off < VirtioNetConfig.Mac || off + size > VirtioNetConfig.Mac + 6)
         {
             BadAccess();
             return;

@@ -17,13 +17,15 @@ public sealed partial class SoftIfcVf
     {
         var c = _cfg.AsSpan();
         bool t = _options.Transitional;
-        var id = t ? IfcPciIds.C5000XNet : IfcPciIds.N3000Net;
+        var id = _options.IsBlock
+            ? (t ? IfcPciIds.C5000XBlock : IfcPciIds.C5000XBlockModern)
+            : (t ? IfcPciIds.C5000XNet : IfcPciIds.N3000Net);
         W16(c, PciConfig.VendorId, id.Vendor);
         W16(c, PciConfig.DeviceId, id.Device);
         W16(c, PciConfig.Status, PciConfig.StatusCapList);
         c[PciConfig.RevisionId] = 0x01;
-        c[PciConfig.ClassCode] = 0x00; // Ethernet controller
-        c[PciConfig.ClassCode + 1] = 0x02; // Network controller
+        c[PciConfig.ClassCode] = 0x00; // Ethernet controller / SCSI storage controller
+        c[PciConfig.ClassCode + 1] = _options.IsBlock ? (byte)0x01 : (byte)0x02; // mass storage / network
         W16(c, PciConfig.SubsystemVendorId, id.SubsystemVendor);
         W16(c, PciConfig.SubsystemId, id.SubsystemDevice);
         c[PciConfig.CapabilitiesPointer] = L.CapMsix;
@@ -43,7 +45,7 @@ public sealed partial class SoftIfcVf
         VirtioCap(c, L.CapNotify, L.CapIsr, VirtioPci.CAP_NOTIFY_CFG, L.NotifyBar, 0, (uint)_bars[1].Size, 20);
         W32(c, L.CapNotify + VirtioPci.NotifyOffMultiplier, L.NotifyOffMultiplier);
         VirtioCap(c, L.CapIsr, L.CapDevice, VirtioPci.CAP_ISR_CFG, L.CommonBar, L.IsrOffset, L.IsrLength, 16);
-        VirtioCap(c, L.CapDevice, 0, VirtioPci.CAP_DEVICE_CFG, L.CommonBar, L.DeviceCfgOffset, VirtioNetConfig.Size, 16);
+        VirtioCap(c, L.CapDevice, 0, VirtioPci.CAP_DEVICE_CFG, L.CommonBar, L.DeviceCfgOffset, (uint)DeviceConfigLength, 16);
     }
 
     private static void VirtioCap(Span<byte> c, int at, int next, byte type, int bar, ulong offset, uint length, byte capLen)

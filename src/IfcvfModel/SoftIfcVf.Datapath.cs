@@ -5,6 +5,11 @@ namespace IfcVdpa.IfcvfModel;
 /// <summary>Hooks between the register file and the datapath engine (additive; see Datapath/).</summary>
 public sealed partial class SoftIfcVf : IQueueStatsSource, INetDevice, IPciFrameInjection
 {
+    private long _needsResetEvents;
+
+    /// <summary>Times the device set NEEDS_RESET since it was created (a reset clears the bit, not this count).</summary>
+    public long NeedsResetEvents => Volatile.Read(ref _needsResetEvents);
+
     /// <summary>Per-queue datapath counters from the attached engine (kicks only when it keeps none).</summary>
     public QueueCounters GetQueueCounters(int queue)
     {

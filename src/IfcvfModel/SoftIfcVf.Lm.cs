@@ -19,7 +19,7 @@ public sealed partial class SoftIfcVf
         get { lock (_regs) { return (_lmCtrl == LoggingEnableVf, _lmBase, _lmEnd); } }
     }
 
-    /// <summary>Value of the MQ register (pair-blocks layout).</summary>
+    /// <summary>Value of the MQ register (pair- and per-queue-blocks layouts).</summary>
     public uint MqRegister
     {
         get { lock (_regs) { return _mq; } }
@@ -49,7 +49,17 @@ public sealed partial class SoftIfcVf
         }
         int rel = off - RingStateBase;
         int q;
-        if (_options.LmLayout == LmLayout.PairBlocks)
+        if (_options.LmLayout == LmLayout.PerQueueBlocks)
+        {
+            int inBlock = rel % PairBlockSize;
+            if (inBlock >= 4)
+            {
+                return -1;
+            }
+            q = rel / PairBlockSize;
+            byteInWord = inBlock;
+        }
+        else if (_options.LmLayout == LmLayout.PairBlocks)
         {
             int within = rel % PairBlockSize;
             if (within >= 8)
@@ -108,6 +118,10 @@ public sealed partial class SoftIfcVf
 
     private uint ReadLm(int off, int size)
     {
+        if (!_options.DirtyLog && off < RingStateBase)
+        {
+            return 0; // no dirty-log registers in this VF's LM block
+        }
         switch (off, size)
         {
             case (LoggingCtrl, 4): return _lmCtrl;
@@ -115,7 +129,7 @@ public sealed partial class SoftIfcVf
             case (BaseAddrHigh, 4): return (uint)(_lmBase >> 32);
             case (EndAddrLow, 4): return (uint)_lmEnd;
             case (EndAddrHigh, 4): return (uint)(_lmEnd >> 32);
-            case (IfcLiveMigration.MqRegister, _) when _options.LmLayout == LmLayout.PairBlocks: return size == 4 ? _mq : (ushort)_mq;
+            case (IfcLiveMigration.MqRegister, _) when HasMqRegister(_options.LmLayout): return size == 4 ? _mq : (ushort)_mq;
         }
         int q = LmQueueAt(off, out int b);
         if (q < 0 || b + size > 4 || b % size != 0)
@@ -132,6 +146,10 @@ public sealed partial class SoftIfcVf
 
     private void WriteLm(int off, int size, uint value)
     {
+        if (!_options.DirtyLog && off < RingStateBase)
+        {
+            return; // no dirty-log registers: writes are dropped, the VF never logs
+        }
         switch (off, size)
         {
             case (LoggingCtrl, 4): _lmCtrl = value; return;
@@ -139,7 +157,7 @@ public sealed partial class SoftIfcVf
             case (BaseAddrHigh, 4): _lmBase = (_lmBase & 0xFFFF_FFFFUL) | ((ulong)value << 32); return;
             case (EndAddrLow, 4): _lmEnd = (_lmEnd & 0xFFFF_FFFF_0000_0000UL) | value; return;
             case (EndAddrHigh, 4): _lmEnd = (_lmEnd & 0xFFFF_FFFFUL) | ((ulong)value << 32); return;
-            case (IfcLiveMigration.MqRegister, 4 or 2) when _options.LmLayout == LmLayout.PairBlocks: _mq = value; return;
+            case (IfcLiveMigration.MqRegister, 4 or 2) when HasMqRegister(_options.LmLayout): _mq = value; return;
         }
         int q = LmQueueAt(off, out int b);
         if (q < 0 || b + size > 4 || b % size != 0 || size == 1)

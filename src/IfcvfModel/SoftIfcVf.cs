@@ -142,7 +142,7 @@ public sealed partial class SoftIfcVf : IPciFunction
                     {
                         return offset == IfcvfLayout.IsrOffset ? ReadIsr() : 0u;
                     }
-                    if (offset >= IfcvfLayout.DeviceCfgOffset && offset < IfcvfLayout.DeviceCfgOffset + VirtioNetConfig.Size)
+                    if (offset >= IfcvfLayout.DeviceCfgOffset && offset < IfcvfLayout.DeviceCfgOffset + (ulong)DeviceConfigLength)
                     {
                         return ReadDeviceConfig((int)(offset - IfcvfLayout.DeviceCfgOffset), size);
                     }
@@ -180,7 +180,7 @@ public sealed partial class SoftIfcVf : IPciFunction
                 {
                     WriteCommon((int)(offset - IfcvfLayout.CommonOffset), size, value);
                 }
-                else if (offset >= IfcvfLayout.DeviceCfgOffset && offset < IfcvfLayout.DeviceCfgOffset + VirtioNetConfig.Size)
+                else if (offset >= IfcvfLayout.DeviceCfgOffset && offset < IfcvfLayout.DeviceCfgOffset + (ulong)DeviceConfigLength)
                 {
                     WriteDeviceConfig((int)(offset - IfcvfLayout.DeviceCfgOffset), size, value);
                 }

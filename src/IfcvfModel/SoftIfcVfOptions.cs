@@ -3,7 +3,7 @@ using static IfcVdpa.Virtio.VirtioFeature;
 
 namespace IfcVdpa.IfcvfModel;
 
-/// <summary>How a software IFC VF is built. Defaults describe an N3000-style net VF.</summary>
+/// <summary>How a software IFC VF is built. Defaults describe an N3000-style net VF; <see cref="ForBlock"/> a block VF.</summary>
 public sealed record SoftIfcVfOptions
 {
     /// <summary>Name on the software bus (used as the PCI address string).</summary>
@@ -30,6 +30,41 @@ public sealed record SoftIfcVfOptions
 
     public LmLayout LmLayout { get; init; } = LmLayout.PairBlocks;
 
+    /// <summary>
+    /// Whether the LM block has the dirty-page log registers (logging control, base, end). Without them the
+    /// block keeps only ring state and the MQ register: the registers read 0 and ignore writes, the VF logs
+    /// nothing, and a vhost back-end migrates the guest through its software relay instead.
+    /// </summary>
+    public bool DirtyLog { get; init; } = true;
+
+    /// <summary>
+    /// A block VF (C5000X-PL storage: 1AF4:1042, or 1AF4:1001 with <see cref="Transitional"/>, subsystem
+    /// 8086:0002) with this virtio-blk config instead of a net VF: <see cref="VirtioBlkConfig.NumQueues"/>
+    /// request queues, no control queue; the net options are ignored. Use <see cref="ForBlock"/>.
+    /// </summary>
+    public VirtioBlkConfig? Block { get; init; }
+
+    /// <summary>Block VF: offer VIRTIO_BLK_F_RO (the device refuses writes).</summary>
+    public bool ReadOnly { get; init; }
+
+    /// <summary>Features a block VF offers (RO and MQ added by the shape).</summary>
+    public const ulong DefaultBlockFeatures =
+        (1UL << F_VERSION_1) | (1UL << F_ACCESS_PLATFORM) | (1UL << F_RING_EVENT_IDX) | (1UL << F_RING_INDIRECT_DESC) |
+        (1UL << VirtioBlk.F_SIZE_MAX) | (1UL << VirtioBlk.F_SEG_MAX) | (1UL << VirtioBlk.F_GEOMETRY) |
+        (1UL << VirtioBlk.F_BLK_SIZE) | (1UL << VirtioBlk.F_FLUSH) | (1UL << VirtioBlk.F_TOPOLOGY) |
+        (1UL << VirtioBlk.F_DISCARD) | (1UL << VirtioBlk.F_WRITE_ZEROES);
+
+    /// <summary>A block VF's options: one ring-state slot per queue in the LM block (DPDK's block layout).</summary>
+    public static SoftIfcVfOptions ForBlock(VirtioBlkConfig config, bool readOnly = false, string address = "sim:00.0") => new()
+    {
+        Address = address,
+        Block = config,
+        ReadOnly = readOnly,
+        LmLayout = LmLayout.PerQueueBlocks,
+    };
+
+    public bool IsBlock => Block is not null;
+
     /// <summary>MSI-X table size; default one per queue plus one for config changes.</summary>
     public int? MsixVectors { get; init; }
 
@@ -55,13 +90,20 @@ public sealed record SoftIfcVfOptions
         (1UL << NET_F_GUEST_ANNOUNCE) | (1UL << F_RING_EVENT_IDX) | (1UL << F_RING_INDIRECT_DESC) |
         (1UL << F_IN_ORDER) | (1UL << F_ORDER_PLATFORM);
 
-    public int NumQueues => (QueuePairs * 2) + (ControlQueue ? 1 : 0);
+    public int NumQueues => Block is { } b ? b.NumQueues : (QueuePairs * 2) + (ControlQueue ? 1 : 0);
 
     /// <summary>The feature set actually offered, consistent with the queue shape.</summary>
     public ulong EffectiveFeatures
     {
         get
         {
+            if (Block is { } b)
+            {
+                ulong bf = DefaultBlockFeatures;
+                bf |= ReadOnly ? 1UL << VirtioBlk.F_RO : 0;
+                bf |= b.NumQueues > 1 ? 1UL << VirtioBlk.F_MQ : 0;
+                return bf;
+            }
             ulong f = DeviceFeatures;
             if (!ControlQueue)
             {
@@ -78,6 +120,14 @@ public sealed record SoftIfcVfOptions
 
     public void Validate()
     {
+        if (Block is { } b)
+        {
+            b.Validate();
+            if (LmLayout == LmLayout.PairBlocks)
+            {
+                throw new ArgumentException("a block VF keeps one ring-state slot per queue: LM layout per-queue blocks or compact, not pair blocks");
+            }
+        }
         if (QueuePairs is < 1 or > 32)
         {
             throw new ArgumentException($"queue pairs must be 1..32, not {QueuePairs}");

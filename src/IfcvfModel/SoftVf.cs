@@ -1,24 +1,31 @@
 using IfcVdpa.IfcvfModel.Backends;
+using IfcVdpa.IfcvfModel.Backends.Blk;
 using IfcVdpa.IfcvfModel.Datapath;
+using IfcVdpa.IfcvfModel.Datapath.Blk;
 
 namespace IfcVdpa.IfcvfModel;
 
 /// <summary>
 /// A software IFC VF with its datapath engine attached: the unit `serve`, `demo` and the daemon's `sim add`
 /// build, written once. <see cref="Function"/> is what a driver probes; disposing detaches the engine, then
-/// disposes it and the function (the engine owns the backend).
+/// disposes it and the function (the engine owns the backend). A net VF runs a <see cref="VirtioNetEngine"/>
+/// (<see cref="Create"/>), a block VF a <see cref="VirtioBlkEngine"/> (<see cref="CreateBlock"/>).
 /// </summary>
 public sealed class SoftVf : IDisposable
 {
-    private SoftVf(SoftIfcVf function, VirtioNetEngine engine)
+    private readonly IDisposable _engineOwner;
+
+    private SoftVf(SoftIfcVf function, IVirtqueueEngine engine, IDisposable owner)
     {
         Function = function;
         Engine = engine;
+        _engineOwner = owner;
     }
 
     public SoftIfcVf Function { get; }
 
-    public VirtioNetEngine Engine { get; }
+    /// <summary>The datapath (a <see cref="VirtioNetEngine"/> or a <see cref="VirtioBlkEngine"/>).</summary>
+    public IVirtqueueEngine Engine { get; }
 
     /// <summary>Builds the VF and its engine over <paramref name="backend"/> (disposed here if building fails).</summary>
     public static SoftVf Create(SoftIfcVfOptions options, NetBackend backend, EngineOptions engine)
@@ -26,25 +33,57 @@ public sealed class SoftVf : IDisposable
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(backend);
         VirtioNetEngine? e = null;
-        SoftIfcVf? vf = null;
         try
         {
             e = new VirtioNetEngine(backend, engine);
+        }
+        catch
+        {
+            backend.Dispose();
+            throw;
+        }
+        return Build(options, e, e);
+    }
+
+    /// <summary>
+    /// Builds a block VF (options from <see cref="SoftIfcVfOptions.ForBlock"/>) and its engine over
+    /// <paramref name="backend"/> (disposed here if building fails).
+    /// </summary>
+    public static SoftVf CreateBlock(SoftIfcVfOptions options, BlkBackend backend, EngineOptions engine)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(backend);
+        if (!options.IsBlock)
+        {
+            backend.Dispose();
+            throw new ArgumentException("a block VF needs block options (SoftIfcVfOptions.ForBlock)");
+        }
+        VirtioBlkEngine? e = null;
+        try
+        {
+            e = new VirtioBlkEngine(backend, engine);
+        }
+        catch
+        {
+            backend.Dispose();
+            throw;
+        }
+        return Build(options, e, e);
+    }
+
+    private static SoftVf Build(SoftIfcVfOptions options, IVirtqueueEngine engine, IDisposable owner)
+    {
+        SoftIfcVf? vf = null;
+        try
+        {
             vf = new SoftIfcVf(options);
-            vf.AttachEngine(e);
-            return new SoftVf(vf, e);
+            vf.AttachEngine(engine);
+            return new SoftVf(vf, engine, owner);
         }
         catch
         {
             vf?.Dispose();
-            if (e is null)
-            {
-                backend.Dispose();
-            }
-            else
-            {
-                e.Dispose();
-            }
+            owner.Dispose();
             throw;
         }
     }
@@ -55,7 +94,7 @@ public sealed class SoftVf : IDisposable
     public void Dispose()
     {
         StopDatapath();
-        Engine.Dispose();
+        _engineOwner.Dispose();
         Function.Dispose();
     }
 }

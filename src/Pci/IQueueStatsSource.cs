@@ -11,6 +11,9 @@ public readonly record struct QueueCounters(long Packets, long Bytes, long Kicks
 public interface IQueueStatsSource
 {
     QueueCounters GetQueueCounters(int queue);
+
+    /// <summary>Times the function entered NEEDS_RESET (a device error it reported to its driver); 0 when it keeps no count.</summary>
+    long NeedsResetEvents => 0;
 }
 
 /// <summary>

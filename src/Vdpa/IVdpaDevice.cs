@@ -111,6 +111,9 @@ public interface IVdpaDeviceDiagnostics
 
     /// <summary>DMA mappings installed through the device and not yet removed.</summary>
     int DmaMapCount { get; }
+
+    /// <summary>Times the device entered NEEDS_RESET (0 when the function keeps no such count, e.g. real hardware).</summary>
+    long NeedsResetEvents => 0;
 }
 
 /// <summary>

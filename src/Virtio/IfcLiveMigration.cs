@@ -6,6 +6,9 @@ public enum LmLayout
     /// <summary>0x40-byte block per queue pair; word at 0x20 + (q/2)*0x40 + (q%2)*4 (DPDK, Linux 5.7-6.4).</summary>
     PairBlocks,
 
+    /// <summary>0x40-byte block per queue; word at 0x20 + q*0x40 (DPDK block VFs: one slot per queue, not per pair).</summary>
+    PerQueueBlocks,
+
     /// <summary>16-bit avail index at 0x20 + q*4 (Linux 6.5+ "better layout"); no MQ register.</summary>
     Compact,
 }
@@ -22,7 +25,7 @@ public static class IfcLiveMigration
     public const int EndAddrHigh = 0x1C;
     public const int RingStateBase = 0x20;
     public const int PairBlockSize = 0x40;
-    /// <summary>The MQ register (number of queue pairs in use), pair-blocks layout only.</summary>
+    /// <summary>The MQ register (queue pairs in use for net, queues for block), block layouts only (not compact).</summary>
     public const int MqRegister = 0x28;
 
     public const uint LoggingDisable = 0;
@@ -33,13 +36,18 @@ public static class IfcLiveMigration
     public static int RingStateOffset(LmLayout layout, int q) => layout switch
     {
         LmLayout.PairBlocks => RingStateBase + (q / 2 * PairBlockSize) + (q % 2 * 4),
+        LmLayout.PerQueueBlocks => RingStateBase + (q * PairBlockSize),
         _ => RingStateBase + (q * 4),
     };
+
+    /// <summary>Whether the layout has the MQ register at 0x28 (inside the first block's reserved part).</summary>
+    public static bool HasMqRegister(LmLayout layout) => layout != LmLayout.Compact;
 
     /// <summary>Bytes the block needs for <paramref name="numQueues"/> queues.</summary>
     public static int BlockSize(LmLayout layout, int numQueues) => layout switch
     {
         LmLayout.PairBlocks => RingStateBase + (((numQueues + 1) / 2) * PairBlockSize),
+        LmLayout.PerQueueBlocks => RingStateBase + (numQueues * PairBlockSize),
         _ => RingStateBase + (numQueues * 4),
     };
 

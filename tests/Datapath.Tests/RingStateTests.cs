@@ -53,14 +53,21 @@ public class RingStateTests
     /// Queues stop one by one (RX first, as TestNic.Stop does), so loopback frames sent while RX is already stopped
     /// are dropped on the "wire" and counted; the rings themselves lose and repeat nothing: every TX chain
     /// completes exactly once, frames arrive in order without duplicates, and received + dropped = sent.
+    /// Split and packed rings (the packed state carries position and wrap counter through the LM block).
     /// </summary>
     [Theory]
-    [InlineData(EngineMode.Poll)]
-    [InlineData(EngineMode.Event)]
-    public void RepeatedStopRestoreUnderTrafficLosesAndRepeatsNothing(EngineMode mode)
+    [InlineData(EngineMode.Poll, false)]
+    [InlineData(EngineMode.Event, false)]
+    [InlineData(EngineMode.Poll, true)]
+    [InlineData(EngineMode.Event, true)]
+    public void RepeatedStopRestoreUnderTrafficLosesAndRepeatsNothing(EngineMode mode, bool packed)
     {
-        using var nic = new TestNic(NetBackend.Loopback(), new EngineOptions { Mode = mode });
-        nic.Start(TestNic.BaseFeatures, size: 64, queues: 2, startIndex: 65000);
+        ulong packedBit = IfcvfModel.SoftIfcVfOptions.DefaultFeatures | Virtio.VirtioFeature.Bit(Virtio.VirtioFeature.F_RING_PACKED);
+        using var nic = new TestNic(NetBackend.Loopback(), new EngineOptions { Mode = mode },
+            packed ? new IfcvfModel.SoftIfcVfOptions { DeviceFeatures = packedBit } : null);
+        // split: indices about to wrap at 65536; packed: a fresh ring (position 0, wrap 1) that wraps every 64
+        nic.Start(TestNic.BaseFeatures | (packed ? Virtio.VirtioFeature.Bit(Virtio.VirtioFeature.F_RING_PACKED) : 0), size: 64, queues: 2,
+            startIndex: packed ? (ushort)0x8000 : (ushort)65000);
         const int total = 2000;
         int sent = 0;
         int received = 0;

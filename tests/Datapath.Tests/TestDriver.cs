@@ -4,6 +4,8 @@ using System.Diagnostics;
 using IfcVdpa.Ifcvf;
 using IfcVdpa.IfcvfModel;
 using IfcVdpa.IfcvfModel.Backends;
+using IfcVdpa.IfcvfModel.Backends.Blk;
+using IfcVdpa.IfcvfModel.Datapath.Blk;
 using IfcVdpa.IfcvfModel.Datapath;
 using IfcVdpa.Interop.Primitives;
 using IfcVdpa.Vdpa;
@@ -32,10 +34,21 @@ public sealed class TestNic : IDisposable
     private readonly InterruptCountingFunction _fn;
 
     public TestNic(NetBackend backend, EngineOptions? engine = null, SoftIfcVfOptions? vf = null, ulong memBytes = 64 << 20)
+        : this(vf ?? new SoftIfcVfOptions(), memBytes, logs => new VirtioNetEngine(backend, engine ?? new EngineOptions { Mode = EngineMode.Manual, Log = logs.Enqueue }))
     {
-        Vf = new SoftIfcVf(vf ?? new SoftIfcVfOptions());
-        Engine = new VirtioNetEngine(backend, engine ?? new EngineOptions { Mode = EngineMode.Manual, Log = Logs.Enqueue });
-        Vf.AttachEngine(Engine);
+    }
+
+    /// <summary>A block VF (options from SoftIfcVfOptions.ForBlock) on a block backend: the same driver, <see cref="Blk"/> is its engine.</summary>
+    public TestNic(BlkBackend backend, SoftIfcVfOptions vf, EngineOptions? engine = null, ulong memBytes = 64 << 20)
+        : this(vf, memBytes, logs => new VirtioBlkEngine(backend, engine ?? new EngineOptions { Mode = EngineMode.Manual, Log = logs.Enqueue }))
+    {
+    }
+
+    private TestNic(SoftIfcVfOptions vf, ulong memBytes, Func<ConcurrentQueue<string>, IVirtqueueEngine> engine)
+    {
+        Vf = new SoftIfcVf(vf);
+        _engine = engine(Logs);
+        Vf.AttachEngine(_engine);
         _fn = new InterruptCountingFunction(Vf);
         Adapter = IfcvfAdapter.Probe(_fn);
         _mem = MappedMemory.Allocate(memBytes);
@@ -46,7 +59,16 @@ public sealed class TestNic : IDisposable
 
     public SoftIfcVf Vf { get; }
 
-    public VirtioNetEngine Engine { get; }
+    private readonly IVirtqueueEngine _engine;
+
+    /// <summary>The net engine (net VFs).</summary>
+    public VirtioNetEngine Engine => _engine as VirtioNetEngine ?? throw new InvalidOperationException("not a net VF");
+
+    /// <summary>The block engine (block VFs).</summary>
+    public VirtioBlkEngine Blk => _engine as VirtioBlkEngine ?? throw new InvalidOperationException("not a block VF");
+
+    /// <summary>One engine round (Manual mode).</summary>
+    public int PollOnce() => _engine is VirtioBlkEngine b ? b.PollOnce() : Engine.PollOnce();
 
     /// <summary>The driver: the vDPA ops table over the VF.</summary>
     public IfcvfAdapter Adapter { get; }
@@ -60,7 +82,7 @@ public sealed class TestNic : IDisposable
 
     public ulong Features { get; private set; }
 
-    public bool Manual => Engine.Mode == EngineMode.Manual;
+    public bool Manual => (_engine is VirtioBlkEngine b ? b.Mode : Engine.Mode) == EngineMode.Manual;
 
     /// <summary>Config-change interrupts (the adapter puts the config vector after the queues' vectors).</summary>
     public long ConfigIrqs => _fn.Count(Vf.NumQueues);
@@ -186,7 +208,7 @@ public sealed class TestNic : IDisposable
             }
             if (Manual)
             {
-                Engine.PollOnce();
+                PollOnce();
             }
             else
             {
@@ -277,7 +299,7 @@ public sealed class TestNic : IDisposable
     public void Dispose()
     {
         Adapter.Dispose();
-        Engine.Dispose();
+        ((IDisposable)_engine).Dispose();
         _fn.Dispose();
         Vf.Dispose();
         _mem.Dispose();

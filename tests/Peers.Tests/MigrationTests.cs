@@ -29,10 +29,17 @@ public class MigrationTests(ITestOutputHelper output)
     /// <summary>IFCVF_MIGRATION_BACKEND (bench/migration.sh) runs every case on that back-end only.</summary>
     private static string BackendKind(string backend) => Environment.GetEnvironmentVariable("IFCVF_MIGRATION_BACKEND") ?? backend;
 
-    /// <summary>One migration on DPDK's vhost PMD (the reference) and on `ifcvf serve` (the IFC VF's LM-block dirty log).</summary>
+    /// <summary>
+    /// One migration on DPDK's vhost PMD (the reference), on `ifcvf serve` (the IFC VF's LM-block dirty log;
+    /// 1 and 2 queue pairs), on `ifcvf serve --no-dirty-log` (a VF without the log: the back-end's software
+    /// relay) and on the daemon's `vhost add` consumer.
+    /// </summary>
     [Theory]
     [InlineData("dpdk", 1)]
     [InlineData("serve", 1)]
+    [InlineData("serve", 2)]
+    [InlineData("serve-relay", 1)]
+    [InlineData("daemon", 1)]
     public void MigratesUnderPingAndTransfer(string backend, int queues) => Run(BackendKind(backend), queues, migrations: 1);
 
     /// <summary>
@@ -121,6 +128,12 @@ public class MigrationTests(ITestOutputHelper output)
         int bound = (int)Math.Ceiling(Math.Max(0, r.Info.DowntimeMs) / (PingMonitor.IntervalSeconds * 1000)) + 2;
         Assert.True(lost <= bound, $"migration {leg}: {lost} pings lost in the switch-over, bound {bound} (downtime {r.Info.DowntimeMs} ms)\n{pings.Describe()}");
 
+        if (src.Backend is ServeTapBackend serve)
+        {
+            // the path the issue asks for was the one taken
+            string path = serve.Kind == "serve" ? "logs dirty pages into" : "switched to the software relay";
+            Assert.True(serve.Log.Contains(path, StringComparison.Ordinal), $"the source back-end never logged '{path}'\n{serve.Describe()}");
+        }
         string? dirty = rig.RetireAndCheckClean(src);
         Assert.True(dirty is null, dirty + "\n" + src.Backend.Describe());
         return (r, bound);

@@ -504,8 +504,6 @@ public class AdapterTests
 
     [Theory]
     [InlineData(0x8086, 0x1041, 0x8086, 0x001a, "not a virtio function")]
-    [InlineData(0x1af4, 0x1001, 0x8086, 0x0002, "virtio-blk")]
-    [InlineData(0x1af4, 0x1042, 0x8086, 0x0002, "virtio-blk")]
     [InlineData(0x1af4, 0x1042, 0x8086, 0x0000, "not an IFC VF")]
     [InlineData(0x1af4, 0x1000, 0x1af4, 0x0001, "not an IFC VF")]
     [InlineData(0x1af4, 0x1043, 0x8086, 0x001a, "not an IFC VF")]
@@ -516,5 +514,27 @@ public class AdapterTests
             .Set16(PciConfig.SubsystemVendorId, (ushort)subVendor).Set16(PciConfig.SubsystemId, (ushort)subDevice);
         var e = Assert.Throws<IfcvfProbeException>(() => IfcvfAdapter.Probe(fn, new IfcvfAdapterOptions { AcceptGenericVirtioNet = true }));
         Assert.Contains(expected, e.Message, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData(false, 0x1042)]
+    [InlineData(true, 0x1001)]
+    public void ProbeDrivesTheBlockVf(bool transitional, int device)
+    {
+        var vf = new SoftIfcVf(SoftIfcVfOptions.ForBlock(new VirtioBlkConfig { Capacity = 2048, NumQueues = 3 }) with { Transitional = transitional });
+        using var fn = new TestFunction(vf);
+        Assert.Equal(device, fn.ReadConfig16(PciConfig.DeviceId));
+        using var a = IfcvfAdapter.Probe(fn);
+        Assert.Equal(IfcDeviceClass.Block, a.DeviceClass);
+        Assert.Equal(VirtioBlk.DeviceId, a.GetDeviceId());
+        Assert.Equal(3, a.NumVqs);
+        Assert.True(a.HasLiveMigrationBlock);
+        Assert.Equal(LmLayout.PerQueueBlocks, a.Hw.Options.LmLayout);
+        var raw = new byte[a.GetConfigSize()];
+        a.GetConfig(0, raw);
+        Assert.Equal(2048UL, VirtioBlkConfig.Parse(raw).Capacity);
+        // Net provisioning attributes do not apply to a block VF.
+        var e = Assert.Throws<VdpaException>(() => IfcvfAdapter.Probe(fn, new IfcvfAdapterOptions { Mac = new byte[] { 2, 0, 0, 0, 0, 1 } }));
+        Assert.Contains("block VF", e.Message, StringComparison.Ordinal);
     }
 }

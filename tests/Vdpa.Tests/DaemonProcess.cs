@@ -13,11 +13,17 @@ public sealed class DaemonProcess : IDisposable
     private readonly StringBuilder _log = new();
 
     public DaemonProcess(params string[] daemonArgs)
+        : this(null, null, daemonArgs)
     {
-        Dir = Path.Combine(Path.GetTempPath(), $"ifcvf-test-{Environment.ProcessId}-{Guid.NewGuid():N}"[..40]);
+    }
+
+    /// <summary>A daemon in <paramref name="dir"/> (else a fresh one) with extra environment variables.</summary>
+    public DaemonProcess(string? dir, IReadOnlyDictionary<string, string>? env, params string[] daemonArgs)
+    {
+        Dir = dir ?? Path.Combine(Path.GetTempPath(), $"ifcvf-test-{Environment.ProcessId}-{Guid.NewGuid():N}"[..40]);
         Directory.CreateDirectory(Dir);
         Socket = Path.Combine(Dir, "ctl.sock");
-        var psi = Start(["daemon", "--control", Socket, .. daemonArgs]);
+        var psi = Start(["daemon", "--control", Socket, .. daemonArgs], env: env);
         _proc = Process.Start(psi)!;
         _proc.ErrorDataReceived += (_, e) =>
         {
@@ -54,7 +60,7 @@ public sealed class DaemonProcess : IDisposable
 
     public static string CliDll => Path.Combine(AppContext.BaseDirectory, "ifcvf.dll");
 
-    private static ProcessStartInfo Start(IEnumerable<string> args, uint? asUid = null)
+    private static ProcessStartInfo Start(IEnumerable<string> args, uint? asUid = null, IReadOnlyDictionary<string, string>? env = null)
     {
         var psi = new ProcessStartInfo
         {
@@ -84,6 +90,11 @@ public sealed class DaemonProcess : IDisposable
         psi.Environment["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1";
         psi.Environment["DOTNET_NOLOGO"] = "1";
         psi.Environment.Remove(Daemon.ControlPaths.EnvVar);
+        psi.Environment.Remove(Daemon.SystemdNotify.EnvVar);
+        foreach (var (k, v) in env ?? new Dictionary<string, string>())
+        {
+            psi.Environment[k] = v;
+        }
         return psi;
     }
 
@@ -92,9 +103,9 @@ public sealed class DaemonProcess : IDisposable
 
     public (int Exit, string Out, string Err) CliAs(uint uid, params string[] args) => RunCli(["--control", Socket, .. args], uid);
 
-    public static (int Exit, string Out, string Err) RunCli(IEnumerable<string> args, uint? asUid = null)
+    public static (int Exit, string Out, string Err) RunCli(IEnumerable<string> args, uint? asUid = null, IReadOnlyDictionary<string, string>? env = null)
     {
-        using var p = Process.Start(Start(args, asUid))!;
+        using var p = Process.Start(Start(args, asUid, env))!;
         var stdout = p.StandardOutput.ReadToEndAsync();
         var stderr = p.StandardError.ReadToEndAsync();
         if (!p.WaitForExit(60_000))

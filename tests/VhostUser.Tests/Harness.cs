@@ -68,9 +68,9 @@ public sealed class SessionHarness : IDisposable
 /// <summary>The real stack under the back-end: a software IFC VF with the datapath engine, probed by IfcvfAdapter.</summary>
 public sealed class RealDevice : IDisposable
 {
-    public RealDevice(int pairs = 1, EngineMode mode = EngineMode.Event, NetBackend? backend = null, string address = "sim:07.0", Action<string>? log = null, ulong extraFeatures = 0, IReadOnlySet<int>? refuseQueueEnable = null)
+    public RealDevice(int pairs = 1, EngineMode mode = EngineMode.Event, NetBackend? backend = null, string address = "sim:07.0", Action<string>? log = null, ulong extraFeatures = 0, IReadOnlySet<int>? refuseQueueEnable = null, bool dirtyLog = true)
     {
-        Vf = new SoftIfcVf(new SoftIfcVfOptions { Address = address, QueuePairs = pairs, DeviceFeatures = SoftIfcVfOptions.DefaultFeatures | extraFeatures, RefuseQueueEnable = refuseQueueEnable });
+        Vf = new SoftIfcVf(new SoftIfcVfOptions { Address = address, QueuePairs = pairs, DeviceFeatures = SoftIfcVfOptions.DefaultFeatures | extraFeatures, RefuseQueueEnable = refuseQueueEnable, DirtyLog = dirtyLog });
         Engine = new VirtioNetEngine(backend ?? NetBackend.Loopback(), new EngineOptions { Mode = mode, Log = log ?? (_ => { }) });
         Vf.AttachEngine(Engine);
         Adapter = IfcvfAdapter.Probe(Vf, new IfcvfAdapterOptions { Name = "vdpa-vu" });

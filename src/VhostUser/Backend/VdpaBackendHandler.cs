@@ -29,10 +29,13 @@ internal sealed class VdpaBackendHandler : IVhostUserBackendHandler
 
     /// <summary>
     /// Virtio features offered: the device's without ACCESS_PLATFORM (rings use GPAs), plus bit 30, plus
-    /// VHOST_F_LOG_ALL when the device keeps a dirty log (never passed to the device itself).
+    /// VHOST_F_LOG_ALL (never passed to the device itself).
+    /// A device without its own dirty log is migrated through the software relay, which mediates split rings
+    /// only: packed rings are then not offered (as DPDK's relay), so the guest stays migratable.
     /// </summary>
     public ulong OfferedFeatures =>
-        (_binding.DeviceFeatures & ~VirtioFeature.Bit(VirtioFeature.F_ACCESS_PLATFORM) & ~VirtioFeature.Bit(VirtioFeature.F_LOG_ALL)) |
+        (_binding.DeviceFeatures & ~VirtioFeature.Bit(VirtioFeature.F_ACCESS_PLATFORM) & ~VirtioFeature.Bit(VirtioFeature.F_LOG_ALL) &
+         (_binding.HasDeviceLog ? ~0UL : ~VirtioFeature.Bit(VirtioFeature.F_RING_PACKED))) |
         VirtioFeature.Bit(VirtioFeature.F_PROTOCOL_FEATURES) | (_binding.CanLog ? VirtioFeature.Bit(VirtioFeature.F_LOG_ALL) : 0);
 
     // ---- negotiation ----

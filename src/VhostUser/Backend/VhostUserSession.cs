@@ -70,9 +70,16 @@ public sealed class VhostUserSession : IDisposable
     /// <summary>Kicks relayed to the device so far (0 when no relay ran).</summary>
     public long RelayedKicks => _binding.RelayedKicks;
 
-    /// <summary>Live migration: whether the device logs dirty pages now, and the used-ring pages marked here in the current log.</summary>
+    /// <summary>
+    /// Live migration: whether every page the device writes is logged now (by the device, or by the software
+    /// relay), whether LOG_ALL is acked, the pages this process marked in the current log (used rings, and
+    /// with the relay the buffers too), and whether the relay is the one logging.
+    /// </summary>
     public (bool DeviceLogging, bool LogAll, long UsedRingPagesMarked) DirtyLogState =>
         (_binding.DeviceLogging, _binding.Acked(IfcVdpa.Virtio.VirtioFeature.F_LOG_ALL), _binding.UsedRingPagesMarked);
+
+    /// <summary>Whether the rings run through the software relay now, and the used entries it relayed so far.</summary>
+    public (bool Relaying, long RelayedEntries) RelayState => (_binding.Relaying, _binding.RelayedEntries);
 
     /// <summary>Messages handled, and those rejected.</summary>
     public long Messages => _dispatcher.Messages;

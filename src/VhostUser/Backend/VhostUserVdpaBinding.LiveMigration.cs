@@ -1,4 +1,5 @@
 using IfcVdpa.Interop.Primitives;
+using IfcVdpa.Vdpa;
 using IfcVdpa.Virtio;
 
 namespace IfcVdpa.VhostUser;
@@ -15,10 +16,6 @@ public sealed partial class VhostUserVdpaBinding
     /// </summary>
     public void SetLogBase(ulong size, ulong offset, SafeFd fd)
     {
-        if (_hwLog is null)
-        {
-            throw new VhostUserRequestException($"device {_device.Name} keeps no dirty log (no LM block): logging not supported");
-        }
         var log = DirtyLogRegion.Map(fd, size, offset);
         try
         {
@@ -42,7 +39,7 @@ public sealed partial class VhostUserVdpaBinding
             throw;
         }
         old?.Dispose(); // still pinned while the device has it mapped (a failed switch): unmapped with it
-        _log($"dirty log: 0x{size:x} bytes at offset 0x{offset:x} (covers GPA below 0x{log.Covers:x}){(DeviceLogging ? ", device logging" : "")}");
+        _log($"dirty log: 0x{size:x} bytes at offset 0x{offset:x} (covers GPA below 0x{log.Covers:x}){(Relaying ? ", software relay logging" : DeviceLogging ? ", device logging" : "")}");
     }
 
     /// <summary>SET_LOG_FD: the eventfd to signal log syncs on (kept, unused: the log is shared memory).</summary>
@@ -67,6 +64,11 @@ public sealed partial class VhostUserVdpaBinding
     /// <summary>After every change of features, log, or device state: the device logs exactly while it runs with LOG_ALL and a log.</summary>
     private void UpdateDirtyLog()
     {
+        if (_hwLog is null)
+        {
+            UpdateRelayMode();
+            return;
+        }
         var want = _configured && Acked(VirtioFeature.F_LOG_ALL) ? _dirtyLog : null;
         if (want is null)
         {
@@ -137,6 +139,123 @@ public sealed partial class VhostUserVdpaBinding
         }
         ulong len = 4 + (8UL * r.Num) + (Acked(VirtioFeature.F_RING_EVENT_IDX) ? 2UL : 0);
         log.Mark((a.Flags & VhostUserWire.VringFlagLog) != 0 ? a.Log : gpa.Used, len);
+    }
+
+    // ---- live migration: the software relay (a device without a dirty log) ----
+
+    /// <summary>
+    /// Switches the running rings between direct mode and the software relay: relayed exactly while the
+    /// device runs with LOG_ALL acked and a log, on a device that cannot log itself. Each ring stops where it
+    /// stands (its last used entries reach the guest) and restarts from that state on the other areas, so
+    /// no buffer is lost or used twice. A new log while relaying is handed to the relay thread before the old
+    /// one goes.
+    /// </summary>
+    private void UpdateRelayMode()
+    {
+        bool want = _configured && Acked(VirtioFeature.F_LOG_ALL) && _dirtyLog is not null && !Packed;
+        if (want && _vringRelay is not null)
+        {
+            _vringRelay.SetLog(_dirtyLog!);
+        }
+        if (want == _relayOn)
+        {
+            return;
+        }
+        if (want && MemoryEnd(_memory) > VringRelay.IovaBase)
+        {
+            throw new VhostUserRequestException($"guest memory reaches 0x{MemoryEnd(_memory):x}, where the relay's rings would be mapped for the device (0x{VringRelay.IovaBase:x})");
+        }
+        int[] running = [.. Enumerable.Range(0, _rings.Length).Where(q => _rings[q].Running)];
+        foreach (int q in running)
+        {
+            StopQueue(q);
+        }
+        if (want)
+        {
+            _vringRelay ??= new VringRelay(_device, _rings.Length, _options.Name, _log);
+            _vringRelay.SetMemory(_memory.Regions);
+            _vringRelay.SetLog(_dirtyLog!);
+        }
+        _relayOn = want;
+        foreach (int q in running)
+        {
+            StartQueue(q);
+        }
+        if (!want)
+        {
+            DisposeRelayThread();
+        }
+        UpdateRelay();
+        _log(want
+            ? $"device {_device.Name} keeps no dirty log: {running.Length} ring(s) switched to the software relay (mediated rings at IOVA 0x{VringRelay.IovaBase:x}; the relay marks the pages the device writes and the used rings)"
+            : $"software relay off: {running.Length} ring(s) back on the guest's rings ({RelayedEntries} used entries relayed)");
+    }
+
+    /// <summary>Starts ring <paramref name="q"/> (size already set) on the relay's mediated areas.</summary>
+    private void StartRelayedQueue(int q, (ulong Desc, ulong Avail, ulong Used) gpa)
+    {
+        var r = _rings[q];
+        var relay = _vringRelay!;
+        var (availIova, usedIova, interrupt) = relay.Prepare(q, r, gpa, Acked(VirtioFeature.F_RING_EVENT_IDX));
+        try
+        {
+            _device.SetVqAddress(q, gpa.Desc, availIova, usedIova);
+            _device.SetVqState(q, ResumeState(q, gpa.Used));
+            _device.SetVqCallback(q, VdpaCallback.ForEventFd(interrupt));
+            _device.SetVqReady(q, true);
+        }
+        catch
+        {
+            Teardown($"ring {q}: stop", () => _device.SetVqReady(q, false));
+            Teardown($"ring {q}: callback", () => _device.SetVqCallback(q, null));
+            RetireRelayInterrupt(relay.Release(q));
+            throw;
+        }
+        r.Running = true;
+        r.Relayed = true;
+        relay.Attach(q); // kicks go to the relay: no host notifier, not in the kick relay
+    }
+
+    /// <summary>A relayed ring the device stopped: its last used entries to the guest, its mediated areas released.</summary>
+    private void FinishRelayedQueue(int q)
+    {
+        _vringRelay!.Drain(q);
+        RetireRelayInterrupt(_vringRelay.Release(q));
+        _rings[q].Relayed = false;
+    }
+
+    /// <summary>After a device reset: every relayed ring's areas released, the relay thread gone.</summary>
+    private void ReleaseRelay()
+    {
+        for (int q = 0; q < _rings.Length; q++)
+        {
+            if (_rings[q].Relayed)
+            {
+                _vringRelay?.Release(q)?.Dispose(); // the device is reset: nothing signals it any more
+                _rings[q].Relayed = false;
+            }
+        }
+        _relayOn = false;
+        DisposeRelayThread();
+    }
+
+    private void DisposeRelayThread()
+    {
+        if (_vringRelay is { } relay)
+        {
+            _relayedBefore += relay.Relayed;
+            relay.Dispose();
+            _vringRelay = null;
+        }
+    }
+
+    /// <summary>The device may still signal a relay interrupt it was given a moment ago: closed at the next device stop.</summary>
+    private void RetireRelayInterrupt(EventFd? fd)
+    {
+        if (fd is not null)
+        {
+            _retiredCalls.Add(fd);
+        }
     }
 
     // ---- SEND_RARP ----

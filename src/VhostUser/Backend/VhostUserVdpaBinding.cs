@@ -50,12 +50,15 @@ public sealed partial class VhostUserVdpaBinding : IDisposable
     private bool _configured;
     private bool _stateFallbackLogged;
     private bool _disposed;
+    private readonly bool _block;
     private readonly IVdpaDirtyLog? _hwLog;
     private readonly IVdpaFrameInjection? _inject;
     private DirtyLogRegion? _dirtyLog;   // the latest SET_LOG_BASE
     private DirtyLogRegion? _deviceLog;  // the one the device logs into, DMA-mapped at _deviceLogIova
     private ulong _deviceLogIova;
     private SafeFd? _logFd;
+    private VringRelay? _vringRelay; // the software relay's thread and mediated rings (device without a dirty log)
+    private bool _relayOn;           // rings start relayed (logging requested on a device without a log)
 
     public VhostUserVdpaBinding(IVdpaDevice device, VhostUserBackendChannel channel, VhostUserSessionOptions options, Action<string> log)
     {
@@ -63,8 +66,11 @@ public sealed partial class VhostUserVdpaBinding : IDisposable
         _channel = channel;
         _options = options;
         _log = log;
-        QueuePairs = Math.Max(1, device.NumVqs / 2);
-        _rings = new Vring[QueuePairs * 2];
+        // virtio-net: the front-end keeps the control queue, rings are the data queue pairs; virtio-blk:
+        // every request queue is a ring, and GET_QUEUE_NUM counts queues (what vhost-user-blk expects).
+        bool block = _block = device.GetDeviceId() == VirtioBlk.DeviceId;
+        QueuePairs = block ? Math.Max(1, device.NumVqs) : Math.Max(1, device.NumVqs / 2);
+        _rings = new Vring[block ? QueuePairs : QueuePairs * 2];
         for (int i = 0; i < _rings.Length; i++)
         {
             _rings[i] = new Vring();
@@ -75,8 +81,22 @@ public sealed partial class VhostUserVdpaBinding : IDisposable
         _inject = device is IVdpaFrameInjection { CanInjectFrames: true } inj ? inj : null;
     }
 
-    /// <summary>Whether the device keeps a dirty log (VHOST_F_LOG_ALL and LOG_SHMFD are offered only then).</summary>
-    public bool CanLog => _hwLog is not null;
+    /// <summary>
+    /// Whether the front-end can log (VHOST_F_LOG_ALL and LOG_SHMFD): always, through the device's own log
+    /// when it keeps one (<see cref="HasDeviceLog"/>), else through the software relay.
+    /// </summary>
+    public bool CanLog => true;
+
+    /// <summary>Whether the device keeps the dirty log itself (the IFC LM block); else the software relay logs.</summary>
+    public bool HasDeviceLog => _hwLog is not null;
+
+    /// <summary>Whether rings run through the software relay right now.</summary>
+    public bool Relaying => _relayOn && _configured;
+
+    /// <summary>Used entries the software relay moved to guest rings (0 when it never ran).</summary>
+    public long RelayedEntries => _relayedBefore + (_vringRelay?.Relayed ?? 0);
+
+    private long _relayedBefore;
 
     /// <summary>Whether the device can send a frame on the guest's behalf (RARP is offered only then).</summary>
     public bool CanSendRarp => _inject is not null;
@@ -84,8 +104,8 @@ public sealed partial class VhostUserVdpaBinding : IDisposable
     /// <summary>VHOST_F_LOG_ALL acked and a log given: every write the device makes is logged.</summary>
     public bool LoggingRequested => Acked(VirtioFeature.F_LOG_ALL) && _dirtyLog is not null;
 
-    /// <summary>Whether the device is logging right now (its LM block programmed with our log).</summary>
-    public bool DeviceLogging => _deviceLog is not null;
+    /// <summary>Whether every page the device writes is logged right now (its LM block programmed with our log, or the relay running).</summary>
+    public bool DeviceLogging => _deviceLog is not null || Relaying;
 
     /// <summary>Used-ring pages marked here (at ring stops), in the current log.</summary>
     public long UsedRingPagesMarked => _dirtyLog?.PagesMarked ?? 0;
@@ -98,6 +118,7 @@ public sealed partial class VhostUserVdpaBinding : IDisposable
     /// <summary>The device's own features (read once).</summary>
     public ulong DeviceFeatures { get; }
 
+    /// <summary>Queue pairs (net) or request queues (block): what GET_QUEUE_NUM reports.</summary>
     public int QueuePairs { get; }
 
     public int RingCount => _rings.Length;
@@ -251,6 +272,7 @@ public sealed partial class VhostUserVdpaBinding : IDisposable
         {
             MapForDevice(r);
         }
+        _vringRelay?.SetMemory(_memory.Regions);
         _log($"added region GPA 0x{d.GuestPhysAddr:x} size 0x{d.Size:x}");
         Reevaluate();
     }
@@ -313,9 +335,9 @@ public sealed partial class VhostUserVdpaBinding : IDisposable
         var old = r.Call;
         r.Call = call;
         r.CallSet = true;
-        if (r.Running)
+        if (r.Running && !r.Relayed)
         {
-            _device.SetVqCallback(q, CallbackOf(r));
+            _device.SetVqCallback(q, CallbackOf(r)); // a relayed ring's device interrupt goes to the relay, which signals r.Call
         }
         if (old is not null)
         {
@@ -367,7 +389,8 @@ public sealed partial class VhostUserVdpaBinding : IDisposable
 
     private bool ShouldRun(int q) => _rings[q].Ready && _rings[q].Enabled && TranslateRing(q, _rings[q].Addr!.Value, _rings[q].Num, out _) is null;
 
-    private bool ReadyToConfigure() => _featuresSet && _memory.Count > 0 && StatusGate && ShouldRun(0) && ShouldRun(1);
+    /// <summary>Net: the first queue pair runs (DPDK's "ready"); block: the first request queue.</summary>
+    private bool ReadyToConfigure() => _featuresSet && _memory.Count > 0 && StatusGate && ShouldRun(0) && (_block || ShouldRun(1));
 
     /// <summary>After every state change: start the device when ready, start/stop individual rings when running.</summary>
     private void Reevaluate()
@@ -457,6 +480,11 @@ public sealed partial class VhostUserVdpaBinding : IDisposable
             throw new VhostUserRequestException(bad);
         }
         _device.SetVqNum(q, r.Num);
+        if (_relayOn)
+        {
+            StartRelayedQueue(q, gpa);
+            return;
+        }
         _device.SetVqAddress(q, gpa.Desc, gpa.Avail, gpa.Used);
         _device.SetVqState(q, ResumeState(q, gpa.Used));
         _device.SetVqCallback(q, CallbackOf(r));
@@ -516,7 +544,13 @@ public sealed partial class VhostUserVdpaBinding : IDisposable
         r.Running = false;
         _notifiers.Remove(q);
         UpdateRelay();
+        _vringRelay?.Detach(q);
         _device.SetVqReady(q, false);
+        if (r.Relayed)
+        {
+            _device.SetVqCallback(q, null);
+            FinishRelayedQueue(q); // the device's last used entries reach the guest before the base is read
+        }
         r.Base = SavedBase(q);
         _device.SetVqCallback(q, null);
         MarkUsedRing(q);
@@ -535,7 +569,7 @@ public sealed partial class VhostUserVdpaBinding : IDisposable
         var set = new List<(int, EventFd)>();
         for (int q = 0; q < _rings.Length; q++)
         {
-            if (_rings[q].Running && _rings[q].Kick is { } k)
+            if (_rings[q].Running && !_rings[q].Relayed && _rings[q].Kick is { } k)
             {
                 set.Add((q, k));
             }
@@ -559,9 +593,14 @@ public sealed partial class VhostUserVdpaBinding : IDisposable
                 _rings[q].Running = false;
                 _notifiers.Remove(q);
                 int ring = q;
+                _vringRelay?.Detach(q);
                 Teardown($"ring {q}: stop", () =>
                 {
                     _device.SetVqReady(ring, false);
+                    if (_rings[ring].Relayed)
+                    {
+                        _vringRelay!.Drain(ring);
+                    }
                     _rings[ring].Base = SavedBase(ring);
                 });
                 MarkUsedRing(q);
@@ -569,6 +608,7 @@ public sealed partial class VhostUserVdpaBinding : IDisposable
         }
         StopDeviceLog();
         ResetDevice();
+        ReleaseRelay();
         _log($"device {_device.Name} stopped");
     }
 
@@ -628,6 +668,7 @@ public sealed partial class VhostUserVdpaBinding : IDisposable
         _relay?.Dispose();
         _relay = null;
         ResetDevice();
+        ReleaseRelay();
         CloseRings();
         _memory.Dispose();
         _dirtyLog?.Dispose();

@@ -31,6 +31,9 @@ internal sealed class Vring : IDisposable
     /// <summary>The device runs this ring.</summary>
     public bool Running;
 
+    /// <summary>It runs on mediated areas through the software relay (<see cref="VringRelay"/>).</summary>
+    public bool Relayed;
+
     public bool Ready => Num != 0 && Addr is not null && (Kick is not null || KickNoFd) && CallSet;
 
     public void Dispose()

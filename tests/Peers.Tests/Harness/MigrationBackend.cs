@@ -8,7 +8,7 @@ namespace IfcVdpa.Peers.Tests.Harness;
 /// </summary>
 public interface IMigrationBackend : IDisposable
 {
-    /// <summary>"dpdk" or "serve" (for reports).</summary>
+    /// <summary>"dpdk", "serve", "serve-relay" or "daemon" (for reports).</summary>
     string Kind { get; }
 
     string SocketPath { get; }
@@ -39,7 +39,9 @@ public static class MigrationBackends
         {
             "dpdk" => new DpdkVhostTapBackend(netns, socket, tap, queues, cpu, lifetime),
             "serve" => new ServeTapBackend(netns, socket, tap, queues, lifetime),
-            _ => throw new InvalidOperationException($"migration back-end {kind}: expected dpdk or serve"),
+            "serve-relay" => new ServeTapBackend(netns, socket, tap, queues, lifetime, dirtyLog: false),
+            "daemon" => new DaemonVhostTapBackend(netns, socket, tap, queues, lifetime),
+            _ => throw new InvalidOperationException($"migration back-end {kind}: expected dpdk, serve, serve-relay or daemon"),
         };
 
     /// <summary>Threads of process <paramref name="pid"/> (/proc/PID/task).</summary>
@@ -124,33 +126,37 @@ public sealed class DpdkVhostTapBackend : IMigrationBackend
 }
 
 /// <summary>
-/// `ifcvf serve --backend tap:NAME` run inside the namespace (its TAP is born there). Until the back-end
-/// offers the dirty log (VHOST_F_LOG_ALL, LOG_SHMFD), QEMU refuses to migrate a guest on it: the rig
-/// reports QEMU's error.
+/// `ifcvf serve --backend tap:NAME` run inside the namespace (its TAP is born there). With
+/// <c>dirtyLog: false</c> (`--no-dirty-log`) the software VF has no LM dirty log and the back-end migrates
+/// the guest through its software relay.
 /// </summary>
 public sealed class ServeTapBackend : IMigrationBackend
 {
     private readonly PeerProcess _process;
 
-    public string Kind => "serve";
+    public string Kind { get; }
 
     public string SocketPath { get; }
 
     public string TapName { get; }
+
+    /// <summary>serve's log (stderr and stdout) so far.</summary>
+    public string Log => _process.Transcript;
 
     /// <summary>`ip netns exec` and the ./ifcvf launcher both exec: the PID ends up serve's own.</summary>
     public int Pid => _process.Pid;
 
     public bool HasExited => _process.HasExited;
 
-    public ServeTapBackend(string netns, string socket, string tap, int queues, TimeSpan lifetime)
+    public ServeTapBackend(string netns, string socket, string tap, int queues, TimeSpan lifetime, bool dirtyLog = true)
     {
         PeerEnvironment.Require(PeerEnvironment.Ifcvf);
+        Kind = dirtyLog ? "serve" : "serve-relay";
         SocketPath = socket;
         TapName = tap;
-        _process = new PeerProcess("ifcvf-serve", "ip",
-            ["netns", "exec", netns, PeerEnvironment.Ifcvf, "serve", "--socket", socket, "--backend", "tap:" + tap,
-             "--queues", queues.ToString(CultureInfo.InvariantCulture)], lifetime);
+        string[] args = ["netns", "exec", netns, PeerEnvironment.Ifcvf, "serve", "--socket", socket, "--backend", "tap:" + tap,
+             "--queues", queues.ToString(CultureInfo.InvariantCulture)];
+        _process = new PeerProcess("ifcvf-serve", "ip", dirtyLog ? args : [.. args, "--no-dirty-log"], lifetime);
         // the launcher may build the CLI first
         if (!PeerEnvironment.Eventually(() => File.Exists(socket) || _process.HasExited, TimeSpan.FromSeconds(240)) || _process.HasExited)
         {
@@ -175,5 +181,69 @@ public sealed class ServeTapBackend : IMigrationBackend
         catch (IOException)
         {
         }
+    }
+}
+
+/// <summary>
+/// The daemon as back-end: `ifcvf daemon` run inside the namespace, then `sim add backend tap:NAME`,
+/// `dev add` and `vhost add` through its control socket (the "vhost" consumer of a software VF).
+/// </summary>
+public sealed class DaemonVhostTapBackend : IMigrationBackend
+{
+    private readonly PeerProcess _process;
+    private readonly string _control;
+
+    public string Kind => "daemon";
+
+    public string SocketPath { get; }
+
+    public string TapName { get; }
+
+    public int Pid => _process.Pid;
+
+    public bool HasExited => _process.HasExited;
+
+    public DaemonVhostTapBackend(string netns, string socket, string tap, int queues, TimeSpan lifetime)
+    {
+        PeerEnvironment.Require(PeerEnvironment.Ifcvf);
+        SocketPath = socket;
+        TapName = tap;
+        _control = socket + ".ctl";
+        _process = new PeerProcess("ifcvf-daemon", "ip", ["netns", "exec", netns, PeerEnvironment.Ifcvf, "--control", _control, "daemon"], lifetime);
+        try
+        {
+            if (!PeerEnvironment.Eventually(() => File.Exists(_control) || _process.HasExited, TimeSpan.FromSeconds(240)) || _process.HasExited)
+            {
+                throw new InvalidOperationException($"the daemon did not create {_control}\n{_process.Describe()}");
+            }
+            Cli("sim", "add", "backend", "tap:" + tap, "queues", queues.ToString(CultureInfo.InvariantCulture));
+            Cli("dev", "add", "name", "vdpa0", "mgmtdev", "sim/ifcvf0");
+            Cli("vhost", "add", "vdpa0", "socket", socket);
+        }
+        catch
+        {
+            _process.Dispose();
+            throw;
+        }
+    }
+
+    private string Cli(params string[] args)
+    {
+        var (code, output) = PeerEnvironment.Run(PeerEnvironment.Ifcvf, ["--control", _control, .. args], TimeSpan.FromSeconds(30));
+        if (code != 0)
+        {
+            throw new InvalidOperationException($"ifcvf {string.Join(' ', args)}: exit {code}: {output}\n{_process.Describe()}");
+        }
+        return output;
+    }
+
+    public void Kill() => _process.KillTree();
+
+    public string Describe() => _process.Describe();
+
+    public void Dispose()
+    {
+        _process.Signal("TERM", TimeSpan.FromSeconds(10));
+        _process.Dispose();
     }
 }

@@ -264,6 +264,45 @@ public sealed class MigrationRig : IDisposable
     }
 
     /// <summary>
+    /// A migration to <see cref="Standby"/> that does not complete: QEMU's bandwidth is capped at
+    /// <paramref name="bandwidth"/> bytes/s so it is still copying RAM when <paramref name="interrupt"/> runs
+    /// (once <paramref name="afterBytes"/> have gone: `migrate_cancel`, or a back-end killed), then waits for
+    /// QEMU to end it. The guest stays in <see cref="Active"/>; the destination is left for the caller to retire.
+    /// </summary>
+    public MigrationResult MigrateInterrupted(long bandwidth, long afterBytes, Action<MigrationQemu, MigrationQemu> interrupt, TimeSpan timeout)
+    {
+        var src = Active ?? throw new InvalidOperationException("no source");
+        var dst = Standby ?? throw new InvalidOperationException("no destination: PrepareDestination first");
+        src.Qmp.Execute("migrate-set-parameters", new Dictionary<string, object> { ["max-bandwidth"] = bandwidth });
+        var sw = Stopwatch.StartNew();
+        src.Qmp.Migrate("unix:" + dst.IncomingPath);
+        MigrationInfo info;
+        bool interrupted = false;
+        while (true)
+        {
+            info = src.Qmp.QueryMigrate();
+            if (info.Finished)
+            {
+                break;
+            }
+            if (!interrupted && info.Status == "active" && info.RamTransferredBytes >= afterBytes)
+            {
+                _log($"interrupting the migration at {info.RamTransferredBytes / 1024} KiB sent");
+                interrupt(src, dst);
+                interrupted = true;
+            }
+            if (sw.Elapsed > timeout)
+            {
+                return new MigrationResult(src.Name, dst.Name, info, sw.Elapsed, $"not finished after {timeout.TotalSeconds:0} s ({info.Status})");
+            }
+            Thread.Sleep(50);
+        }
+        src.Qmp.Execute("migrate-set-parameters", new Dictionary<string, object> { ["max-bandwidth"] = 4L << 30 });
+        Standby = null;
+        return new MigrationResult(src.Name, dst.Name, info, sw.Elapsed, interrupted ? null : "the migration ended before it could be interrupted");
+    }
+
+    /// <summary>
     /// Quits a QEMU the guest has left (postmigrate) or that was never used (a cancelled destination) and
     /// checks that its back-end is clean: no mapping of guest memory, no more threads than when idle.
     /// Returns an error message, or null when clean.

@@ -14,7 +14,8 @@ public static class PeerEnvironment
 
     public static string RepoRoot { get; } = FindRepoRoot();
 
-    public static string GuestDir => Path.Combine(RepoRoot, ".peers", "guest");
+    /// <summary>The test guest's kernel and initramfs (IFCVF_GUEST_DIR overrides: a private build of scripts/guest).</summary>
+    public static string GuestDir => Environment.GetEnvironmentVariable("IFCVF_GUEST_DIR") is { Length: > 0 } d ? d : Path.Combine(RepoRoot, ".peers", "guest");
 
     public static string Kernel => Path.Combine(GuestDir, "vmlinuz");
 

@@ -42,6 +42,11 @@ public sealed class QemuGuest : IDisposable
     public PeerProcess Process => _process;
 
     private QemuGuest(GuestOptions o, string[] netdev, string deviceExtra)
+        : this(o, [.. netdev, "-device", $"virtio-net-pci,netdev=n0,mac={o.Mac},vectors=0,romfile={deviceExtra}"])
+    {
+    }
+
+    private QemuGuest(GuestOptions o, string[] devices)
     {
         PeerEnvironment.Require(PeerEnvironment.Qemu, PeerEnvironment.Kernel, PeerEnvironment.Initrd);
         int cpus = Math.Max(1, o.Queues);
@@ -51,8 +56,7 @@ public sealed class QemuGuest : IDisposable
             "-nographic", "-no-reboot", "-monitor", "none", "-serial", "stdio",
             "-kernel", PeerEnvironment.Kernel, "-initrd", PeerEnvironment.Initrd, "-append", o.KernelArgs(),
             "-object", "memory-backend-memfd,id=mem,size=256M,share=on", "-numa", "node,memdev=mem",
-            .. netdev,
-            "-device", $"virtio-net-pci,netdev=n0,mac={o.Mac},vectors=0,romfile={deviceExtra}",
+            .. devices,
         ];
         _process = new PeerProcess("qemu", PeerEnvironment.Qemu, args, TimeSpan.FromSeconds(o.TimeoutSeconds + 30));
     }
@@ -68,6 +72,17 @@ public sealed class QemuGuest : IDisposable
         ];
         return new QemuGuest(o, netdev, o.Queues > 1 ? ",mq=on" : "");
     }
+
+    /// <summary>
+    /// A guest whose only disk is a vhost-user-blk device on <paramref name="socket"/> with <paramref name="queues"/>
+    /// request queues (and as many CPUs), no NIC; run with <c>Mode = "blk"</c> (scripts/guest/init).
+    /// </summary>
+    public static QemuGuest OnVhostUserBlk(string socket, GuestOptions o, int queues) =>
+        new(o with { Queues = queues },
+        [
+            "-nic", "none", "-chardev", $"socket,id=c0,path={socket}",
+            "-device", string.Create(CultureInfo.InvariantCulture, $"vhost-user-blk-pci,chardev=c0,num-queues={queues},vectors=0"),
+        ]);
 
     /// <summary>A guest on a plain TAP (QEMU's own virtio-net back-end): proves the guest image and the test script.</summary>
     public static QemuGuest OnTap(string tap, GuestOptions o) =>

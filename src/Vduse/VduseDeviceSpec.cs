@@ -1,0 +1,48 @@
+using IfcVdpa.Vdpa;
+
+namespace IfcVdpa.Vduse;
+
+/// <summary>
+/// What VDUSE_CREATE_DEV tells the kernel, taken from the vDPA device itself: its virtio device and vendor
+/// ids, its features filtered for VDUSE (<see cref="VduseFeatures"/>), its queue count and size, and a copy of
+/// its config space (MAC, MTU, link status for net: the `dev add` provisioning). Nothing here is net-specific
+/// but the filter, so a block device class joins the bus the same way.
+/// </summary>
+public sealed record VduseDeviceSpec(
+    string Name, uint DeviceId, uint VendorId, ulong DeviceFeatures, ulong Features, IReadOnlyList<string> Dropped,
+    int VqNum, ushort VqMaxSize, uint VqAlign, byte[] Config)
+{
+    /// <summary>The kernel takes a config space of at most one page and a queue alignment of at most one page.</summary>
+    public const int PageSize = 4096;
+
+    public static VduseDeviceSpec From(IVdpaDevice device, string name)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        uint id = device.GetDeviceId();
+        ulong deviceFeatures = device.GetDeviceFeatures();
+        ulong features = VduseFeatures.Filter(id, deviceFeatures, out var dropped);
+        int vqs = VduseFeatures.QueueCount(id, device.NumVqs);
+        if (vqs < 1)
+        {
+            throw new VdpaException($"{device.Name}: no virtqueues to declare");
+        }
+        ushort max = device.GetVqNumMax();
+        if (max == 0)
+        {
+            throw new VdpaException($"{device.Name}: maximum queue size is 0");
+        }
+        uint size = device.GetConfigSize();
+        if (size > PageSize)
+        {
+            throw new VdpaException($"{device.Name}: config space of {size} bytes (VDUSE takes at most {PageSize})");
+        }
+        var config = new byte[size];
+        device.GetConfig(0, config);
+        uint align = device.GetVqAlign();
+        if (align == 0 || align > PageSize)
+        {
+            align = PageSize;
+        }
+        return new VduseDeviceSpec(name, id, device.GetVendorId(), deviceFeatures, features, dropped, vqs, max, align, config);
+    }
+}
