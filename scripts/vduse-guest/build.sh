@@ -2,7 +2,7 @@
 # Builds the VDUSE proof guest: Debian's generic 6.12 kernel (fetch-kernel.sh), an initramfs with static
 # busybox, the kernel modules the proof needs (vduse, virtio_vdpa, vhost_vdpa, virtio_net, tun and their
 # dependencies, read from each module's own depends= line, decompressed), iproute2's `vdpa` tool with its
-# shared libraries, the project's NativeAOT `ifcvf` (scripts/publish.sh) and scripts/vduse-guest/init.
+# shared libraries, DPDK testpmd with its virtio-user plugin, the project's NativeAOT `ifcvf` (scripts/publish.sh) and scripts/vduse-guest/init.
 # Usage: build.sh [OUT_DIR]   (default .peers/vduse-guest)
 # Writes OUT_DIR/vmlinuz, OUT_DIR/initrd.gz and OUT_DIR/inputs.sha256; does nothing when the digest of the
 # inputs (init, this script, kernel, busybox, vdpa, ifcvf) is unchanged.
@@ -26,7 +26,7 @@ vdpa="$(command -v vdpa || true)"
 [[ -n "$vdpa" ]] || { log "iproute2's vdpa tool is missing (apt-get install iproute2)"; exit 1; }
 
 digest() { cat "$here/init" "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1; }
-inputs="$(digest) $kver $(stat -c %s "$vmlinuz" /bin/busybox "$vdpa" | tr '\n' ' ')$(sha256sum "$bin" | cut -c1-16)"
+inputs="$(digest) $kver $(stat -c %s "$vmlinuz" /bin/busybox "$vdpa" "$(command -v dpdk-testpmd || echo /)" | tr '\n' ' ')$(sha256sum "$bin" | cut -c1-16)"
 if [[ -f "$out/initrd.gz" && -f "$out/vmlinuz" && "$(cat "$out/inputs.sha256" 2>/dev/null)" == "$inputs" ]]; then
   exit 0
 fi
@@ -41,6 +41,28 @@ done
 cp "$bin" "$stage/bin/ifcvf"
 cp "$vdpa" "$stage/bin/vdpa"
 for lib in $( (ldd "$bin"; ldd "$vdpa") | grep -o '/[^ ]*' | sort -u); do
+  [[ -e "$stage$lib" ]] && continue
+  mkdir -p "$stage$(dirname "$lib")"
+  cp -L "$lib" "$stage$lib"
+done
+
+# DPDK testpmd with its virtio-user plugin (a userspace front-end on /dev/vhost-vdpa-0), as the VFIO guest has it
+testpmd="$(command -v dpdk-testpmd || true)"
+[[ -n "$testpmd" ]] || { log "dpdk-testpmd missing (prepare.sh installs dpdk-dev)"; exit 1; }
+pmddir="$(compgen -G "/usr/lib/x86_64-linux-gnu/dpdk/pmds-*" | sort | tail -n1 || true)"
+[[ -n "$pmddir" ]] || { log "no DPDK plugin directory"; exit 1; }
+mkdir -p "$stage$pmddir" "$stage/var"
+ln -s /run "$stage/var/run"
+cp "$testpmd" "$stage/usr/bin/dpdk-testpmd"
+plugins=()
+for p in librte_net_virtio librte_mempool_ring; do
+  f="$(compgen -G "$pmddir/$p.so.[0-9]*" | sort | head -n1 || true)"
+  [[ -n "$f" ]] || { log "DPDK plugin $p missing in $pmddir"; exit 1; }
+  cp -L "$f" "$stage$pmddir/$p.so"
+  plugins+=("$f")
+done
+libgcc="$(ldconfig -p | grep -o '/[^ ]*/libgcc_s\.so\.1$' | head -n1)"
+for lib in $(for f in "$testpmd" "${plugins[@]}"; do ldd "$f"; done | grep -o '/[^ ]*' | sort -u) "$libgcc"; do
   [[ -e "$stage$lib" ]] && continue
   mkdir -p "$stage$(dirname "$lib")"
   cp -L "$lib" "$stage$lib"

@@ -57,49 +57,79 @@ public sealed class VduseIotlb(IVdpaDevice device, IVduseKernel kernel, Action<s
         return null;
     }
 
-    /// <summary>Maps every region the kernel has in [start, last] that is not mapped yet. Returns how many were added.</summary>
+    /// <summary>
+    /// Maps every region the kernel has in [start, last] that is not mapped yet. Regions that follow each other
+    /// in IOVA with the same access (one per hugepage of a DPDK process behind vhost_vdpa) are placed back to
+    /// back in one mapping, so a ring or buffer that crosses from one to the next is still one span for the
+    /// device. Returns how many mappings were added.
+    /// </summary>
     public int MapRange(ulong start, ulong last)
     {
-        int added = 0;
-        ulong cursor = start;
-        while (cursor <= last && _regions.Count < MaxRegions)
+        var found = new List<VduseIotlbRegion>();
+        try
         {
-            var r = kernel.GetIotlbFd(cursor, last);
-            if (r is null)
+            ulong cursor = start;
+            while (cursor <= last && _regions.Count + found.Count < MaxRegions)
             {
-                break;
-            }
-            using (r.Fd)
-            {
-                string? bad = Check(r, cursor, last);
-                if (bad is not null)
-                {
-                    LogOnce("bad-region", $"IOTLB: {bad}; not mapped");
-                    if (r.Start > r.Last || r.Last < cursor)
-                    {
-                        break; // cannot step past it safely
-                    }
-                }
-                else if (!IsMapped(r.Start, r.Last))
-                {
-                    Map(r);
-                    added++;
-                }
-                if (r.Last == ulong.MaxValue)
+                var r = kernel.GetIotlbFd(cursor, last);
+                if (r is null)
                 {
                     break;
                 }
+                string? bad = Check(r, cursor, last);
+                bool stepPast = r.Start <= r.Last && r.Last >= cursor;
+                if (bad is not null)
+                {
+                    LogOnce("bad-region", $"IOTLB: {bad}; not mapped");
+                    r.Fd.Dispose();
+                }
+                else if (Contains(r.Start, r.Last))
+                {
+                    r.Fd.Dispose();
+                }
+                else
+                {
+                    found.Add(r);
+                }
+                if (!stepPast || r.Last == ulong.MaxValue)
+                {
+                    break; // cannot step past it safely, or the end of the IOVA space
+                }
                 cursor = r.Last + 1;
             }
+            int added = 0;
+            int i = 0;
+            while (i < found.Count)
+            {
+                int j = i + 1;
+                ulong size = found[i].Last - found[i].Start + 1;
+                while (j < found.Count && found[j].Start == found[j - 1].Last + 1 && found[j].Perm == found[i].Perm
+                       && ((found[j - 1].Last - found[j - 1].Start + 1) & PageMask) == 0
+                       && size + (found[j].Last - found[j].Start + 1) <= MaxRegionSize)
+                {
+                    size += found[j].Last - found[j].Start + 1;
+                    j++;
+                }
+                Map(found.GetRange(i, j - i));
+                added++;
+                i = j;
+            }
+            return added;
         }
-        return added;
+        finally
+        {
+            foreach (var r in found)
+            {
+                r.Fd.Dispose();
+            }
+        }
     }
 
-    private bool IsMapped(ulong start, ulong last)
+    private bool Contains(ulong start, ulong last)
     {
         foreach (var (s, l, _) in _regions)
         {
-            if (s == start && l == last)
+            if (s <= start && last <= l)
             {
                 return true;
             }
@@ -107,27 +137,36 @@ public sealed class VduseIotlb(IVdpaDevice device, IVduseKernel kernel, Action<s
         return false;
     }
 
-    private void Map(VduseIotlbRegion r)
+    private void Map(List<VduseIotlbRegion> run)
     {
-        ulong size = r.Last - r.Start + 1;
-        Unmap(r.Start, r.Last); // a region that changed shape replaces the old one
-        bool writable = r.Perm == 3;
-        var mem = MappedMemory.MapFd(r.Fd.Fd, size, r.Offset, writable);
+        ulong first = run[0].Start;
+        ulong lastIova = run[^1].Last;
+        Unmap(first, lastIova); // regions that changed shape replace the old ones
+        bool writable = run[0].Perm == 3;
+        var mem = run.Count == 1
+            ? MappedMemory.MapFd(run[0].Fd.Fd, lastIova - first + 1, run[0].Offset, writable)
+            : MappedMemory.MapFdsContiguous(run.Select(r => (r.Fd.Fd, r.Offset, r.Last - r.Start + 1)).ToArray(), writable);
         try
         {
-            device.DmaMap(r.Start, mem.All, writable);
+            device.DmaMap(first, mem.All, writable);
         }
         catch
         {
             mem.Dispose();
             throw;
         }
-        _regions.Add((r.Start, r.Last, mem));
+        _regions.Add((first, lastIova, mem));
     }
 
     /// <summary>Removes every mapped region overlapping [start, last] from the device and unmaps it.</summary>
-    public int Unmap(ulong start, ulong last)
+    public int Unmap(ulong start, ulong last) => Unmap(start, last, out _, out _);
+
+    /// <summary>As <see cref="Unmap(ulong, ulong)"/>, also giving the IOVA span the removed mappings covered (a
+    /// mapping that joined several kernel regions goes whole, so the caller maps that span again).</summary>
+    public int Unmap(ulong start, ulong last, out ulong spanStart, out ulong spanLast)
     {
+        spanStart = start;
+        spanLast = last;
         int removed = 0;
         for (int i = _regions.Count - 1; i >= 0; i--)
         {
@@ -137,6 +176,8 @@ public sealed class VduseIotlb(IVdpaDevice device, IVduseKernel kernel, Action<s
                 continue;
             }
             _regions.RemoveAt(i);
+            spanStart = Math.Min(spanStart, s);
+            spanLast = Math.Max(spanLast, l);
             try
             {
                 device.DmaUnmap(s, l - s + 1);

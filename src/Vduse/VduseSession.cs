@@ -400,10 +400,10 @@ public sealed class VduseSession : IDisposable
         {
             lock (_iotlbLock)
             {
-                _iotlb.Unmap(start, last);
+                _iotlb.Unmap(start, last, out ulong spanStart, out ulong spanLast);
                 if (_running)
                 {
-                    _iotlb.MapRange(start, last);
+                    _iotlb.MapRange(spanStart, spanLast);
                 }
                 _bounceMapped = _iotlb.Covers(0);
             }

@@ -246,6 +246,18 @@ public sealed class VduseSessionTests : IDisposable
         Assert.Equal(1, LogCount("access 2"));
     }
 
+    [Fact]
+    public void AdjacentRegionsBecomeOneMappingAndAnUpdateInsideRemapsTheWholeRun()
+    {
+        _k.AddRegion(RegionBase + 0x10_0000, 0x20_0000);   // follows the first region in IOVA (a hugepage behind it)
+        BringUp();
+        Assert.Equal(1, _s.MappedRegions);
+        Assert.Equal(1, _dev.DmaMapCount);
+        Assert.True(Send(VduseRequestType.UpdateIotlb, Range(RegionBase + 0x18_0000, RegionBase + 0x18_0fff)).Ok);
+        Assert.Equal(1, _s.MappedRegions); // the whole run again, not just the part the update named
+        Assert.True(_s.Running);
+    }
+
     public void Dispose()
     {
         _s.Dispose();

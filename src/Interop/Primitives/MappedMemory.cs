@@ -115,6 +115,49 @@ public sealed unsafe class MappedMemory : IDisposable
         return new MappedMemory(p, length, null);
     }
 
+    /// <summary>
+    /// Maps several shared file ranges back to back into one contiguous address range, so a device sees memory
+    /// that is contiguous in its IOVA space (VDUSE hands out one region per hugepage of a DPDK process, and a
+    /// ring may straddle two) as one mapping. Safety contract: an address range is reserved first (PROT_NONE,
+    /// anonymous) and each part is placed into it with MAP_FIXED, so nothing else can be overwritten; every
+    /// part but the last must be a whole number of pages; on any failure the whole range is unmapped.
+    /// </summary>
+    public static MappedMemory MapFdsContiguous(ReadOnlySpan<(int Fd, ulong Offset, ulong Length)> parts, bool writable)
+    {
+        ulong total = 0;
+        for (int i = 0; i < parts.Length; i++)
+        {
+            var (_, off, len) = parts[i];
+            if (len == 0 || off > long.MaxValue || (i < parts.Length - 1 && (len & 4095) != 0) || total + len < total)
+            {
+                throw new ArgumentOutOfRangeException(nameof(parts), $"part {i}: {len} bytes at {off} cannot be placed back to back");
+            }
+            total += len;
+        }
+        if (total == 0 || total > long.MaxValue)
+        {
+            throw new ArgumentOutOfRangeException(nameof(parts), "bad total mapping size");
+        }
+        nint p = Libc.mmap(0, (nuint)total, Libc.PROT_NONE, Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS | Libc.MAP_NORESERVE, -1, 0);
+        if (p == Libc.MAP_FAILED)
+        {
+            throw Errno.Exception($"mmap(reserve {total} bytes)");
+        }
+        ulong at = 0;
+        foreach (var (fd, off, len) in parts)
+        {
+            nint q = Libc.mmap(p + (nint)at, (nuint)len, Libc.PROT_READ | (writable ? Libc.PROT_WRITE : 0), Libc.MAP_SHARED | Libc.MAP_FIXED, fd, (long)off);
+            if (q == Libc.MAP_FAILED)
+            {
+                var e = Errno.Exception($"mmap(fd {fd}, {len} bytes at {off}, fixed)");
+                Libc.munmap(p, (nuint)total);
+                throw e;
+            }
+            at += len;
+        }
+        return new MappedMemory(p, total, null);
+    }
+
     /// <summary>The whole mapping as a <see cref="MemorySlice"/>.</summary>
     public MemorySlice All => Slice(0, Length);
 
