@@ -46,7 +46,7 @@ public static class CommandLine
                                      the device joins the kernel's vDPA bus through VDUSE (Linux 6.7+,
                                      modprobe vduse); then `vdpa dev add name VDUSENAME mgmtdev vduse`
           dev detach NAME            detach the device's consumer
-          vhost add NAME socket PATH [ client ]
+          vhost add NAME socket PATH [ client ] [ owner USER ] [ group GROUP ] [ mode OCTAL ]
                                      serve the device's virtqueues to a vhost-user front-end (daemon mode)
           vhost del NAME             stop serving it (the device is reset)
           serve --socket PATH [ --backend loopback|tap:NAME|pcap:FILE ] [ --queues N ] [ --mac M ] [ --mtu N ]

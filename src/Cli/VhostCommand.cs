@@ -1,6 +1,6 @@
 namespace IfcVdpa.Cli;
 
-/// <summary>`ifcvf vhost add NAME socket PATH [client]` / `vhost del NAME`: a daemon device served over vhost-user.</summary>
+/// <summary>`ifcvf vhost add NAME socket PATH [client] [owner U] [group G] [mode OCTAL]` / `vhost del NAME`: a daemon device served over vhost-user.</summary>
 public static class VhostCommand
 {
     public static int Run(CliContext ctx, string verb, IEnumerable<string> args)
@@ -14,12 +14,22 @@ public static class VhostCommand
                 string name = kv.Positional() ?? throw new CliException("vhost add needs a device name (see \"ifcvf dev show\")");
                 string socket = kv.Get("socket") ?? throw new CliException("vhost add NAME needs \"socket PATH\"");
                 bool client = kv.Flag("client");
+                string? owner = kv.Get("owner");
+                string? group = kv.Get("group");
+                string? mode = kv.Get("mode");
                 kv.EnsureAllUsed();
                 ctx.Request("vhost add", w =>
                 {
                     w.WriteString("name", name);
                     w.WriteString("socket", Path.GetFullPath(socket));
                     w.WriteBoolean("client", client);
+                    foreach (var (k, v) in new[] { ("owner", owner), ("group", group), ("mode", mode) })
+                    {
+                        if (v is not null)
+                        {
+                            w.WriteString(k, v);
+                        }
+                    }
                 });
                 return 0;
             }

@@ -97,23 +97,46 @@ public static class ControlCommands
             dev => new VirtioNetTap(dev, tap, new VirtioNetDriverOptions { QueuePairs = pairs }));
     }
 
-    /// <summary>vhost add NAME socket PATH [client]: the device's virtqueues are handed to a vhost-user front-end.</summary>
+    /// <summary>
+    /// vhost add NAME socket PATH [client] [owner U] [group G] [mode OCTAL]: the device's virtqueues are handed
+    /// to a vhost-user front-end; owner/group/mode open a server socket to the front-end's user (libvirt's QEMU).
+    /// </summary>
     private static void VhostAdd(DeviceRegistry registry, ControlArgs a)
     {
         string name = a.RequiredString("name");
         string socket = a.RequiredString("socket", 107);
         bool client = a.Bool("client") ?? false;
+        string? owner = a.String("owner", 32);
+        string? group = a.String("group", 32);
+        string? mode = a.String("mode", 8);
         a.EnsureNoUnknown();
         if (!Path.IsPathRooted(socket))
         {
             throw new ControlException($"socket must be an absolute path, not \"{socket}\"");
         }
-        registry.AttachConsumer(name, "vhost", $"socket {socket}{(client ? " client" : "")}", dev =>
+        if (client && (owner ?? group ?? mode) is not null)
+        {
+            throw new ControlException("owner, group and mode apply to a socket we create: not with client (the front-end owns it)");
+        }
+        SocketAccess access;
+        try
+        {
+            access = SocketAccess.Parse(owner, group, mode);
+        }
+        catch (ArgumentException e)
+        {
+            throw new ControlException(e.Message);
+        }
+        string detail = $"socket {socket}{(client ? " client" : "")}{(access == SocketAccess.Default ? "" : " " + access)}";
+        registry.AttachConsumer(name, "vhost", detail, dev =>
         {
             var backend = new VhostUserBackend(dev, new VhostUserBackendOptions
             {
                 SocketPath = socket,
                 Client = client,
+                SocketMode = access.Mode,
+                SocketOwner = access.Owner,
+                SocketGroup = access.Group,
                 Session = new VhostUserSessionOptions { Name = name, Log = registry.LogLine },
             });
             try

@@ -18,10 +18,13 @@ public class LibvirtGuestTests(ITestOutputHelper output)
 
     /// <summary>
     /// libvirt's `mode='server'`: QEMU (as libvirt's QEMU user) creates the socket and the daemon connects to
-    /// it (`vhost add ... client`, reconnecting), so no socket of ours needs opening up to QEMU's user.
+    /// it (`vhost add ... client`, reconnecting). libvirt's `mode='client'`: the daemon's server socket, opened
+    /// to QEMU's group (`vhost add ... group kvm mode 0660`; a root-only 0600 socket is refused to QEMU).
     /// </summary>
-    [Fact]
-    public void LibvirtGuestOnDaemonClientPingsAndReconnectsAfterDestroyAndCreate()
+    [Theory]
+    [InlineData("server")]
+    [InlineData("client")]
+    public void LibvirtGuestPingsAndReconnectsAfterDestroyAndCreate(string libvirtMode)
     {
         PeerEnvironment.Require(PeerEnvironment.Ifcvf, PeerEnvironment.Busybox);
         using var libvirt = new LibvirtDaemon();
@@ -43,7 +46,14 @@ public class LibvirtGuestTests(ITestOutputHelper output)
             Cli(control, "dev", "add", "name", "vm0", "mgmtdev", "sim/ifcvf0");
             Cli(control, "dev", "add", "name", "host0", "mgmtdev", "sim/ifcvf1");
             Cli(control, "dev", "attach", "host0", "virtio", "tap", tap);
-            Cli(control, "vhost", "add", "vm0", "socket", socket, "client");
+            if (libvirtMode == "server")
+            {
+                Cli(control, "vhost", "add", "vm0", "socket", socket, "client");
+            }
+            else
+            {
+                Cli(control, "vhost", "add", "vm0", "socket", socket, "group", "kvm", "mode", "0660"); // Debian: libvirt-qemu's group
+            }
             ns = new NetNamespace();
             ns.Adopt(tap, HostIp + "/16");
 
@@ -51,7 +61,7 @@ public class LibvirtGuestTests(ITestOutputHelper output)
             {
                 // Round 1 pings long enough to be destroyed mid-way; round 2 finishes and powers off.
                 var o = new GuestOptions { Ip = GuestIp + "/16", Peer = HostIp, Mode = "ping", Count = round == 1 ? 200 : 5, TimeoutSeconds = 240 };
-                vm = LibvirtDomain.Create(dir, name, o, socket, "server", Path.Combine(dir, $"console-{round}.log"));
+                vm = LibvirtDomain.Create(dir, name, o, socket, libvirtMode, Path.Combine(dir, $"console-{round}.log"));
                 var ready = vm.WaitFor(@"GUEST-READY [^\r\n]*", TimeSpan.FromSeconds(180));
                 output.WriteLine($"round {round}: {ready.Value}");
                 var (pcode, pout) = ns.Exec(TimeSpan.FromSeconds(60), PeerEnvironment.Busybox, "ping", "-c", "3", "-W", "5", GuestIp);

@@ -98,3 +98,46 @@ public class MeterTests
         return seen;
     }
 }
+
+/// <summary>`vhost add ... owner/group/mode`: who may connect to the server socket (libvirt's QEMU user).</summary>
+[System.Runtime.Versioning.SupportedOSPlatform("linux")]
+public class VhostSocketAccessTests
+{
+    [Fact]
+    public void VhostAddSetsGroupAndModeAndRefusesWorldWritableAndUnknownNames()
+    {
+        using var d = new DaemonProcess();
+        Assert.Equal(0, d.Cli("sim", "add", "count", "2").Exit);
+        Assert.Equal(0, d.Cli("dev", "add", "name", "a", "mgmtdev", "sim/ifcvf0").Exit);
+        Assert.Equal(0, d.Cli("dev", "add", "name", "b", "mgmtdev", "sim/ifcvf1").Exit);
+        string s = Path.Combine(d.Dir, "a.sock");
+        var r = d.Cli("vhost", "add", "a", "socket", s, "owner", "4320", "group", "4321", "mode", "0660");
+        Assert.True(r.Exit == 0, r.Err);
+        var (_, stat) = Run("stat", "-c", "%a %u %g %F", s);
+        Assert.Equal("660 4320 4321 socket", stat.Trim());
+        Assert.Contains("mode 0660 owner 4320 group 4321", d.Cli("dev", "show", "a").Out, StringComparison.Ordinal);
+
+        string s2 = Path.Combine(d.Dir, "b.sock");
+        r = d.Cli("vhost", "add", "b", "socket", s2, "mode", "0666");
+        Assert.Equal(1, r.Exit);
+        Assert.Contains("mode 0666 is world-writable", r.Err, StringComparison.Ordinal);
+        r = d.Cli("vhost", "add", "b", "socket", s2, "group", "no-such-group-x");
+        Assert.Equal(1, r.Exit);
+        Assert.Contains("group \"no-such-group-x\" not found in /etc/group", r.Err, StringComparison.Ordinal);
+        r = d.Cli("vhost", "add", "b", "socket", s2, "client", "mode", "0660");
+        Assert.Equal(1, r.Exit);
+        Assert.Contains("not with client", r.Err, StringComparison.Ordinal);
+        Assert.False(File.Exists(s2));
+        r = d.Cli("vhost", "add", "b", "socket", s2);
+        Assert.Equal(0, r.Exit);
+        Assert.Equal("600 0 0 socket", Run("stat", "-c", "%a %u %g %F", s2).Out.Trim()); // the default: root only
+    }
+
+    private static (int Exit, string Out) Run(string file, params string[] args)
+    {
+        using var p = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo(file, args) { RedirectStandardOutput = true })!;
+        string o = p.StandardOutput.ReadToEnd();
+        p.WaitForExit();
+        return (p.ExitCode, o);
+    }
+}

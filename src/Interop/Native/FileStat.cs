@@ -2,7 +2,7 @@ using System.Runtime.InteropServices;
 
 namespace IfcVdpa.Interop.Native;
 
-/// <summary>statx(2) and chmod(2): file type/size of paths and received descriptors.</summary>
+/// <summary>statx(2), chmod(2) and chown(2): file type/size of paths and received descriptors.</summary>
 internal static partial class LibcFile
 {
     private const string Lib = "libc";
@@ -29,4 +29,8 @@ internal static partial class LibcFile
 
     [LibraryImport(Lib, SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int chmod(string path, uint mode);
+
+    /// <summary>chown(2); uint.MaxValue ((uid_t)-1) leaves that id unchanged.</summary>
+    [LibraryImport(Lib, SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int chown(string path, uint owner, uint group);
 }

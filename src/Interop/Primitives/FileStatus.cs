@@ -39,6 +39,19 @@ public readonly record struct FileStatus(uint Mode, ulong Size, uint BlockSize)
             throw Errno.Exception($"chmod({path})");
         }
     }
+
+    /// <summary>chown(2): sets the owner and/or group (null leaves it unchanged; needs CAP_CHOWN for others' ids).</summary>
+    public static void SetOwner(string path, uint? owner, uint? group)
+    {
+        if (owner is null && group is null)
+        {
+            return;
+        }
+        if (LibcFile.chown(path, owner ?? uint.MaxValue, group ?? uint.MaxValue) != 0)
+        {
+            throw Errno.Exception($"chown({path})");
+        }
+    }
 }
 
 /// <summary>What kind of object a descriptor refers to, by its /proc/self/fd link.</summary>

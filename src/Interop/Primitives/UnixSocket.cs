@@ -38,7 +38,7 @@ public sealed unsafe class UnixSocket : IDisposable
     /// A stale socket file (nobody accepting on it) is removed first; a live one, or a path that
     /// is not a socket, is an error.
     /// </summary>
-    public static UnixSocket Listen(string path, uint mode, int backlog = 16)
+    public static UnixSocket Listen(string path, uint mode, int backlog = 16, uint? owner = null, uint? group = null)
     {
         var addr = MakeAddress(path);
         var existing = FileStatus.OfPath(path);
@@ -64,7 +64,8 @@ public sealed unsafe class UnixSocket : IDisposable
         }
         try
         {
-            // Before listen(): nobody can connect yet, so the mode is in place before the first peer.
+            // Before listen(): nobody can connect yet, so owner, group and mode are in place before the first peer.
+            FileStatus.SetOwner(path, owner, group);
             FileStatus.SetMode(path, mode);
             if (LibcSocket.listen(fd.Fd, backlog) != 0)
             {

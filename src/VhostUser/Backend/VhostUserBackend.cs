@@ -14,6 +14,12 @@ public sealed record VhostUserBackendOptions
     /// <summary>Permission bits of the server socket file (default 0600).</summary>
     public uint SocketMode { get; init; } = 0x180;
 
+    /// <summary>Owner uid of the server socket file (null: the process's).</summary>
+    public uint? SocketOwner { get; init; }
+
+    /// <summary>Group gid of the server socket file (null: the process's), e.g. the group QEMU runs in under libvirt.</summary>
+    public uint? SocketGroup { get; init; }
+
     /// <summary>Delay between connection attempts in client mode.</summary>
     public TimeSpan ReconnectDelay { get; init; } = TimeSpan.FromSeconds(1);
 
@@ -55,8 +61,9 @@ public sealed class VhostUserBackend : IDisposable
         UnixSocket.CheckPath(_options.SocketPath);
         if (!_options.Client)
         {
-            _listener = UnixSocket.Listen(_options.SocketPath, _options.SocketMode);
-            Log($"listening on {_options.SocketPath} (mode {Convert.ToString(_options.SocketMode, 8)})");
+            _listener = UnixSocket.Listen(_options.SocketPath, _options.SocketMode, owner: _options.SocketOwner, group: _options.SocketGroup);
+            Log($"listening on {_options.SocketPath} (mode {Convert.ToString(_options.SocketMode, 8)}" +
+                $"{(_options.SocketOwner is { } u ? $", owner {u}" : "")}{(_options.SocketGroup is { } g ? $", group {g}" : "")})");
         }
         _thread = new Thread(Serve) { IsBackground = true, Name = $"vhost-user {_options.SocketPath}" };
         _thread.Start();
