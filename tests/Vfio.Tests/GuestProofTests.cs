@@ -95,6 +95,9 @@ public sealed partial class GuestProofTests(ITestOutputHelper output)
         Line("0000:00:03.0: bound to vfio-pci (was virtio-pci;");
         Assert.Matches(@"^VFIO-GUEST bind rc=0 driver=vfio-pci group=\d+ dev-vfio=\d+ vfio", Line("VFIO-GUEST bind"));
 
+        // issue 17 part 2: the register script's read-backs on QEMU's device against the software VF's
+        RegisterScriptTests.CompareWithQemu(log);
+
         // VFIO open, identity policy, adapter probe, then the in-process virtio-net driver on top
         var open = Line("VFIO-STEP open");
         Assert.Matches(@"iommu=type1(v2)? config=\d+ msix=[1-9]\d* bars=.*BAR4:\d+\(mmap\)", open);

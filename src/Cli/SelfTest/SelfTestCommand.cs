@@ -22,8 +22,23 @@ public static class SelfTestCommand
         {
             "vfio" => RunVfio(kv, stdout),
             "vhost-user" => VhostUserSelfTest.Run(kv, stdout),
-            _ => throw new CliException($"unknown self-test \"{verb}\" (known: vfio, vhost-user)"),
+            "regs" => RunRegs(kv, stdout),
+            _ => throw new CliException($"unknown self-test \"{verb}\" (known: vfio, vhost-user, regs)"),
         };
+    }
+
+    /// <summary>`ifcvf selftest regs BDF`: the register script of issue 17 part 2 on a vfio-pci function.</summary>
+    private static int RunRegs(Keywords kv, TextWriter stdout)
+    {
+        string bdf = kv.Positional() ?? throw new CliException("selftest regs needs a PCI address");
+        kv.EnsureAllUsed();
+        using var pci = VfioPciFunction.Open(PciSysfs.NormalizeAddress(bdf), new VfioOptions());
+        foreach (var (name, value) in RegisterScript.Run(pci))
+        {
+            stdout.WriteLine($"VFIO-REG {name} {value}");
+        }
+        stdout.WriteLine("VFIO-REG end");
+        return 0;
     }
 
     private static int RunVfio(Keywords kv, TextWriter stdout)
