@@ -33,16 +33,7 @@ public sealed class SoftVf : IDisposable
     {
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(backend);
-        VirtioNetEngine? e = null;
-        try
-        {
-            e = new VirtioNetEngine(backend, engine);
-        }
-        catch
-        {
-            backend.Dispose();
-            throw;
-        }
+        var e = OwningBackend(backend, () => new VirtioNetEngine(backend, engine));
         return Build(options, e, e);
     }
 
@@ -59,17 +50,22 @@ public sealed class SoftVf : IDisposable
             backend.Dispose();
             throw new ArgumentException("a block VF needs block options (SoftIfcVfOptions.ForBlock)");
         }
-        VirtioBlkEngine? e = null;
+        var e = OwningBackend(backend, () => new VirtioBlkEngine(backend, engine));
+        return Build(options, e, e);
+    }
+
+    /// <summary>Makes the engine that takes <paramref name="backend"/> over; disposes the backend if that throws.</summary>
+    private static T OwningBackend<T>(IDisposable backend, Func<T> make)
+    {
         try
         {
-            e = new VirtioBlkEngine(backend, engine);
+            return make();
         }
         catch
         {
             backend.Dispose();
             throw;
         }
-        return Build(options, e, e);
     }
 
     /// <summary>
