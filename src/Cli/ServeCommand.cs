@@ -61,7 +61,7 @@ public static partial class ServeCommand
             SocketPath = a.Socket!,
             Client = a.Client,
             SocketMode = a.SocketMode,
-            Session = new VhostUserSessionOptions { Log = log, Name = a.Socket! },
+            Session = new VhostUserSessionOptions { Log = log, Name = a.Socket!, InflightTarget = device.InflightTarget },
         };
         using var server = new VhostUserBackend(adapter, options);
         using var meter = new IfcVdpa.Daemon.Metrics.IfcvfMeter(new IfcVdpa.Daemon.Metrics.MetricsSources
@@ -184,6 +184,9 @@ public static partial class ServeCommand
         /// <summary>A block device (then <see cref="Pairs"/> counts its request queues).</summary>
         public bool Block { get; init; }
 
+        /// <summary>Where a block device's queues take their inflight regions (INFLIGHT_SHMFD), or null.</summary>
+        public Action<int, IfcVdpa.Interop.Primitives.MemorySlice?>? InflightTarget { get; init; }
+
         public IfcvfAdapter Adapter { get; } = adapter;
 
         public string Describe { get; } = describe;
@@ -207,7 +210,8 @@ public static partial class ServeCommand
         if (a.Class == "blk")
         {
             var (blkVf, blkAdapter, describe) = BlkServe.Create(a.Backend, a.Queues, a.ReadOnly, a.BlkSize, a.Mode, CpuList.ForWorker(a.Cpus, 0), log);
-            return new ServedDevice(blkAdapter, describe, a.Queues, blkVf.StopDatapath, blkVf) { Block = true };
+            var blkEngine = (IfcVdpa.IfcvfModel.Datapath.Blk.VirtioBlkEngine)blkVf.Engine;
+            return new ServedDevice(blkAdapter, describe, a.Queues, blkVf.StopDatapath, blkVf) { Block = true, InflightTarget = blkEngine.SetInflight };
         }
         var vfOptions = new SoftIfcVfOptions
         {

@@ -49,6 +49,10 @@ public sealed class ManagementDevice : IDisposable
     /// <summary>The class as `vdpa mgmtdev show` prints it in supported_classes: `net` or `block`.</summary>
     public string ClassName => DeviceClass == IfcDeviceClass.Block ? "block" : "net";
 
+    /// <summary>A software block VF's inflight-region setter (vhost add offers INFLIGHT_SHMFD with it), or null.</summary>
+    public Action<int, Interop.Primitives.MemorySlice?>? InflightTarget =>
+        _datapath is SoftVf { Engine: IfcvfModel.Datapath.Blk.VirtioBlkEngine e } ? e.SetInflight : null;
+
     /// <summary>What a block VF's backend is (`file:PATH`, `mem:64M`), for mgmtdev show; null for net VFs.</summary>
     public string? BlockBackend { get; init; }
 

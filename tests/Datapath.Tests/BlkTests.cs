@@ -13,7 +13,7 @@ namespace IfcVdpa.Datapath.Tests;
 /// virtio-blk personality against a real image file, and hostile requests (IOERR without touching the
 /// image, or NEEDS_RESET for a chain that cannot be answered) with a bystander device unharmed.
 /// </summary>
-public sealed class BlkTests : IDisposable
+public sealed partial class BlkTests : IDisposable
 {
     private const long ImageBytes = 4 << 20; // 8192 sectors
     private static readonly ulong Features =

@@ -106,6 +106,12 @@ public interface IVhostUserBackendHandler
         throw Unsupported(VhostUserRequest.SET_BACKEND_REQ_FD);
     }
 
+    /// <summary>GET_INFLIGHT_FD (INFLIGHT_SHMFD): a new inflight buffer; the dispatcher sends its fd, then disposes it.</summary>
+    InflightBuffer GetInflightFd(int queues, int queueSize) => throw Unsupported(VhostUserRequest.GET_INFLIGHT_FD);
+
+    /// <summary>SET_INFLIGHT_FD (INFLIGHT_SHMFD): the front-end's inflight buffer (the handler validates and maps it).</summary>
+    void SetInflightFd(SafeFd fd, ulong size, ulong offset, int queues, int queueSize) => throw Unsupported(VhostUserRequest.SET_INFLIGHT_FD);
+
     /// <summary>GET_CONFIG (CONFIG): fills <paramref name="data"/> from device config space at <paramref name="offset"/>.</summary>
     void GetConfig(uint offset, uint flags, Span<byte> data) => throw Unsupported(VhostUserRequest.GET_CONFIG);
 

@@ -54,7 +54,12 @@ internal sealed class VdpaBackendHandler : IVhostUserBackendHandler
     /// <summary>The common set, plus LOG_SHMFD when the device keeps a dirty log and RARP when it can send the announce.</summary>
     public ulong GetProtocolFeatures() => VhostUserProtocolFeature.Supported |
         (_binding.CanLog ? 1UL << VhostUserProtocolFeature.LOG_SHMFD : 0) |
-        (_binding.CanSendRarp ? 1UL << VhostUserProtocolFeature.RARP : 0);
+        (_binding.CanSendRarp ? 1UL << VhostUserProtocolFeature.RARP : 0) |
+        (_binding.CanTrackInflight ? 1UL << VhostUserProtocolFeature.INFLIGHT_SHMFD : 0);
+
+    public InflightBuffer GetInflightFd(int queues, int queueSize) => _binding.CreateInflight(queues, queueSize);
+
+    public void SetInflightFd(SafeFd fd, ulong size, ulong offset, int queues, int queueSize) => _binding.SetInflight(fd, size, offset, queues, queueSize);
 
     public void SetProtocolFeatures(ulong features) => _binding.SetProtocolFeatures(features);
 

@@ -123,7 +123,7 @@ public sealed class VhostUserRequestDispatcher
 
     private static bool HasOwnReply(VhostUserRequest r) => r is VhostUserRequest.GET_FEATURES or VhostUserRequest.GET_PROTOCOL_FEATURES
         or VhostUserRequest.GET_VRING_BASE or VhostUserRequest.GET_QUEUE_NUM or VhostUserRequest.GET_CONFIG
-        or VhostUserRequest.GET_STATUS or VhostUserRequest.GET_MAX_MEM_SLOTS;
+        or VhostUserRequest.GET_STATUS or VhostUserRequest.GET_MAX_MEM_SLOTS or VhostUserRequest.GET_INFLIGHT_FD;
 
     private static bool NeedsOwner(VhostUserRequest r) => r is VhostUserRequest.SET_FEATURES or VhostUserRequest.SET_MEM_TABLE
         or VhostUserRequest.ADD_MEM_REG or VhostUserRequest.REM_MEM_REG or VhostUserRequest.SET_VRING_NUM
@@ -131,7 +131,7 @@ public sealed class VhostUserRequestDispatcher
         or VhostUserRequest.SET_VRING_KICK or VhostUserRequest.SET_VRING_CALL or VhostUserRequest.SET_VRING_ERR
         or VhostUserRequest.SET_VRING_ENABLE or VhostUserRequest.SET_STATUS or VhostUserRequest.SET_CONFIG
         or VhostUserRequest.SEND_RARP or VhostUserRequest.NET_SET_MTU or VhostUserRequest.SET_LOG_BASE
-        or VhostUserRequest.SET_LOG_FD;
+        or VhostUserRequest.SET_LOG_FD or VhostUserRequest.GET_INFLIGHT_FD or VhostUserRequest.SET_INFLIGHT_FD;
 
     /// <summary>Decodes a checked request and runs its handler member; true if it sent its own reply.</summary>
     private bool Dispatch(VhostUserMessage m)
@@ -247,6 +247,23 @@ public sealed class VhostUserRequestDispatcher
                 h.SetConfig(BinaryPrimitives.ReadUInt32LittleEndian(p), BinaryPrimitives.ReadUInt32LittleEndian(p.AsSpan(8)),
                     p.AsSpan(VhostUserWire.ConfigHeaderSize, (int)BinaryPrimitives.ReadUInt32LittleEndian(p.AsSpan(4))));
                 return false;
+            case VhostUserRequest.GET_INFLIGHT_FD:
+            {
+                RequireInflight();
+                var (_, _, queues, queueSize) = InflightBuffer.Read(p);
+                using var b = h.GetInflightFd(queues, queueSize);
+                Span<byte> r = stackalloc byte[InflightBuffer.WireSize];
+                b.Write(r);
+                _conn.Send((uint)m.Request, VhostUserWire.ReplyFlags, r, [b.Fd!.Fd]);
+                return true;
+            }
+            case VhostUserRequest.SET_INFLIGHT_FD:
+            {
+                RequireInflight();
+                var (size, offset, queues, queueSize) = InflightBuffer.Read(p);
+                h.SetInflightFd(m.Fds[0], size, offset, queues, queueSize);
+                return false;
+            }
             case VhostUserRequest.GET_STATUS:
                 return Reply(m, h.GetStatus());
             case VhostUserRequest.SET_STATUS:
@@ -256,6 +273,14 @@ public sealed class VhostUserRequestDispatcher
                 throw new VhostUserRequestException(Enum.IsDefined(m.Request)
                     ? "not supported by this back-end (its protocol feature is not offered)"
                     : "unknown request");
+        }
+    }
+
+    private void RequireInflight()
+    {
+        if (!Has(VhostUserProtocolFeature.INFLIGHT_SHMFD))
+        {
+            throw new VhostUserRequestException("not supported without INFLIGHT_SHMFD negotiated");
         }
     }
 

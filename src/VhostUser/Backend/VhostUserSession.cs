@@ -23,6 +23,13 @@ public sealed record VhostUserSessionOptions
 
     /// <summary>Prefix of every log line (e.g. the socket path).</summary>
     public string Name { get; init; } = "vhost-user";
+
+    /// <summary>
+    /// Inflight I/O tracking for a block device (INFLIGHT_SHMFD offered when set): gives request queue q its
+    /// region of the front-end's inflight buffer, or null to take it back; called only while the queue is
+    /// stopped. Whoever built the device's datapath provides it (e.g. <c>VirtioBlkEngine.SetInflight</c>).
+    /// </summary>
+    public Action<int, MemorySlice?>? InflightTarget { get; init; }
 }
 
 /// <summary>

@@ -668,6 +668,7 @@ public sealed partial class VhostUserVdpaBinding : IDisposable
         _relay?.Dispose();
         _relay = null;
         ResetDevice();
+        ReleaseInflight();
         ReleaseRelay();
         CloseRings();
         _memory.Dispose();

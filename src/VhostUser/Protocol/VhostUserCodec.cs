@@ -71,6 +71,8 @@ public static class VhostUserCodec
                 return n == VhostUserWire.VringAddrSize ? null : Expected(r, n, "40");
             case VhostUserRequest.SET_LOG_BASE:
                 return n == VhostUserWire.LogSize ? null : Expected(r, n, "16");
+            case VhostUserRequest.GET_INFLIGHT_FD or VhostUserRequest.SET_INFLIGHT_FD:
+                return n is 20 or 24 ? null : Expected(r, n, "24 (or 20 unpadded)");
             case VhostUserRequest.ADD_MEM_REG or VhostUserRequest.REM_MEM_REG:
                 return n == VhostUserWire.SingleRegionSize ? null : Expected(r, n, "40");
             case VhostUserRequest.SET_MEM_TABLE:

@@ -13,6 +13,13 @@ internal abstract class BlkPersonality : IDevicePersonality
 
     public abstract int Poll();
 
+    /// <summary>
+    /// Sets (or clears, null) queue <paramref name="queue"/>'s vhost-user inflight region (split rings): the
+    /// runner marks each request it takes and clears it once the used ring holds it; at the next device start it
+    /// recovers the requests in flight when the previous back-end stopped. Only while the queue is stopped.
+    /// </summary>
+    public abstract void SetInflight(int queue, MemorySlice? region);
+
     public void OnIdle()
     {
     }
@@ -47,6 +54,7 @@ internal sealed class BlkPersonality<TStore>(VirtqueueEngine engine, BlkBackend 
     private QueueRunner[] _runners = [];
     private volatile BlkContext? _ctx;
     private volatile bool _stopping;
+    private readonly MemorySlice?[] _inflight = new MemorySlice?[64]; // per queue; changed only while the queue is stopped
 
     public override void Attach(IVirtqueueDevice device)
     {
@@ -60,7 +68,7 @@ internal sealed class BlkPersonality<TStore>(VirtqueueEngine engine, BlkBackend 
         _runners = new QueueRunner[device.NumQueues];
         for (int i = 0; i < _runners.Length; i++)
         {
-            _runners[i] = new QueueRunner(i, _store.NeedsBounce);
+            _runners[i] = new QueueRunner(i, _store.NeedsBounce) { Batch = new ushort[engine.Burst] };
         }
         if (engine.Mode != EngineMode.Manual)
         {
@@ -82,7 +90,89 @@ internal sealed class BlkPersonality<TStore>(VirtqueueEngine engine, BlkBackend 
             r.PendingFault = null;
             r.LoggedBad = false;
             r.LoggedIo = false;
+            r.NeedsRecovery = true;
         }
+    }
+
+    public override void SetInflight(int queue, MemorySlice? region)
+    {
+        int queues = _runners.Length > 0 ? _runners.Length : _inflight.Length; // before the device attaches: any queue a block VF may have
+        if ((uint)queue >= (uint)queues)
+        {
+            throw new ArgumentOutOfRangeException(nameof(queue), $"queue {queue} of {queues}");
+        }
+        if (queue < _runners.Length && engine.IsRunning(engine.Queue(queue)))
+        {
+            throw new InvalidOperationException($"queue {queue} is running: its inflight region changes only while it is stopped");
+        }
+        _inflight[queue] = region;
+        if (queue < _runners.Length)
+        {
+            _runners[queue].NeedsRecovery = true;
+            _runners[queue].LoggedInflight = false;
+        }
+    }
+
+    /// <summary>
+    /// The runner's inflight region for this burst (split rings; empty when none or too small for the queue),
+    /// recovered first after a device start: requests the region says were in flight are checked against the
+    /// avail ring from the used index (this device completes in avail order, so they are exactly the entries
+    /// from the ring's used index on) and the queue resumes there, so each is executed again and none is lost.
+    /// </summary>
+    private Span<byte> InflightFor(QueueRunner r, Virtqueue q, scoped ref RingView view)
+    {
+        if (_inflight[r.Index] is not { } reg || q.Packed)
+        {
+            return default;
+        }
+        ulong need = VhostInflight.QueueRegionSize(q.Size);
+        if (reg.Length < need)
+        {
+            if (!r.LoggedInflight)
+            {
+                r.LoggedInflight = true;
+                engine.Log($"{_device?.Address} vq {r.Index}: inflight region of {reg.Length} bytes is smaller than a {q.Size}-entry queue needs ({need}): not tracked");
+            }
+            return default;
+        }
+        var track = reg.Memory.Span(reg.Offset, (int)need);
+        if (r.NeedsRecovery)
+        {
+            r.NeedsRecovery = false;
+            Recover(r, q, ref view, track);
+        }
+        return track;
+    }
+
+    private void Recover(QueueRunner r, Virtqueue q, scoped ref RingView view, Span<byte> track)
+    {
+        ushort used = SharedIndex.Load16(view.Used, SplitRing.UsedIdx);
+        var heads = new ushort[q.Size]; // once per device start
+        int n = VhostInflight.Recover(track, q.Size, used, heads, out ulong next, out string? problem);
+        r.Counter = next;
+        if (n < 0)
+        {
+            engine.Log($"{_device?.Address} vq {r.Index}: {problem}: region reset, the queue resumes at avail index {q.LastAvail}");
+            return;
+        }
+        if (n == 0)
+        {
+            return;
+        }
+        bool same = true;
+        for (int i = 0; i < n; i++)
+        {
+            ushort slot = (ushort)((used + i) & q.Mask);
+            same &= SharedIndex.Load16(view.Avail, SplitRing.AvailRing + (2 * slot)) == heads[i];
+        }
+        ushort from = q.LastAvail;
+        if (from != used)
+        {
+            AvailRing.Rewind(q, new AvailMark(used, false));
+        }
+        engine.Log($"{_device?.Address} vq {r.Index}: {n} request(s) were in flight when the back-end stopped (heads {string.Join(',', heads.AsSpan(0, n).ToArray())}): " +
+            $"resubmitted from avail index {used}{(from != used ? $" (the front-end said {from})" : "")}" +
+            (same ? "" : "; the avail ring from the used index holds other heads (replayed as the ring says)"));
     }
 
     /// <summary>The worker's round: ring errors to NEEDS_RESET, doorbells to the queue runners (Manual: run them).</summary>
@@ -211,9 +301,12 @@ internal sealed class BlkPersonality<TStore>(VirtqueueEngine engine, BlkBackend 
         }
         var old = q.UsedMark;
         int done = 0;
+        int batched = 0;
         string? fault = null;
+        Span<byte> track = default;
         try
         {
+            track = InflightFor(r, q, ref view);
             bool logging = DirtyLog.TryOpen(dev, dma, out var log);
             Span<byte> bounce = r.Bounce is { } b ? b.Span(0, BounceBytes) : [];
             while (done < engine.Burst && Volatile.Read(ref q.State) != Virtqueue.StopRequested)
@@ -230,10 +323,18 @@ internal sealed class BlkPersonality<TStore>(VirtqueueEngine engine, BlkBackend 
                     fault = ChainErrors.Describe(err);
                     break;
                 }
+                if (!track.IsEmpty)
+                {
+                    VhostInflight.Begin(track, chain.Id, r.Counter++);
+                }
                 var shape = new BlkChainShape(visitor.Count, visitor.FirstWritable < 0 ? visitor.Count : visitor.FirstWritable);
                 var outcome = BlkRequest.Execute(ref _store, ctx, dma, r.Segs, shape, visitor.Readable, visitor.Writable, bounce);
                 if (outcome.RingFault is not null)
                 {
+                    if (!track.IsEmpty)
+                    {
+                        VhostInflight.Abandon(track, chain.Id);
+                    }
                     AvailRing.Rewind(q, mark);
                     fault = outcome.RingFault;
                     break;
@@ -246,6 +347,7 @@ internal sealed class BlkPersonality<TStore>(VirtqueueEngine engine, BlkBackend 
                     }
                 }
                 UsedRing.Put(q, ref view, chain, outcome.Written);
+                r.Batch[batched++] = chain.Id;
                 q.Packets++;
                 q.Bytes += outcome.DataBytes;
                 if (outcome.Status != VirtioBlk.S_OK)
@@ -262,7 +364,15 @@ internal sealed class BlkPersonality<TStore>(VirtqueueEngine engine, BlkBackend 
             {
                 if (q.UsedMark != old)
                 {
+                    if (!track.IsEmpty)
+                    {
+                        VhostInflight.LinkBatch(track, r.Batch.AsSpan(0, batched));
+                    }
                     UsedRing.Publish(dev, q, ref view, old);
+                    if (!track.IsEmpty)
+                    {
+                        VhostInflight.CommitBatch(track, r.Batch.AsSpan(0, batched), q.LastUsed);
+                    }
                 }
             }
             finally
@@ -335,6 +445,10 @@ internal sealed class BlkPersonality<TStore>(VirtqueueEngine engine, BlkBackend 
         public bool SeenRunning;
         public bool LoggedBad;
         public bool LoggedIo;
+        public ushort[] Batch = [];
+        public volatile bool NeedsRecovery;
+        public bool LoggedInflight;
+        public ulong Counter = 1;
 
         public void Dispose()
         {

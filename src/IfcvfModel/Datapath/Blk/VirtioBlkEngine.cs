@@ -1,4 +1,5 @@
 using IfcVdpa.IfcvfModel.Backends.Blk;
+using IfcVdpa.Interop.Primitives;
 using IfcVdpa.Pci;
 
 namespace IfcVdpa.IfcvfModel.Datapath.Blk;
@@ -27,9 +28,20 @@ public sealed class VirtioBlkEngine : IVirtqueueEngine, IQueueStatsSource, IDisp
     {
         ArgumentNullException.ThrowIfNull(backend);
         Backend = backend;
-        var factory = new PersonalityFactory(backend);
-        _core = new VirtqueueEngine(options, factory.Create);
+        _factory = new PersonalityFactory(backend);
+        _core = new VirtqueueEngine(options, _factory.Create);
     }
+
+    private readonly PersonalityFactory _factory;
+
+    /// <summary>
+    /// vhost-user inflight tracking: sets (or clears, null) the region of request queue <paramref name="queue"/>
+    /// (one queue's part of the front-end's inflight buffer, VhostInflight layout, split rings). Only while the
+    /// queue is stopped (before the device starts, or after a reset).
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The queue is running, or no device is attached.</exception>
+    public void SetInflight(int queue, MemorySlice? region) =>
+        (_factory.Created ?? throw new InvalidOperationException("no block device attached")).SetInflight(queue, region);
 
     public BlkBackend Backend { get; }
 
@@ -54,7 +66,9 @@ public sealed class VirtioBlkEngine : IVirtqueueEngine, IQueueStatsSource, IDisp
     /// <summary>Builds the personality specialised for the backend's store type.</summary>
     private sealed class PersonalityFactory(BlkBackend backend)
     {
-        public IDevicePersonality Create(VirtqueueEngine core) => backend.Bind(new StoreUser(core, backend));
+        public BlkPersonality? Created { get; private set; }
+
+        public IDevicePersonality Create(VirtqueueEngine core) => Created = backend.Bind(new StoreUser(core, backend));
 
         private sealed class StoreUser(VirtqueueEngine core, BlkBackend backend) : IBlkStoreUser<BlkPersonality>
         {
