@@ -240,6 +240,12 @@ public sealed class MigrationRig : IDisposable
         var dst = Standby ?? throw new InvalidOperationException("no destination: PrepareDestination first");
         // the default 32 MiB/s cap only slows a local Unix-socket migration down
         src.Qmp.Execute("migrate-set-parameters", new Dictionary<string, object> { ["max-bandwidth"] = 4L << 30 });
+        // IFCVF_MIGRATION_DOWNTIME_LIMIT=MS (bench/migration.sh DOWNTIME_LIMIT): the same explicit
+        // downtime-limit for every back-end (QEMU's default is 300 ms)
+        if (long.TryParse(Environment.GetEnvironmentVariable("IFCVF_MIGRATION_DOWNTIME_LIMIT"), out long limitMs) && limitMs > 0)
+        {
+            src.Qmp.Execute("migrate-set-parameters", new Dictionary<string, object> { ["downtime-limit"] = limitMs });
+        }
         var sw = Stopwatch.StartNew();
         try
         {
@@ -250,6 +256,7 @@ public sealed class MigrationRig : IDisposable
             return new MigrationResult(src.Name, dst.Name, new MigrationInfo("refused", -1, -1, -1, -1, e.Description), sw.Elapsed, e.Description);
         }
         MigrationInfo info;
+        MigrationInfo? lastActive = null;
         while (true)
         {
             info = src.Qmp.QueryMigrate();
@@ -257,6 +264,10 @@ public sealed class MigrationRig : IDisposable
             if (info.Finished)
             {
                 break;
+            }
+            if (info.Status == "active")
+            {
+                lastActive = info;
             }
             if (sw.Elapsed > timeout)
             {
@@ -269,6 +280,8 @@ public sealed class MigrationRig : IDisposable
         {
             return new MigrationResult(src.Name, dst.Name, info, wall, $"migration {info.Status}: {info.ErrorDesc}");
         }
+        // the completed record has no remaining/expected-downtime: keep the last active poll's
+        info = info with { RemainingBytes = lastActive?.RemainingBytes ?? -1, ExpectedDowntimeMs = lastActive?.ExpectedDowntimeMs ?? -1, DirtyPagesRate = lastActive?.DirtyPagesRate ?? -1 };
         string dstStatus = "";
         if (!PeerEnvironment.Eventually(() => (dstStatus = dst.Qmp.Status()) == "running", TimeSpan.FromSeconds(20)))
         {
