@@ -36,12 +36,18 @@ public sealed record MigrationRigOptions
 /// <summary>One migration as QEMU reported it, and how long the test waited for it.</summary>
 public sealed record MigrationResult(string From, string To, MigrationInfo Info, TimeSpan Wall, string? Error)
 {
+    /// <summary>
+    /// The guest's real outage: the source's STOP event to the destination's RESUME (QEMU's timestamps), which
+    /// QEMU's downtime does not cover entirely (the destination's device start follows it); -1 when unknown.
+    /// </summary>
+    public long OutageMs { get; init; } = -1;
+
     public bool Completed => Info.Status == "completed" && Error is null;
 
     public override string ToString() => Error is not null
         ? $"{From} -> {To}: {Error}"
         : string.Create(CultureInfo.InvariantCulture,
-            $"{From} -> {To}: {Info.Status}, total {Info.TotalTimeMs} ms, downtime {Info.DowntimeMs} ms, setup {Info.SetupTimeMs} ms, {Info.RamTransferredBytes / 1024} KiB sent, wall {Wall.TotalMilliseconds:0} ms");
+            $"{From} -> {To}: {Info.Status}, total {Info.TotalTimeMs} ms, downtime {Info.DowntimeMs} ms (STOP to RESUME {OutageMs} ms), {Info.DirtySyncCount} RAM passes, setup {Info.SetupTimeMs} ms, {Info.RamTransferredBytes / 1024} KiB sent, wall {Wall.TotalMilliseconds:0} ms");
 }
 
 /// <summary>A namespace -> guest TCP transfer: the file, its SHA-256 computed on the host, the paced sender.</summary>
@@ -289,7 +295,10 @@ public sealed class MigrationRig : IDisposable
         }
         Active = dst;
         Standby = null;
-        return new MigrationResult(src.Name, dst.Name, info, wall, null);
+        var stopped = src.Qmp.LastEventAt("STOP");
+        var resumed = dst.Qmp.LastEventAt("RESUME");
+        long outage = stopped is { } s0 && resumed is { } r0 && r0 >= s0 ? (long)(r0 - s0).TotalMilliseconds : -1;
+        return new MigrationResult(src.Name, dst.Name, info, wall, null) { OutageMs = outage };
     }
 
     /// <summary>

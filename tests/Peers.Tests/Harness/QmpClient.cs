@@ -51,7 +51,17 @@ public sealed class QmpClient : IDisposable
     private readonly NetworkStream _stream;
     private readonly StreamReader _reader;
     private readonly List<string> _events = [];
+    private readonly Dictionary<string, DateTimeOffset> _lastEventAt = [];
     private readonly Lock _gate = new();
+
+    /// <summary>QEMU's own timestamp of the latest event named <paramref name="name"/> (host wall clock), or null.</summary>
+    public DateTimeOffset? LastEventAt(string name)
+    {
+        lock (_gate)
+        {
+            return _lastEventAt.TryGetValue(name, out var t) ? t : null;
+        }
+    }
 
     /// <summary>Event names seen so far (STOP, RESUME, MIGRATION, ...), oldest first.</summary>
     public IReadOnlyList<string> Events
@@ -145,9 +155,20 @@ public sealed class QmpClient : IDisposable
             var root = doc.RootElement;
             if (root.TryGetProperty("event", out var ev))
             {
+                string name = ev.GetString() ?? "?";
+                DateTimeOffset? at = null;
+                if (root.TryGetProperty("timestamp", out var ts) && ts.TryGetProperty("seconds", out var sec) && sec.TryGetInt64(out long secs)
+                    && ts.TryGetProperty("microseconds", out var usec) && usec.TryGetInt64(out long usecs) && secs > 0)
+                {
+                    at = DateTimeOffset.FromUnixTimeSeconds(secs).AddTicks(usecs * 10);
+                }
                 lock (_gate)
                 {
-                    _events.Add(ev.GetString() ?? "?");
+                    _events.Add(name);
+                    if (at is { } t)
+                    {
+                        _lastEventAt[name] = t;
+                    }
                 }
                 continue;
             }
