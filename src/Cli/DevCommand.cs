@@ -223,6 +223,11 @@ public static class DevCommand
             ctx.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"{name}: dirty_log {(dl.GetProperty("enabled").GetBoolean() ? "on" : "off")} pages {dl.GetProperty("pages").GetInt64()}"));
         }
+        if (v.TryGetProperty("spec_violations", out var spec))
+        {
+            ctx.Out.WriteLine($"{name}: strict {(v.GetProperty("strict").GetBoolean() ? "on" : "off")}");
+            SimCommand.PrintViolations(ctx.Out, $"{name}: ", spec);
+        }
         if (v.TryGetProperty("queues", out var queues))
         {
             foreach (var one in queues.EnumerateArray())

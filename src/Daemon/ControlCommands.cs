@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Text.Json;
+using IfcVdpa.IfcvfModel;
 using IfcVdpa.IfcvfModel.Datapath;
 using IfcVdpa.Vdpa;
 using IfcVdpa.VhostUser;
@@ -25,6 +26,7 @@ public static class ControlCommands
         });
         server.Handle("sim add", (a, w) => SimAdd(registry, a, w));
         server.Handle("sim link", (a, w) => VduseConsumer.SimLink(registry, a));
+        server.Handle("sim show", (a, w) => SimShow(registry, a, w));
         server.Handle("sim del", (a, w) =>
         {
             string name = a.RequiredString("name");
@@ -161,6 +163,7 @@ public static class ControlCommands
         string backend = a.String("backend", 200) ?? "loopback";
         string? cpu = a.String("cpu", 200);
         bool dirtyLog = a.Bool("dirty_log") ?? true;
+        bool strict = a.Bool("strict") ?? false;
         a.EnsureNoUnknown();
         int[]? cpus;
         try
@@ -171,11 +174,64 @@ public static class ControlCommands
         {
             throw new ControlException($"cpu: {e.Message}");
         }
-        var added = registry.AddSoftwareVfs(count, mac is null ? (ReadOnlyMemory<byte>?)null : mac, queues, vectors, backend, cpus, dirtyLog);
+        var added = registry.AddSoftwareVfs(count, mac is null ? (ReadOnlyMemory<byte>?)null : mac, queues, vectors, backend, cpus, dirtyLog, strict);
         w.WriteStartObject("mgmtdev");
         foreach (var md in added)
         {
             WriteMgmtdev(md, w);
+        }
+        w.WriteEndObject();
+    }
+
+    /// <summary>sim show [NAME]: the software VFs, their status, strict mode and the virtio rules their drivers broke.</summary>
+    private static void SimShow(DeviceRegistry registry, ControlArgs a, Utf8JsonWriter w)
+    {
+        string? name = a.String("name");
+        a.EnsureNoUnknown();
+        var vfs = registry.ManagementDevices.Where(m => m.BusName == "sim" && (name is null || m.Name == name || m.DevName == name)).ToList();
+        if (name is not null && vfs.Count == 0)
+        {
+            throw new ControlException($"software VF \"{name}\" not found");
+        }
+        w.WriteStartObject("sim");
+        foreach (var md in vfs)
+        {
+            w.WriteStartObject(md.Name);
+            w.WriteString("address", md.Function.Address);
+            if (md.Device is { } d)
+            {
+                w.WriteString("dev", d.Name);
+            }
+            if (md.Function is SoftIfcVf vf)
+            {
+                byte status = vf.Status;
+                w.WriteString("status", VirtioStatus.Describe(status));
+                w.WriteBoolean("needs_reset", (status & VirtioStatus.NEEDS_RESET) != 0);
+                if (vf.NeedsResetReason is { } why)
+                {
+                    w.WriteString("needs_reset_reason", why);
+                }
+                w.WriteNumber("register_errors", vf.RegisterErrors);
+                WriteSpec(w, vf);
+            }
+            w.WriteEndObject();
+        }
+        w.WriteEndObject();
+    }
+
+    /// <summary>The spec checker's state: strict or not, and a count per broken rule (with its section).</summary>
+    private static void WriteSpec(Utf8JsonWriter w, SoftIfcVf vf)
+    {
+        w.WriteBoolean("strict", vf.Strict);
+        w.WriteStartObject("spec_violations");
+        w.WriteNumber("total", vf.ViolationTotal);
+        foreach (var (rule, count) in vf.Violations)
+        {
+            w.WriteStartObject(rule.Counter);
+            w.WriteNumber("count", count);
+            w.WriteString("section", rule.Section);
+            w.WriteBoolean("ifc_extension", rule.Extension);
+            w.WriteEndObject();
         }
         w.WriteEndObject();
     }
@@ -349,6 +405,10 @@ public static class ControlCommands
         w.WriteStartObject("vstats");
         w.WriteStartObject(name);
         WriteDirtyLog(w, d);
+        if (registry.FindDeviceOwner(name)?.Function is SoftIfcVf vf)
+        {
+            WriteSpec(w, vf);
+        }
         if (qidx is int one)
         {
             WriteQueueStats(w, d, one);

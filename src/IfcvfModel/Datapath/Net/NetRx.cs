@@ -54,7 +54,7 @@ internal sealed class NetRx(VirtqueueEngine engine)
                 }
                 else
                 {
-                    engine.Fail(rx, fault);
+                    engine.Fail(rx, fault, SpecRule.AvailAhead);
                 }
                 return false;
             }
@@ -63,7 +63,7 @@ internal sealed class NetRx(VirtqueueEngine engine)
             if (err != ChainError.None)
             {
                 AvailRing.Rewind(rx, start);
-                engine.Fail(rx, ChainErrors.Describe(err));
+                engine.Fail(rx, err);
                 return false;
             }
             segs = collect.Segs;
