@@ -4,8 +4,9 @@ using IfcVdpa.Virtio;
 namespace IfcVdpa.Cli;
 
 /// <summary>
-/// `ifcvf sim add [count N] [mac M] [queues N] [backend B] [cpu LIST] [dirty-log on|off] [strict]`, `ifcvf sim del NAME`
-/// and `ifcvf sim show [NAME]` (software VFs in the daemon).
+/// `ifcvf sim add [count N] [mac M] [queues N] [backend B] [cpu LIST] [dirty-log on|off] [strict]`, `ifcvf sim add class blk
+/// backend file:PATH|mem:SIZE [queues N] [readonly] [blk_size N] [cpu N] [strict]`, `ifcvf sim del NAME` and `ifcvf sim show [NAME]`
+/// (software VFs in the daemon).
 /// </summary>
 public static class SimCommand
 {
@@ -17,6 +18,9 @@ public static class SimCommand
         {
             case "add":
             {
+                string cls = kv.Get("class") ?? "net";
+                bool readOnly = kv.Flag("readonly");
+                int blkSize = kv.Int("blk_size", 0);
                 int count = kv.Int("count", 1);
                 string? mac = kv.Get("mac");
                 int queues = kv.Int("queues", 1);
@@ -45,8 +49,21 @@ public static class SimCommand
                 {
                     throw new CliException($"mac must look like 00:e0:ed:00:00:01, not \"{mac}\"");
                 }
+                if (cls is not ("net" or "blk" or "block"))
+                {
+                    throw new CliException($"class must be net or blk, not \"{cls}\"");
+                }
                 var data = ctx.Request("sim add", w =>
                 {
+                    w.WriteString("class", cls);
+                    if (readOnly)
+                    {
+                        w.WriteBoolean("readonly", true);
+                    }
+                    if (blkSize != 0)
+                    {
+                        w.WriteNumber("blk_size", blkSize);
+                    }
                     w.WriteNumber("count", count);
                     w.WriteNumber("queues", queues);
                     if (mac is not null)
