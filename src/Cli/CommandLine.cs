@@ -27,14 +27,16 @@ public static class CommandLine
                                      --config applies vfio, sim add, dev add, dev attach and vhost add
                                      lines before listening (a bad line: FILE:LINE, nothing started)
           sim add [ count N ] [ mac M ] [ queues N ] [ msix_vectors N ] [ backend loopback|pair|tap:NAME|pcap:FILE ]
-                  [ cpu LIST ] [ dirty-log on|off ]
+                  [ cpu LIST ] [ dirty-log on|off ] [ strict ]
                                      create software IFC VFs (management devices sim/ifcvfN); the
                                      backend is their "wire" (pair: VFs wired two by two); cpu pins
                                      each VF's datapath worker: VF i gets the i-th CPU of LIST, round robin;
-                                     dirty-log off: VFs without the LM dirty log (software relay migration)
-          sim add class blk backend file:PATH[,direct]|mem:SIZE [ queues N ] [ readonly ] [ blk_size N ] [ cpu N ]
+                                     dirty-log off: VFs without the LM dirty log (software relay migration);
+                                     strict: a driver's virtio rule violation sets NEEDS_RESET (docs/strict.md)
+          sim add class blk backend file:PATH[,direct]|mem:SIZE [ queues N ] [ readonly ] [ blk_size N ] [ cpu N ] [ strict ]
                                      a software IFC block VF (capacity from the backend; N request
                                      queues, each with its own I/O thread; readonly offers VIRTIO_BLK_F_RO)
+          sim show [ NAME ]          software VFs: status, strict, virtio rule violations per rule
           sim del NAME               delete a software VF (and its vDPA device)
           sim link NAME up|down      set a software VF's link status (config interrupt to its driver)
           mgmtdev show [ NAME ]      management devices (VFs): classes, max vqs, features
@@ -57,9 +59,10 @@ public static class CommandLine
           vhost del NAME             stop serving it (the device is reset)
           serve --socket PATH [ --backend loopback|tap:NAME|pcap:FILE ] [ --queues N ] [ --mac M ] [ --mtu N ]
                 [ --client ] [ --poll | --event ] [ --split-only ] [ --stats-period S ] [ --socket-mode OCTAL ]
-                [ --cpu LIST ] [ --metrics [ADDR:]PORT ] [ --no-dirty-log ]
+                [ --cpu LIST ] [ --metrics [ADDR:]PORT ] [ --no-dirty-log ] [ --strict ]
                                      vhost-user back-end (QEMU, DPDK virtio-user) on a software IFC VF
                                      until Ctrl-C; -j or --stats-period print per-queue counters;
+                                     --strict: the VF sets NEEDS_RESET on a virtio rule violation;
                                      --cpu pins the datapath worker (one: the first CPU of LIST);
                                      --no-dirty-log: a VF without the LM dirty log (migration then
                                      goes through the back-end's software relay, split rings only)

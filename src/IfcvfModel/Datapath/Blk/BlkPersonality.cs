@@ -224,7 +224,7 @@ internal sealed class BlkPersonality<TStore>(VirtqueueEngine engine, BlkBackend 
         {
             if (!q.Failed)
             {
-                engine.Fail(q, reason);
+                engine.Fail(q, reason, r.PendingRule);
             }
         }
         finally
@@ -303,7 +303,11 @@ internal sealed class BlkPersonality<TStore>(VirtqueueEngine engine, BlkBackend 
         int done = 0;
         int batched = 0;
         string? fault = null;
+<<<<<<< HEAD
         Span<byte> track = default;
+=======
+        var rule = SpecRule.None;
+>>>>>>> main
         try
         {
             track = InflightFor(r, q, ref view);
@@ -313,6 +317,7 @@ internal sealed class BlkPersonality<TStore>(VirtqueueEngine engine, BlkBackend 
             {
                 if (!AvailRing.HasChain(q, ref view, out fault))
                 {
+                    rule = fault is null ? SpecRule.None : SpecRule.AvailAhead;
                     break;
                 }
                 var mark = AvailRing.Mark(q);
@@ -321,6 +326,7 @@ internal sealed class BlkPersonality<TStore>(VirtqueueEngine engine, BlkBackend 
                 if (err != ChainError.None)
                 {
                     fault = ChainErrors.Describe(err);
+                    rule = ChainErrors.Rule(err);
                     break;
                 }
                 if (!track.IsEmpty)
@@ -382,6 +388,7 @@ internal sealed class BlkPersonality<TStore>(VirtqueueEngine engine, BlkBackend 
         }
         if (fault is not null)
         {
+            r.PendingRule = rule;
             r.PendingFault = fault;
             WakeWorker();
         }
@@ -441,6 +448,9 @@ internal sealed class BlkPersonality<TStore>(VirtqueueEngine engine, BlkBackend 
         public readonly MappedMemory? Bounce = bounce ? MappedMemory.Allocate(BounceBytes) : null;
         public Thread? Thread;
         public volatile string? PendingFault;
+
+        /// <summary>The virtio rule behind <see cref="PendingFault"/> (written before it).</summary>
+        public SpecRule PendingRule;
         public long SeenKicks;
         public bool SeenRunning;
         public bool LoggedBad;
