@@ -226,14 +226,9 @@ public static partial class ServeCommand
     {
         if (a.Class == "blk")
         {
-<<<<<<< HEAD
-            var (blkVf, blkAdapter, describe) = BlkServe.Create(a.Backend, a.Queues, a.ReadOnly, a.BlkSize, a.Mode, CpuList.ForWorker(a.Cpus, 0), log);
+            var (blkVf, blkAdapter, describe) = BlkServe.Create(a.Backend, a.Queues, a.ReadOnly, a.BlkSize, a.Mode, CpuList.ForWorker(a.Cpus, 0), log, strict: a.Strict);
             var blkEngine = (IfcVdpa.IfcvfModel.Datapath.Blk.VirtioBlkEngine)blkVf.Engine;
             return new ServedDevice(blkAdapter, describe, a.Queues, blkVf.StopDatapath, blkVf) { Block = true, InflightTarget = blkEngine.SetInflight };
-=======
-            var (blkVf, blkAdapter, describe) = BlkServe.Create(a.Backend, a.Queues, a.ReadOnly, a.BlkSize, a.Mode, CpuList.ForWorker(a.Cpus, 0), log, strict: a.Strict);
-            return new ServedDevice(blkAdapter, describe, a.Queues, blkVf.StopDatapath, blkVf) { Block = true };
->>>>>>> main
         }
         var vfOptions = new SoftIfcVfOptions
         {

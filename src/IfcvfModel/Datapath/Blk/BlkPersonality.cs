@@ -303,11 +303,8 @@ internal sealed class BlkPersonality<TStore>(VirtqueueEngine engine, BlkBackend 
         int done = 0;
         int batched = 0;
         string? fault = null;
-<<<<<<< HEAD
         Span<byte> track = default;
-=======
         var rule = SpecRule.None;
->>>>>>> main
         try
         {
             track = InflightFor(r, q, ref view);
