@@ -21,26 +21,10 @@ version="$(dpkg-query -W -f='${Version}' dpdk-dev 2>/dev/null || true)"
 [[ -n "$version" ]] || { log "dpdk-dev is not installed (scripts/install-peers.sh)"; exit 1; }
 
 apt_dir="$root/.peers/apt-src"
-mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/parts"
-cat >"$apt_dir/parts/bookworm-src.sources" <<SRC
-Types: deb-src
-URIs: http://deb.debian.org/debian
-Suites: bookworm bookworm-updates
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-
-Types: deb-src
-URIs: http://deb.debian.org/debian-security
-Suites: bookworm-security
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-apt_opts=(-o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts="$apt_dir/parts"
-          -o Dir::State::Lists="$apt_dir/lists" -o Dir::Cache="$apt_dir/cache"
-          -o Dir::Etc::Preferences=/dev/null -o Dir::Etc::PreferencesParts=/dev/null
-          -o APT::Sandbox::User=root -o Debug::NoLocking=1)
+# shellcheck source=scripts/lib/private-apt.sh
+source "$root/scripts/lib/private-apt.sh"
 log "apt-get update (deb-src bookworm, private lists under $apt_dir)"
-apt-get "${apt_opts[@]}" update -qq
+private_apt "$apt_dir" deb-src bookworm bookworm-updates bookworm-security
 rm -rf "$out.tmp"
 mkdir -p "$out.tmp"
 log "apt-get source dpdk=$version"

@@ -19,7 +19,7 @@ kver="${vmlinuz##*/vmlinuz-}"
 moddir="$kdir/lib/modules/$kver"
 busybox=/bin/busybox
 
-inputs="$(cat "$here/init" "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1) $kver $(stat -c %s "$vmlinuz" "$busybox" | tr '\n' ' ')"
+inputs="$(cat "$here/init" "${BASH_SOURCE[0]}" "$here/../lib/initramfs.sh" | sha256sum | cut -d' ' -f1) $kver $(stat -c %s "$vmlinuz" "$busybox" | tr '\n' ' ')"
 if [[ -f "$out/initrd.gz" && -f "$out/vmlinuz" && -f "$out/inputs.sha256" \
       && "$(cat "$out/inputs.sha256")" == "$inputs" && "$out/initrd.gz" -nt "$here/init" \
       && "$out/initrd.gz" -nt "${BASH_SOURCE[0]}" && "$out/initrd.gz" -nt "$vmlinuz" \
@@ -29,26 +29,11 @@ fi
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$work"/{bin,dev,proc,sys,tmp,lib/modules}
-cp "$busybox" "$work/bin/busybox"
-for applet in $("$busybox" --list); do
-  [[ "$applet" == busybox ]] || ln -s busybox "$work/bin/$applet"
-done
-for m in "${modules[@]}"; do
-  f="$(find "$moddir" -name "$m.ko" -o -name "$m.ko.xz" -o -name "$m.ko.zst" -o -name "$m.ko.gz" | head -n1)"
-  [[ -n "$f" ]] || { echo "build-initramfs: module $m not found under $moddir" >&2; exit 1; }
-  case "$f" in
-    *.ko) cp "$f" "$work/lib/modules/$m.ko" ;;
-    *.ko.xz) xz -dc "$f" >"$work/lib/modules/$m.ko" ;;
-    *.ko.gz) gzip -dc "$f" >"$work/lib/modules/$m.ko" ;;
-    *.ko.zst) zstd -dc "$f" >"$work/lib/modules/$m.ko" ;;
-  esac
-done
+# shellcheck source=scripts/lib/initramfs.sh
+source "$here/../lib/initramfs.sh"
+initramfs_busybox "$work"
+for m in "${modules[@]}"; do initramfs_module "$work" "$moddir" "$m"; done
 install -m 0755 "$here/init" "$work/init"
-mkdir -p "$out"
-(cd "$work" && find . -print0 | cpio --null -o -H newc --quiet) | gzip -6 >"$out/initrd.gz.tmp"
-cp "$vmlinuz" "$out/vmlinuz.tmp"
-mv "$out/vmlinuz.tmp" "$out/vmlinuz"
-mv "$out/initrd.gz.tmp" "$out/initrd.gz"
+initramfs_pack "$work" "$vmlinuz" "$out"
 echo "$inputs" >"$out/inputs.sha256"
 echo "build-initramfs: $out/initrd.gz ($kver, $(stat -c %s "$out/initrd.gz") bytes)"

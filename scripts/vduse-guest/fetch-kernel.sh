@@ -13,22 +13,10 @@ if compgen -G "$kdir/boot/vmlinuz-*" >/dev/null && compgen -G "$kdir/lib/modules
   exit 0
 fi
 apt_dir="$root/.peers/apt-backports"
-mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial"
-cat >"$apt_dir/backports.sources" <<SRC
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: bookworm-backports
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-apt_opts=(-o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts="$apt_dir/parts"
-          -o Dir::State::Lists="$apt_dir/lists" -o Dir::Cache="$apt_dir/cache"
-          -o Dir::Etc::Preferences=/dev/null -o Dir::Etc::PreferencesParts=/dev/null
-          -o APT::Sandbox::User=root -o Debug::NoLocking=1)
-mkdir -p "$apt_dir/parts"
-cp "$apt_dir/backports.sources" "$apt_dir/parts/backports.sources"
+# shellcheck source=scripts/lib/private-apt.sh
+source "$root/scripts/lib/private-apt.sh"
 log "apt-get update (bookworm-backports, private lists under $apt_dir)"
-apt-get "${apt_opts[@]}" update -qq
+private_apt "$apt_dir" deb bookworm-backports
 # linux-image-amd64 is the meta package: its dependency names the versioned image package
 kpkg="$(apt-cache "${apt_opts[@]}" depends linux-image-amd64 2>/dev/null \
         | sed -n 's/^ *Depends: \(linux-image-6\.12\.[^ ]*-amd64\)$/\1/p' | head -n1)"

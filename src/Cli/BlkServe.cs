@@ -12,20 +12,14 @@ public static class BlkServe
     /// <summary>The VF's config for a backend: capacity from the backend (rounded down to blk_size), queues, blk_size.</summary>
     public static VirtioBlkConfig ConfigFor(BlkBackend backend, int queues, uint blkSize)
     {
-        ArgumentNullException.ThrowIfNull(backend);
-        long bytes = backend.Capacity / blkSize * blkSize;
-        if (bytes == 0)
+        try
         {
-            throw new CliException($"backend {backend.Description}: {backend.Capacity} bytes is smaller than one {blkSize}-byte block");
+            return SoftVf.BlockConfigFor(backend, queues, blkSize);
         }
-        return new VirtioBlkConfig
+        catch (ArgumentException e)
         {
-            Capacity = (ulong)bytes / VirtioBlk.SectorSize,
-            NumQueues = (ushort)queues,
-            BlkSize = blkSize,
-            PhysicalBlockExp = 0,
-            OptIoSize = 0,
-        };
+            throw new CliException(e.Message);
+        }
     }
 
     /// <summary>Opens the backend, builds the block VF (engine attached) and probes it as vdpa0.</summary>

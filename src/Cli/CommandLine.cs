@@ -33,10 +33,16 @@ public static class CommandLine
                                      backend is their "wire" (pair: VFs wired two by two); cpu pins
                                      each VF's datapath worker: VF i gets the i-th CPU of LIST, round robin;
                                      dirty-log off: VFs without the LM dirty log (software relay migration)
+          sim add class blk backend file:PATH[,direct]|mem:SIZE [ queues N ] [ readonly ] [ blk_size N ] [ cpu N ]
+                                     a software IFC block VF (capacity from the backend; N request
+                                     queues, each with its own I/O thread; readonly offers VIRTIO_BLK_F_RO)
           sim del NAME               delete a software VF (and its vDPA device)
           sim link NAME up|down      set a software VF's link status (config interrupt to its driver)
           mgmtdev show [ NAME ]      management devices (VFs): classes, max vqs, features
           dev add name NAME mgmtdev MGMTDEV [ mac M ] [ mtu N ] [ max_vqp N ] [ device_features HEX ]
+          dev add name NAME mgmtdev MGMTDEV [ capacity SECTORS ] [ blk_size N ] [ readonly ] [ queues N ]
+                                     block VF: capacity (512-byte sectors, at most the backend's),
+                                     blk_size (at least the VF's), readonly, queues (at most the VF's)
           dev del NAME
           dev show [ NAME ]
           dev config show [ NAME ]

@@ -86,7 +86,16 @@ public static class DevCommand
         int mtu = kv.Int("mtu", 0);
         int maxVqp = kv.Int("max_vqp", 0);
         string? features = kv.Get("device_features");
+        string? capacity = kv.Get("capacity");
+        int blkSize = kv.Int("blk_size", 0);
+        bool readOnly = kv.Flag("readonly");
+        int queues = kv.Int("queues", 0);
         kv.EnsureAllUsed();
+        long capacitySectors = 0;
+        if (capacity is not null && (!long.TryParse(capacity, NumberStyles.None, CultureInfo.InvariantCulture, out capacitySectors) || capacitySectors < 1))
+        {
+            throw new CliException($"capacity must be a number of 512-byte sectors, not \"{capacity}\"");
+        }
         if (mac is not null && MacAddress.TryParse(mac) is null)
         {
             throw new CliException($"mac must look like 00:e0:ed:00:00:01, not \"{mac}\"");
@@ -114,6 +123,22 @@ public static class DevCommand
             if (features is not null)
             {
                 w.WriteString("device_features", features);
+            }
+            if (capacity is not null)
+            {
+                w.WriteNumber("capacity", capacitySectors);
+            }
+            if (blkSize != 0)
+            {
+                w.WriteNumber("blk_size", blkSize);
+            }
+            if (readOnly)
+            {
+                w.WriteBoolean("readonly", true);
+            }
+            if (queues != 0)
+            {
+                w.WriteNumber("queues", queues);
             }
         });
         if (ctx.Json)
@@ -167,6 +192,11 @@ public static class DevCommand
         foreach (var d in data.GetProperty("config").EnumerateObject())
         {
             var v = d.Value;
+            if (v.TryGetProperty("capacity", out _))
+            {
+                PrintBlockConfig(ctx.Out, d.Name, v);
+                continue;
+            }
             var sb = new StringBuilder();
             sb.Append(d.Name).Append(':');
             if (v.TryGetProperty("mac", out var mac))
@@ -188,6 +218,33 @@ public static class DevCommand
             ctx.Out.WriteLine($"  dev_features {SimCommand.Features(v, "dev_features")}");
         }
         return 0;
+    }
+
+    /// <summary>
+    /// A block device's config as `vdpa dev config show` prints it for block devices: the name line with the
+    /// numeric fields in the order of struct virtio_blk_config, then read-only / flush and the features.
+    /// </summary>
+    private static void PrintBlockConfig(TextWriter o, string name, JsonElement v)
+    {
+        var sb = new StringBuilder();
+        sb.Append(name).Append(':');
+        foreach (var p in v.EnumerateObject())
+        {
+            if (p.Value.ValueKind == JsonValueKind.Number)
+            {
+                sb.Append(' ').Append(p.Name).Append(' ').Append(p.Value.GetRawText());
+            }
+            else if (p.Value.ValueKind is JsonValueKind.True or JsonValueKind.False)
+            {
+                sb.Append(' ').Append(p.Name).Append(' ').Append(p.Value.GetBoolean() ? "true" : "false");
+            }
+        }
+        o.WriteLine(sb.ToString());
+        if (v.TryGetProperty("negotiated_features", out _))
+        {
+            o.WriteLine($"  negotiated_features {SimCommand.Features(v, "negotiated_features")}");
+        }
+        o.WriteLine($"  dev_features {SimCommand.Features(v, "dev_features")}");
     }
 
     private static int VstatsShow(CliContext ctx, Keywords kv)

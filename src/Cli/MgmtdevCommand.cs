@@ -47,6 +47,10 @@ public static class MgmtdevCommand
             string cpu = v.TryGetProperty("cpu", out var c) ? $" cpu {c.GetInt32()}" : "";
             o.WriteLine($"{m.Name}: address {v.GetProperty("address").GetString()} msix_vectors {v.GetProperty("msix_vectors").GetInt32()}{dev}{cpu}");
             o.WriteLine($"  supported_classes {string.Join(' ', v.GetProperty("supported_classes").EnumerateArray().Select(x => x.GetString()))}");
+            if (v.TryGetProperty("backend", out var backend))
+            {
+                o.WriteLine($"  backend {backend.GetString()}");
+            }
             o.WriteLine($"  max_supported_vqs {v.GetProperty("max_supported_vqs").GetInt32()}");
             o.WriteLine($"  dev_features {SimCommand.Features(v, "dev_features")}");
         }

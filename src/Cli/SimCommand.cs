@@ -3,7 +3,10 @@ using IfcVdpa.Virtio;
 
 namespace IfcVdpa.Cli;
 
-/// <summary>`ifcvf sim add [count N] [mac M] [queues N] [backend B] [cpu LIST] [dirty-log on|off]` and `ifcvf sim del NAME` (software VFs in the daemon).</summary>
+/// <summary>
+/// `ifcvf sim add [count N] [mac M] [queues N] [backend B] [cpu LIST] [dirty-log on|off]`, `ifcvf sim add class blk
+/// backend file:PATH|mem:SIZE [queues N] [readonly] [blk_size N] [cpu N]` and `ifcvf sim del NAME` (software VFs in the daemon).
+/// </summary>
 public static class SimCommand
 {
     public static int Run(CliContext ctx, string verb, IEnumerable<string> args)
@@ -14,6 +17,9 @@ public static class SimCommand
         {
             case "add":
             {
+                string cls = kv.Get("class") ?? "net";
+                bool readOnly = kv.Flag("readonly");
+                int blkSize = kv.Int("blk_size", 0);
                 int count = kv.Int("count", 1);
                 string? mac = kv.Get("mac");
                 int queues = kv.Int("queues", 1);
@@ -41,8 +47,21 @@ public static class SimCommand
                 {
                     throw new CliException($"mac must look like 00:e0:ed:00:00:01, not \"{mac}\"");
                 }
+                if (cls is not ("net" or "blk" or "block"))
+                {
+                    throw new CliException($"class must be net or blk, not \"{cls}\"");
+                }
                 var data = ctx.Request("sim add", w =>
                 {
+                    w.WriteString("class", cls);
+                    if (readOnly)
+                    {
+                        w.WriteBoolean("readonly", true);
+                    }
+                    if (blkSize != 0)
+                    {
+                        w.WriteNumber("blk_size", blkSize);
+                    }
                     w.WriteNumber("count", count);
                     w.WriteNumber("queues", queues);
                     if (mac is not null)

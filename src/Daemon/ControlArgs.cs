@@ -72,6 +72,9 @@ public sealed class ControlArgs
         return s;
     }
 
+    /// <summary>Whether the argument is present (and not null).</summary>
+    public bool WasGiven(string name) => Find(name) is not null;
+
     public bool? Bool(string name)
     {
         if (Find(name) is not { } v)

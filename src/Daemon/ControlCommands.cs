@@ -154,13 +154,16 @@ public static class ControlCommands
 
     private static void SimAdd(DeviceRegistry registry, ControlArgs a, Utf8JsonWriter w)
     {
+        string cls = a.String("class", 8) ?? "net";
         int count = (int)(a.Integer("count", 1, DeviceRegistry.MaxSoftwareVfs) ?? 1);
         byte[]? mac = a.Mac("mac");
         int queues = (int)(a.Integer("queues", 1, 32) ?? 1);
         int? vectors = (int?)a.Integer("msix_vectors", 1, 2048);
-        string backend = a.String("backend", 200) ?? "loopback";
+        string? backendArg = a.String("backend", 200);
         string? cpu = a.String("cpu", 200);
         bool dirtyLog = a.Bool("dirty_log") ?? true;
+        bool readOnly = a.Bool("readonly") ?? false;
+        int? blkSize = (int?)a.Integer("blk_size", 512, 4096);
         a.EnsureNoUnknown();
         int[]? cpus;
         try
@@ -171,7 +174,35 @@ public static class ControlCommands
         {
             throw new ControlException($"cpu: {e.Message}");
         }
-        var added = registry.AddSoftwareVfs(count, mac is null ? (ReadOnlyMemory<byte>?)null : mac, queues, vectors, backend, cpus, dirtyLog);
+        IReadOnlyList<ManagementDevice> added;
+        if (cls is "blk" or "block")
+        {
+            if (count != 1 || mac is not null || vectors is not null || a.WasGiven("dirty_log"))
+            {
+                throw new ControlException("sim add class blk takes backend, queues, readonly, blk_size and cpu (one VF per backend); count, mac, msix_vectors and dirty_log are net attributes");
+            }
+            if (backendArg is null)
+            {
+                throw new ControlException("sim add class blk needs backend file:PATH|mem:SIZE");
+            }
+            if (blkSize is int bs && bs is not (512 or 1024 or 2048 or 4096))
+            {
+                throw new ControlException($"blk_size must be 512, 1024, 2048 or 4096, not {bs}");
+            }
+            added = [registry.AddSoftwareBlockVf(backendArg, queues, readOnly, (uint)(blkSize ?? 512), CpuList.ForWorker(cpus, 0))];
+        }
+        else if (cls == "net")
+        {
+            if (readOnly || blkSize is not null)
+            {
+                throw new ControlException("readonly and blk_size are block attributes (sim add class blk ...)");
+            }
+            added = registry.AddSoftwareVfs(count, mac is null ? (ReadOnlyMemory<byte>?)null : mac, queues, vectors, backendArg ?? "loopback", cpus, dirtyLog);
+        }
+        else
+        {
+            throw new ControlException($"class must be net or blk, not \"{cls}\"");
+        }
         w.WriteStartObject("mgmtdev");
         foreach (var md in added)
         {
@@ -204,11 +235,22 @@ public static class ControlCommands
         w.WriteStartObject(md.Name);
         w.WriteString("address", md.Function.Address);
         w.WriteStartArray("supported_classes");
-        w.WriteStringValue("net");
+        w.WriteStringValue(md.ClassName);
         w.WriteEndArray();
+        if (md.BlockBackend is { } backend)
+        {
+            w.WriteString("backend", backend);
+        }
         w.WriteNumber("max_supported_vqs", md.MaxSupportedVqs);
         w.WriteNumber("msix_vectors", md.Function.MsixVectorCount);
-        WriteFeatures(w, "dev_features", md.SupportedFeatures);
+        if (md.DeviceClass == IfcDeviceClass.Block)
+        {
+            WriteBlockFeatures(w, "dev_features", md.SupportedFeatures);
+        }
+        else
+        {
+            WriteFeatures(w, "dev_features", md.SupportedFeatures);
+        }
         if (md.Device is { } d)
         {
             w.WriteString("dev", d.Name);
@@ -239,8 +281,17 @@ public static class ControlCommands
         int? mtu = (int?)a.Integer("mtu", 68, 65535);
         int? maxVqp = (int?)a.Integer("max_vqp", 1, 32768);
         ulong? features = a.Hex64("device_features");
+        long? capacity = a.Integer("capacity", 1, long.MaxValue >> VirtioBlk.SectorShift);
+        int? blkSize = (int?)a.Integer("blk_size", 512, 4096);
+        bool readOnly = a.Bool("readonly") ?? false;
+        int? queues = (int?)a.Integer("queues", 1, DeviceRegistry.MaxBlockQueues);
         a.EnsureNoUnknown();
-        var dev = registry.AddDevice(mgmtdev, new VdpaProvisioning(name, mac is null ? (ReadOnlyMemory<byte>?)null : mac, (ushort?)mtu, (ushort?)maxVqp, features));
+        if (blkSize is int bs && bs is not (512 or 1024 or 2048 or 4096))
+        {
+            throw new ControlException($"blk_size must be 512, 1024, 2048 or 4096, not {bs}");
+        }
+        var dev = registry.AddDevice(mgmtdev, new VdpaProvisioning(name, mac is null ? (ReadOnlyMemory<byte>?)null : mac, (ushort?)mtu, (ushort?)maxVqp, features,
+            (ulong?)capacity, (uint?)blkSize, readOnly, (ushort?)queues));
         w.WriteStartObject("dev");
         WriteDev(registry, dev, w);
         w.WriteEndObject();
@@ -264,7 +315,7 @@ public static class ControlCommands
     private static void WriteDev(DeviceRegistry registry, IVdpaDevice d, Utf8JsonWriter w)
     {
         w.WriteStartObject(d.Name);
-        w.WriteString("type", "network");
+        w.WriteString("type", d.GetDeviceId() == VirtioBlk.DeviceId ? "block" : "network");
         w.WriteString("mgmtdev", registry.FindDeviceOwner(d.Name)?.Name ?? "?");
         w.WriteNumber("vendor_id", d.GetVendorId());
         w.WriteNumber("max_vqs", d.NumVqs);
@@ -304,6 +355,11 @@ public static class ControlCommands
         Span<byte> full = stackalloc byte[VirtioNetConfig.Size];
         foreach (var d in Select(registry, name))
         {
+            if (d.GetDeviceId() == VirtioBlk.DeviceId)
+            {
+                WriteBlockConfig(d, w);
+                continue;
+            }
             full.Clear();
             var cfg = full[..(int)Math.Min((uint)full.Length, d.GetConfigSize())];
             d.GetConfig(0, cfg);
@@ -330,6 +386,72 @@ public static class ControlCommands
             w.WriteEndObject();
         }
         w.WriteEndObject();
+    }
+
+    /// <summary>
+    /// A block device's config, with the names of the kernel's VDPA_ATTR_DEV_BLK_CFG_* attributes (what
+    /// `vdpa dev config show` prints for block devices): fields whose feature is not offered are left out.
+    /// </summary>
+    private static void WriteBlockConfig(IVdpaDevice d, Utf8JsonWriter w)
+    {
+        Span<byte> raw = stackalloc byte[VirtioBlkConfig.Size];
+        raw.Clear();
+        d.GetConfig(0, raw[..(int)Math.Min((uint)raw.Length, d.GetConfigSize())]);
+        var c = VirtioBlkConfig.Parse(raw);
+        ulong f = d.GetDeviceFeatures();
+        bool Has(int bit) => (f & (1UL << bit)) != 0;
+        w.WriteStartObject(d.Name);
+        w.WriteNumber("capacity", c.Capacity);
+        if (Has(VirtioBlk.F_SIZE_MAX))
+        {
+            w.WriteNumber("size_max", c.SizeMax);
+        }
+        if (Has(VirtioBlk.F_SEG_MAX))
+        {
+            w.WriteNumber("seg_max", c.SegMax);
+        }
+        if (Has(VirtioBlk.F_BLK_SIZE))
+        {
+            w.WriteNumber("blk_size", c.BlkSize);
+        }
+        if (Has(VirtioBlk.F_TOPOLOGY))
+        {
+            w.WriteNumber("physical_blk_exp", c.PhysicalBlockExp);
+            w.WriteNumber("alignment_offset", c.AlignmentOffset);
+            w.WriteNumber("min_io_size", c.MinIoSize);
+            w.WriteNumber("opt_io_size", c.OptIoSize);
+        }
+        w.WriteNumber("num_queues", Has(VirtioBlk.F_MQ) ? c.NumQueues : 1);
+        if (Has(VirtioBlk.F_DISCARD))
+        {
+            w.WriteNumber("max_discard_sectors", c.MaxDiscardSectors);
+            w.WriteNumber("max_discard_seg", c.MaxDiscardSeg);
+            w.WriteNumber("discard_sector_alignment", c.DiscardSectorAlignment);
+        }
+        if (Has(VirtioBlk.F_WRITE_ZEROES))
+        {
+            w.WriteNumber("max_write_zeroes_sectors", c.MaxWriteZeroesSectors);
+            w.WriteNumber("max_write_zeroes_seg", c.MaxWriteZeroesSeg);
+        }
+        w.WriteBoolean("read_only", Has(VirtioBlk.F_RO));
+        w.WriteBoolean("flush", Has(VirtioBlk.F_FLUSH));
+        if ((d.GetStatus() & VirtioStatus.FEATURES_OK) != 0)
+        {
+            WriteBlockFeatures(w, "negotiated_features", d.GetDriverFeatures());
+        }
+        WriteBlockFeatures(w, "dev_features", f);
+        w.WriteEndObject();
+    }
+
+    private static void WriteBlockFeatures(Utf8JsonWriter w, string name, ulong features)
+    {
+        w.WriteStartArray(name);
+        foreach (var n in VirtioBlk.FeatureNames(features))
+        {
+            w.WriteStringValue(n);
+        }
+        w.WriteEndArray();
+        w.WriteString(name + "_hex", $"0x{features:x}");
     }
 
     /// <summary>rx for even data queues, tx for odd ones, control_vq for the last of an odd count.</summary>
@@ -377,7 +499,7 @@ public static class ControlCommands
     {
         var s = d.GetVqStats(q);
         w.WriteNumber("queue_index", q);
-        w.WriteString("queue_type", QueueType(q, d.NumVqs));
+        w.WriteString("queue_type", d.GetDeviceId() == VirtioBlk.DeviceId ? "req" : QueueType(q, d.NumVqs));
         WriteCounters(w, s);
         return s;
     }

@@ -1,12 +1,22 @@
 using IfcVdpa.Ifcvf;
+using IfcVdpa.IfcvfModel;
 using IfcVdpa.Pci;
 using IfcVdpa.Vdpa;
+using IfcVdpa.Virtio;
 
 namespace IfcVdpa.Daemon;
 
-/// <summary>`vdpa dev add` provisioning attributes.</summary>
+/// <summary>
+/// `vdpa dev add` provisioning attributes: the net ones (mac, mtu, max_vqp), device_features, and the block
+/// ones (capacity in 512-byte sectors, blk_size, read-only, number of request queues).
+/// </summary>
 public sealed record VdpaProvisioning(
-    string Name, ReadOnlyMemory<byte>? Mac = null, ushort? Mtu = null, ushort? MaxVqPairs = null, ulong? DeviceFeatures = null);
+    string Name, ReadOnlyMemory<byte>? Mac = null, ushort? Mtu = null, ushort? MaxVqPairs = null, ulong? DeviceFeatures = null,
+    ulong? Capacity = null, uint? BlkSize = null, bool ReadOnly = false, ushort? Queues = null)
+{
+    /// <summary>Whether any block attribute is given.</summary>
+    public bool HasBlockAttributes => Capacity is not null || BlkSize is not null || ReadOnly || Queues is not null;
+}
 
 /// <summary>
 /// One VF as a vDPA management device (Linux ifcvf's mgmtdev): a software VF on the `sim` bus or a
@@ -30,7 +40,17 @@ public sealed class ManagementDevice : IDisposable
         // What the mgmtdev reports (supported features, max vqs) comes from the hardware, read without
         // touching any state: identity check + capability walk + device_feature.
         (SupportedFeatures, MaxSupportedVqs) = IfcvfAdapter.DescribeFunction(function, acceptGenericVirtioNet);
+        DeviceClass = IfcvfAdapter.ClassOf(function);
     }
+
+    /// <summary>Net or block (from the VF's PCI IDs).</summary>
+    public IfcDeviceClass DeviceClass { get; }
+
+    /// <summary>The class as `vdpa mgmtdev show` prints it in supported_classes: `net` or `block`.</summary>
+    public string ClassName => DeviceClass == IfcDeviceClass.Block ? "block" : "net";
+
+    /// <summary>What a block VF's backend is (`file:PATH`, `mem:64M`), for mgmtdev show; null for net VFs.</summary>
+    public string? BlockBackend { get; init; }
 
     /// <summary>`sim` or `pci`.</summary>
     public string BusName { get; }
@@ -63,16 +83,69 @@ public sealed class ManagementDevice : IDisposable
         {
             throw new VdpaException($"{Name} already has vDPA device {_device.Name} (one device per VF)");
         }
-        _device = IfcvfAdapter.Probe(Function, new IfcvfAdapterOptions
+        bool provisioned = ProvisionBlock(p);
+        try
         {
-            Name = p.Name,
-            AcceptGenericVirtioNet = AcceptGenericVirtioNet,
-            Mac = p.Mac,
-            Mtu = p.Mtu,
-            MaxVqPairs = p.MaxVqPairs,
-            DeviceFeatures = p.DeviceFeatures,
-        });
+            _device = IfcvfAdapter.Probe(Function, new IfcvfAdapterOptions
+            {
+                Name = p.Name,
+                AcceptGenericVirtioNet = AcceptGenericVirtioNet,
+                Mac = p.Mac,
+                Mtu = p.Mtu,
+                MaxVqPairs = p.MaxVqPairs,
+                DeviceFeatures = p.DeviceFeatures,
+            });
+        }
+        catch
+        {
+            if (provisioned)
+            {
+                ((SoftIfcVf)Function).ProvisionBlock(null, false);
+            }
+            throw;
+        }
         return _device;
+    }
+
+    /// <summary>
+    /// Block provisioning: a software block VF takes it into its config (the simulator's management side,
+    /// like vdpa_sim_blk); a net VF refuses it, and so does a VFIO block VF, whose config its firmware fixes.
+    /// </summary>
+    private bool ProvisionBlock(VdpaProvisioning p)
+    {
+        if (!p.HasBlockAttributes)
+        {
+            return false;
+        }
+        if (DeviceClass != IfcDeviceClass.Block)
+        {
+            throw new VdpaException($"{Name} is a net VF: capacity, blk_size, readonly and queues are block attributes");
+        }
+        if (Function is not SoftIfcVf { BlkConfig: not null } sw || sw.Options.Block is not { } built)
+        {
+            throw new VdpaException($"{Name}: its block config is fixed by the hardware; capacity, blk_size, readonly and queues can be provisioned on software VFs only");
+        }
+        uint blkSize = p.BlkSize ?? built.BlkSize;
+        ulong perBlock = blkSize / VirtioBlk.SectorSize;
+        ulong capacity = p.Capacity ?? built.Capacity / perBlock * perBlock; // a larger blk_size rounds the backend's capacity down
+        if (p.Capacity is ulong c && c % perBlock != 0)
+        {
+            throw new VdpaException($"capacity {c} sectors is not a whole number of {blkSize}-byte blocks");
+        }
+        if (capacity == 0)
+        {
+            throw new VdpaException($"capacity must be at least one {blkSize}-byte block");
+        }
+        var config = built with { Capacity = capacity, BlkSize = blkSize, NumQueues = p.Queues ?? built.NumQueues, Cylinders = 0 };
+        try
+        {
+            sw.ProvisionBlock(config, p.ReadOnly);
+        }
+        catch (Exception e) when (e is ArgumentException or InvalidOperationException)
+        {
+            throw new VdpaException($"{Name}: {e.Message}");
+        }
+        return true;
     }
 
     /// <summary>dev del: the adapter quiesces interrupts, resets the VF (its datapath stops) and drops its DMA maps.</summary>
@@ -84,7 +157,17 @@ public sealed class ManagementDevice : IDisposable
             return;
         }
         _device = null;
-        d.Dispose();
+        try
+        {
+            d.Dispose();
+        }
+        finally
+        {
+            if (Function is SoftIfcVf { IsBlock: true } sw && sw.Status == 0)
+            {
+                sw.ProvisionBlock(null, false); // back to the built config for the next dev add
+            }
+        }
     }
 
     public void Dispose()

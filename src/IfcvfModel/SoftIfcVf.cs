@@ -59,7 +59,7 @@ public sealed partial class SoftIfcVf : IPciFunction
 
     public int NumQueues { get; }
 
-    public ulong DeviceFeatures { get; }
+    public ulong DeviceFeatures { get; private set; }
 
     public IReadOnlyList<PciBar> Bars => _bars;
 

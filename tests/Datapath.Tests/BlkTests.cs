@@ -285,6 +285,43 @@ public sealed class BlkTests : IDisposable
         Assert.Single(d.Logs); // the first refusal on the queue is logged, the others counted
     }
 
+    /// <summary>dev add's block provisioning on a software VF: the device itself enforces the smaller capacity and read-only.</summary>
+    [Fact]
+    public void ProvisionedCapacityAndReadOnlyAreEnforcedByTheDevice()
+    {
+        string img = NewImage(fill: 0x5a);
+        var backend = BlkBackend.File(img);
+        var built = new VirtioBlkConfig { Capacity = (ulong)backend.Capacity / 512, NumQueues = 2 };
+        using var d = new TestNic(backend, SoftIfcVfOptions.ForBlock(built), beforeProbe: vf =>
+        {
+            Assert.Throws<ArgumentException>(() => vf.ProvisionBlock(built with { Capacity = built.Capacity + 8 }, false));
+            Assert.Throws<ArgumentException>(() => vf.ProvisionBlock(built with { NumQueues = 3 }, false));
+            Assert.Throws<ArgumentException>(() => vf.ProvisionBlock(built with { BlkSize = 256 }, false));
+            vf.ProvisionBlock(built with { Capacity = 4096, BlkSize = 4096, NumQueues = 1 }, readOnly: true);
+        });
+        ulong f = d.Adapter.GetDeviceFeatures();
+        Assert.True(VirtioFeature.Has(f, VirtioBlk.F_RO));
+        Assert.False(VirtioFeature.Has(f, VirtioBlk.F_MQ));
+        Span<byte> raw = stackalloc byte[VirtioBlkConfig.Size];
+        d.Adapter.GetConfig(0, raw);
+        var seen = VirtioBlkConfig.Parse(raw);
+        Assert.Equal((4096UL, 4096u, (ushort)1), (seen.Capacity, seen.BlkSize, seen.NumQueues));
+        d.Start(Features | VirtioFeature.Bit(VirtioBlk.F_RO), queues: 1);
+        Assert.Throws<InvalidOperationException>(() => d.Vf.ProvisionBlock(null, false)); // not while a driver runs
+        Assert.Equal(VirtioBlk.S_IOERR, Complete(d, 0, Add(d, 0, VirtioBlk.T_OUT, 0, outData: new byte[4096])).Status);
+        Assert.Equal(VirtioBlk.S_IOERR, Complete(d, 0, Add(d, 0, VirtioBlk.T_IN, 4096, inLen: 4096)).Status); // past the provisioned capacity
+        Assert.Equal(VirtioBlk.S_IOERR, Complete(d, 0, Add(d, 0, VirtioBlk.T_IN, 1, inLen: 4096)).Status); // not aligned to blk_size 4096
+        var ok = Add(d, 0, VirtioBlk.T_IN, 4088, inLen: 4096);
+        Assert.Equal(VirtioBlk.S_OK, Complete(d, 0, ok).Status);
+        Assert.All(d.Mem(ok.Data, 4096).ToArray(), b => Assert.Equal(0x5a, b));
+        Assert.All(File.ReadAllBytes(img), b => Assert.Equal(0x5a, b));
+        d.Adapter.Reset();
+        d.Vf.ProvisionBlock(null, false);
+        Assert.False(VirtioFeature.Has(d.Vf.DeviceFeatures, VirtioBlk.F_RO));
+        Assert.True(VirtioFeature.Has(d.Vf.DeviceFeatures, VirtioBlk.F_MQ));
+        Assert.Equal(built.Capacity, d.Vf.BlkConfig!.Capacity);
+    }
+
     [Fact]
     public void ReadOnlyDeviceRefusesWrites()
     {

@@ -39,16 +39,17 @@ public sealed class TestNic : IDisposable
     }
 
     /// <summary>A block VF (options from SoftIfcVfOptions.ForBlock) on a block backend: the same driver, <see cref="Blk"/> is its engine.</summary>
-    public TestNic(BlkBackend backend, SoftIfcVfOptions vf, EngineOptions? engine = null, ulong memBytes = 64 << 20)
-        : this(vf, memBytes, logs => new VirtioBlkEngine(backend, engine ?? new EngineOptions { Mode = EngineMode.Manual, Log = logs.Enqueue }))
+    public TestNic(BlkBackend backend, SoftIfcVfOptions vf, EngineOptions? engine = null, ulong memBytes = 64 << 20, Action<SoftIfcVf>? beforeProbe = null)
+        : this(vf, memBytes, logs => new VirtioBlkEngine(backend, engine ?? new EngineOptions { Mode = EngineMode.Manual, Log = logs.Enqueue }), beforeProbe)
     {
     }
 
-    private TestNic(SoftIfcVfOptions vf, ulong memBytes, Func<ConcurrentQueue<string>, IVirtqueueEngine> engine)
+    private TestNic(SoftIfcVfOptions vf, ulong memBytes, Func<ConcurrentQueue<string>, IVirtqueueEngine> engine, Action<SoftIfcVf>? beforeProbe = null)
     {
         Vf = new SoftIfcVf(vf);
         _engine = engine(Logs);
         Vf.AttachEngine(_engine);
+        beforeProbe?.Invoke(Vf);
         _fn = new InterruptCountingFunction(Vf);
         Adapter = IfcvfAdapter.Probe(_fn);
         _mem = MappedMemory.Allocate(memBytes);

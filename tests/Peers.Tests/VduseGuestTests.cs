@@ -1,8 +1,7 @@
-using System.Diagnostics;
 using System.Globalization;
-using System.Text;
 using System.Text.RegularExpressions;
 using IfcVdpa.Peers.Tests.Harness;
+using IfcVdpa.Tests.Shared;
 using Xunit.Abstractions;
 
 namespace IfcVdpa.Peers.Tests;
@@ -18,53 +17,18 @@ namespace IfcVdpa.Peers.Tests;
 /// </summary>
 public sealed class VduseGuestTests(ITestOutputHelper output)
 {
-    private static (int Rc, string Out) Sh(string script, string args, TimeSpan timeout)
-    {
-        var psi = new ProcessStartInfo("bash", $"{script} {args}")
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            WorkingDirectory = PeerEnvironment.RepoRoot,
-        };
-        using var p = Process.Start(psi)!;
-        var sb = new StringBuilder();
-        p.OutputDataReceived += (_, e) => { if (e.Data is not null) { lock (sb) { sb.AppendLine(e.Data); } } };
-        p.ErrorDataReceived += (_, e) => { if (e.Data is not null) { lock (sb) { sb.AppendLine(e.Data); } } };
-        p.BeginOutputReadLine();
-        p.BeginErrorReadLine();
-        if (!p.WaitForExit(timeout))
-        {
-            p.Kill(entireProcessTree: true);
-            p.WaitForExit();
-            lock (sb)
-            {
-                return (-1, sb + $"\n[timed out after {timeout.TotalSeconds:0} s]");
-            }
-        }
-        p.WaitForExit();
-        lock (sb)
-        {
-            return (p.ExitCode, sb.ToString());
-        }
-    }
-
     [Fact]
     public void Software_vf_on_the_kernel_vdpa_bus_through_vduse_carries_traffic_and_tears_down_cleanly()
     {
         string outDir = Path.Combine(PeerEnvironment.RepoRoot, ".peers", "vduse-guest");
-        var (prc, pout) = Sh("scripts/vduse-guest/prepare.sh", outDir, TimeSpan.FromMinutes(25));
+        var (prc, pout) = GuestScript.Run("scripts/vduse-guest/prepare.sh", outDir, TimeSpan.FromMinutes(25));
         Assert.True(prc == 0, $"preparing the VDUSE guest failed: QEMU, busybox-static, iproute2, the bookworm-backports 6.12 kernel and the NativeAOT toolchain are required\n{pout}");
-        var (rc, log) = Sh("scripts/vduse-guest/run.sh", $"{outDir} 300", TimeSpan.FromMinutes(7));
+        var (rc, log) = GuestScript.Run("scripts/vduse-guest/run.sh", $"{outDir} 300", TimeSpan.FromMinutes(7));
         output.WriteLine(log);
         Assert.True(rc == 0, $"QEMU exited with {rc}");
         Assert.DoesNotContain("insmod-failed", log, StringComparison.Ordinal);
 
-        string Line(string marker)
-        {
-            var m = Regex.Match(log, "^" + Regex.Escape(marker) + ".*$", RegexOptions.Multiline);
-            Assert.True(m.Success, $"marker \"{marker}\" missing from the guest log");
-            return m.Value.TrimEnd('\r');
-        }
+        string Line(string marker) => GuestScript.Line(log, marker);
         static long Num(string line, string key)
         {
             var m = Regex.Match(line, Regex.Escape(key) + " (-?[0-9]+)");

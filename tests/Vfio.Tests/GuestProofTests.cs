@@ -1,7 +1,6 @@
-using System.Diagnostics;
 using System.Globalization;
-using System.Text;
 using System.Text.RegularExpressions;
+using IfcVdpa.Tests.Shared;
 using Xunit.Abstractions;
 
 namespace IfcVdpa.Vfio.Tests;
@@ -17,66 +16,21 @@ namespace IfcVdpa.Vfio.Tests;
 /// </summary>
 public sealed partial class GuestProofTests(ITestOutputHelper output)
 {
-    private static string RepoRoot()
-    {
-        var d = new DirectoryInfo(AppContext.BaseDirectory);
-        while (d is not null && !File.Exists(Path.Combine(d.FullName, "IfcVdpa.slnx")))
-        {
-            d = d.Parent;
-        }
-        return d?.FullName ?? throw new InvalidOperationException("repository root (IfcVdpa.slnx) not found");
-    }
-
-    private static (int Rc, string Out) Sh(string script, string args, TimeSpan timeout)
-    {
-        var psi = new ProcessStartInfo("bash", $"{script} {args}")
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            WorkingDirectory = RepoRoot(),
-        };
-        using var p = Process.Start(psi)!;
-        var sb = new StringBuilder();
-        p.OutputDataReceived += (_, e) => { if (e.Data is not null) { lock (sb) { sb.AppendLine(e.Data); } } };
-        p.ErrorDataReceived += (_, e) => { if (e.Data is not null) { lock (sb) { sb.AppendLine(e.Data); } } };
-        p.BeginOutputReadLine();
-        p.BeginErrorReadLine();
-        if (!p.WaitForExit(timeout))
-        {
-            p.Kill(entireProcessTree: true);
-            p.WaitForExit();
-            lock (sb)
-            {
-                return (-1, sb + $"\n[timed out after {timeout.TotalSeconds:0} s]");
-            }
-        }
-        p.WaitForExit();
-        lock (sb)
-        {
-            return (p.ExitCode, sb.ToString());
-        }
-    }
-
     [Fact]
     public void Vfio_driven_virtio_net_exchanges_traffic_with_the_guest_kernel_and_is_returned()
     {
-        string root = RepoRoot();
+        string root = GuestScript.RepoRoot;
         string outDir = Path.Combine(root, ".peers", "vfio-guest");
-        var (prc, pout) = Sh("scripts/vfio-guest/prepare.sh", outDir, TimeSpan.FromMinutes(20));
+        var (prc, pout) = GuestScript.Run("scripts/vfio-guest/prepare.sh", outDir, TimeSpan.FromMinutes(20));
         Assert.True(prc == 0, $"preparing the VFIO guest failed (CI={Environment.GetEnvironmentVariable("CI") ?? "unset"}): qemu-system-x86, busybox-static, cpio, a cloud kernel and the NativeAOT toolchain are required\n{pout}");
 
-        var (rc, log) = Sh("scripts/vfio-guest/run.sh", $"{outDir} 200", TimeSpan.FromMinutes(6));
+        var (rc, log) = GuestScript.Run("scripts/vfio-guest/run.sh", $"{outDir} 200", TimeSpan.FromMinutes(6));
         output.WriteLine(log);
         Assert.True(rc == 0, $"QEMU exited with {rc}");
         Assert.DoesNotContain("VFIO-FAIL", log, StringComparison.Ordinal);
         Assert.DoesNotContain("insmod-failed", log, StringComparison.Ordinal);
 
-        string Line(string marker)
-        {
-            var m = Regex.Match(log, "^" + Regex.Escape(marker) + ".*$", RegexOptions.Multiline);
-            Assert.True(m.Success, $"marker \"{marker}\" missing from the guest log");
-            return m.Value.TrimEnd('\r');
-        }
+        string Line(string marker) => GuestScript.Line(log, marker);
         static long Num(string line, string key)
         {
             var m = Regex.Match(line, Regex.Escape(key) + (key.EndsWith(' ') ? "" : "=") + "\\+?(-?[0-9]+)");

@@ -61,54 +61,45 @@ public sealed unsafe class ImageFile : IDisposable
     /// <summary>Reads exactly <paramref name="buffer"/>.Length bytes at <paramref name="offset"/>; false (with errno) on an error or end of file.</summary>
     public bool TryReadAt(Span<byte> buffer, long offset, out int errno)
     {
-        errno = 0;
         fixed (byte* p = buffer)
         {
-            int done = 0;
-            while (done < buffer.Length)
-            {
-                nint n = Libc.pread(_fd.Fd, p + done, (nuint)(buffer.Length - done), offset + done);
-                if (n < 0)
-                {
-                    errno = Errno.Last;
-                    if (errno == Libc.EINTR)
-                    {
-                        continue;
-                    }
-                    return false;
-                }
-                if (n == 0)
-                {
-                    return false; // end of file (the image shrank under us)
-                }
-                done += (int)n;
-            }
+            return Transfer(p, buffer.Length, offset, write: false, out errno);
         }
-        return true;
     }
 
     /// <summary>Writes exactly <paramref name="buffer"/>.Length bytes at <paramref name="offset"/>; false (with errno) on an error.</summary>
     public bool TryWriteAt(ReadOnlySpan<byte> buffer, long offset, out int errno)
     {
-        errno = 0;
         fixed (byte* p = buffer)
         {
-            int done = 0;
-            while (done < buffer.Length)
+            return Transfer(p, buffer.Length, offset, write: true, out errno);
+        }
+    }
+
+    /// <summary>
+    /// pread/pwrite of exactly <paramref name="length"/> bytes, resumed after a short transfer and after EINTR.
+    /// A transfer of 0 bytes before the end is a failure with errno 0 (end of file: the image shrank under us).
+    /// </summary>
+    private bool Transfer(byte* p, int length, long offset, bool write, out int errno)
+    {
+        errno = 0;
+        for (int done = 0; done < length;)
+        {
+            nint n = write
+                ? Libc.pwrite(_fd.Fd, p + done, (nuint)(length - done), offset + done)
+                : Libc.pread(_fd.Fd, p + done, (nuint)(length - done), offset + done);
+            if (n > 0)
             {
-                nint n = Libc.pwrite(_fd.Fd, p + done, (nuint)(buffer.Length - done), offset + done);
-                if (n <= 0)
-                {
-                    errno = n < 0 ? Errno.Last : 0;
-                    if (errno == Libc.EINTR)
-                    {
-                        continue;
-                    }
-                    return false;
-                }
                 done += (int)n;
+                continue;
+            }
+            errno = n < 0 ? Errno.Last : 0;
+            if (errno != Libc.EINTR)
+            {
+                return false;
             }
         }
+        errno = 0;
         return true;
     }
 

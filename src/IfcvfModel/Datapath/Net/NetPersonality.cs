@@ -191,6 +191,7 @@ internal sealed class NetPersonality<TPort>(VirtqueueEngine engine, NetBackend b
 
     public override int Poll()
     {
+        Rx.BeginRound();
         int work = HasInjected ? TransmitInjected() : 0;
         for (int p = 0; p < Pairs; p++)
         {

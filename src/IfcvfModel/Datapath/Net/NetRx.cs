@@ -18,6 +18,8 @@ internal sealed class NetRx(VirtqueueEngine engine)
     private bool _guestCsum;
     private bool _guestTso;
     private bool _mergeable;
+    private DirtyLog _log;
+    private bool _logging;
 
     public void Configure(ulong features)
     {
@@ -25,6 +27,14 @@ internal sealed class NetRx(VirtqueueEngine engine)
         _guestTso = VirtioFeature.Has(features, VirtioFeature.NET_F_GUEST_TSO4) || VirtioFeature.Has(features, VirtioFeature.NET_F_GUEST_TSO6);
         _mergeable = VirtioFeature.Has(features, VirtioFeature.NET_F_MRG_RXBUF);
     }
+
+    /// <summary>
+    /// Worker, at the start of each round: reads the dirty-log switch once for the frames the round places
+    /// (one device call per round, not per frame). Logging switched on during a round takes effect from the
+    /// next one; the front-end's first pass copies all of guest memory anyway, and a vhost-user front-end
+    /// only reads the bitmap after the switch was acknowledged.
+    /// </summary>
+    public void BeginRound() => _logging = DirtyLog.TryOpen(engine.Device, engine.Dma, out _log);
 
     /// <summary>
     /// Places one frame (header + Ethernet frame; only read: it may be a guest's TX buffer), with the header
@@ -104,7 +114,6 @@ internal sealed class NetRx(VirtqueueEngine engine)
         }
         BinaryPrimitives.WriteUInt16LittleEndian(hdr[VirtioNetHeader.NumBuffers..], (ushort)chains);
         var dma = engine.Dma;
-        bool logging = DirtyLog.TryOpen(engine.Device, dma, out var log);
         int off = 0;
         int seg = 0;
         for (int ch = 0; ch < chains; ch++)
@@ -129,9 +138,9 @@ internal sealed class NetRx(VirtqueueEngine engine)
                 {
                     frame.Slice(off, take).CopyTo(dst);
                 }
-                if (logging)
+                if (_logging)
                 {
-                    rx.DirtyPages += log.Mark(_segAddr[seg], (uint)take);
+                    rx.DirtyPages += _log.Mark(_segAddr[seg], (uint)take);
                 }
                 off += take;
                 written += (uint)take;
