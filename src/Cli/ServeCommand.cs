@@ -78,6 +78,11 @@ public static partial class ServeCommand
             VhostConnections = () => (server.Connections, server.Session is null ? 0 : 1),
         });
         using var metrics = StartMetrics(a.Metrics, log);
+        // SIGTERM/SIGINT handled from before the socket exists: a service manager (or a test) that stops serve
+        // as soon as it is ready gets the clean stop, not the default action (killed, socket left behind).
+        using var done = new ManualResetEventSlim();
+        using var signals = new ShutdownSignal(done.Set);
+        using var onStop = stop.Register(done.Set);
         try
         {
             server.Start();
@@ -90,9 +95,6 @@ public static partial class ServeCommand
         // Type=notify: the units ordered after ours start once the socket listens (a client: once it is connecting)
         SystemdNotify.Notify($"READY=1\nMAINPID={Environment.ProcessId}\nSTATUS=serving {adapter.Name} on {a.Socket}", log);
 
-        using var done = new ManualResetEventSlim();
-        using var signals = new ShutdownSignal(done.Set);
-        using var onStop = stop.Register(done.Set);
         double? period = a.StatsPeriod ?? (ctx.Json ? 1.0 : null);
         int waitMs = period is { } p ? (int)Math.Max(100, p * 1000) : -1;
         while (!done.Wait(waitMs, CancellationToken.None))

@@ -9,6 +9,9 @@ public static partial class ServeCommand
 {
     private static int ServeVduse(CliContext ctx, ServedDevice device, string name, double? period, DaemonLog log, CancellationToken stop)
     {
+        using var done = new ManualResetEventSlim(); // signals handled before the device exists (see ServeCommand.Run)
+        using var signals = new ShutdownSignal(done.Set);
+        using var onStop = stop.Register(done.Set);
         VduseDevice vduse;
         try
         {
@@ -22,9 +25,6 @@ public static partial class ServeCommand
         {
             log.Info($"{device.Adapter.Name} ({device.Describe}) is VDUSE device {name}: bind it with `vdpa dev add name {name} mgmtdev vduse`");
             SystemdNotify.Notify($"READY=1\nMAINPID={Environment.ProcessId}\nSTATUS=VDUSE device {name}", log);
-            using var done = new ManualResetEventSlim();
-            using var signals = new ShutdownSignal(done.Set);
-            using var onStop = stop.Register(done.Set);
             int waitMs = period is { } p ? (int)Math.Max(100, p * 1000) : -1;
             while (!done.Wait(waitMs, CancellationToken.None))
             {
