@@ -192,6 +192,28 @@ public sealed class VduseIotlb(IVdpaDevice device, IVduseKernel kernel, Action<s
         return removed;
     }
 
+    /// <summary>True when one mapped region holds all of [<paramref name="iova"/>, +<paramref name="length"/>).</summary>
+    public bool CoversRange(ulong iova, ulong length)
+    {
+        ulong last = iova + length - 1;
+        foreach (var (s, l, _) in _regions)
+        {
+            if (length != 0 && last >= iova && s <= iova && last <= l)
+            {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    /// <summary>The mapped regions, for a log line ("[start, last] ..." in IOVA order, at most 16 listed).</summary>
+    public string Describe()
+    {
+        var sorted = _regions.OrderBy(r => r.Start).ToList();
+        string list = string.Join(' ', sorted.Take(16).Select(r => $"[0x{r.Start:x}, 0x{r.Last:x}]"));
+        return sorted.Count > 16 ? $"{list} (+{sorted.Count - 16} more)" : list;
+    }
+
     /// <summary>True when a mapped region contains <paramref name="iova"/>.</summary>
     public bool Covers(ulong iova)
     {

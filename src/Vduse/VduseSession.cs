@@ -214,6 +214,7 @@ public sealed class VduseSession : IDisposable
             {
                 throw new VdpaException(bad);
             }
+            ReportUnmappedRings(q, info, packed);
             _device.SetVqNum(q, info.Num);
             _device.SetVqAddress(q, info.DescAddr, info.DriverAddr, info.DeviceAddr);
             _device.SetVqState(q, packed
@@ -237,6 +238,26 @@ public sealed class VduseSession : IDisposable
         _relay.Update([.. relaySet]);
         SyncConfig(inject: false);
         _log($"device {_device.Name} running on the vDPA bus as {_spec.Name}: {started} queues, features 0x{_features:x}, {_iotlb.Count} IOTLB regions mapped");
+    }
+
+    /// <summary>
+    /// Names, once per queue, a ring area that no single mapped IOTLB region holds at DRIVER_OK (the device
+    /// will stop that queue with NEEDS_RESET when it reaches it), with the regions that are mapped.
+    /// </summary>
+    private void ReportUnmappedRings(int q, VduseVqInfoView info, bool packed)
+    {
+        int n = (int)info.Num;
+        var areas = packed
+            ? new[] { ("descriptor ring", info.DescAddr, (ulong)(n * PackedRing.DescSize)), ("driver area", info.DriverAddr, 4UL), ("device area", info.DeviceAddr, 4UL) }
+            : new[] { ("descriptor table", info.DescAddr, (ulong)SplitRing.DescTableBytes(n)), ("avail ring", info.DriverAddr, (ulong)SplitRing.AvailBytes(n)), ("used ring", info.DeviceAddr, (ulong)SplitRing.UsedBytes(n)) };
+        foreach (var (what, addr, len) in areas)
+        {
+            if (!_iotlb.CoversRange(addr, len))
+            {
+                LogOnce($"ring-unmapped-{q}", $"vq {q}: {what} [0x{addr:x}, +0x{len:x}) is not inside one mapped IOTLB region; mapped: {_iotlb.Describe()}");
+                return;
+            }
+        }
     }
 
     /// <summary>A ready queue as the kernel describes it: null when the device can take it, else why not.</summary>

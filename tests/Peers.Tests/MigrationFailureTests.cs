@@ -20,21 +20,14 @@ public class MigrationFailureTests(ITestOutputHelper output)
     [InlineData("serve-relay")]
     public void ACancelledMigrationLeavesTheSourceRunningAndLoggingOff(string backend)
     {
-        using var rig = new MigrationRig(new MigrationRigOptions { Backend = backend }, output.WriteLine);
-        rig.BootSource();
-        var pings = rig.StartPings();
-        var src = rig.Active!;
-        var dst = rig.PrepareDestination();
-        var serve = (ServeTapBackend)src.Backend;
+        using var rig = StartRig(backend, out var pings, out var src, out var dst, out var serve);
         var r = rig.MigrateInterrupted(Bandwidth, After, (s, _) => s.Qmp.MigrateCancel(), TimeSpan.FromSeconds(60));
         output.WriteLine($"cancelled migration: {r}");
         Assert.True(r.Error is null, r.ToString());
         Assert.Equal("cancelled", r.Info.Status);
         Assert.Equal("running", src.Qmp.Status());
         Assert.Contains(backend == "serve" ? "logs dirty pages into" : "switched to the software relay", serve.Log, StringComparison.Ordinal);
-        string off = backend == "serve" ? "stopped logging" : "software relay off";
-        Assert.True(PeerEnvironment.Eventually(() => serve.Log.Contains(off, StringComparison.Ordinal), TimeSpan.FromSeconds(10)),
-            $"the source back-end did not stop logging ('{off}')\n{serve.Describe()}");
+        AssertSourceStoppedLogging(backend, serve);
 
         string? dirty = rig.RetireAndCheckClean(dst);
         Assert.True(dirty is null, dirty + "\n" + dst.Backend.Describe());
@@ -55,12 +48,7 @@ public class MigrationFailureTests(ITestOutputHelper output)
     [InlineData("serve-relay")]
     public void TheDestinationBackEndKilledDuringMigrationLeavesTheSourceRunning(string backend)
     {
-        using var rig = new MigrationRig(new MigrationRigOptions { Backend = backend }, output.WriteLine);
-        rig.BootSource();
-        var pings = rig.StartPings();
-        var src = rig.Active!;
-        var dst = rig.PrepareDestination();
-        var serve = (ServeTapBackend)src.Backend;
+        using var rig = StartRig(backend, out var pings, out var src, out var dst, out var serve);
         // QEMU 7.2 itself carries on when the destination's vhost-user back-end disappears (seen: the migration
         // completes onto a destination without a network back-end), so the orchestrator cancels, as libvirt does
         // when a destination resource dies.
@@ -74,12 +62,41 @@ public class MigrationFailureTests(ITestOutputHelper output)
         Assert.Equal("cancelled", r.Info.Status);
         Assert.True(dst.Backend.HasExited);
         Assert.Equal("running", src.Qmp.Status());
-        string off = backend == "serve" ? "stopped logging" : "software relay off";
-        Assert.True(PeerEnvironment.Eventually(() => serve.Log.Contains(off, StringComparison.Ordinal), TimeSpan.FromSeconds(10)),
-            $"the source back-end did not stop logging ('{off}')\n{serve.Describe()}");
+        AssertSourceStoppedLogging(backend, serve);
         dst.Quit();
         int at = pings.LastAnswered;
         Assert.True(pings.WaitForRepliesAfter(at, 5, TimeSpan.FromSeconds(10)), $"the guest stopped answering on the source\n{pings.Describe()}");
         Assert.True(pings.Tally().Lost == 0, $"pings lost while the migration failed: {pings.Tally()}\n{pings.Describe()}");
+    }
+
+    /// <summary>
+    /// Both cases' set-up: the guest booted on a <paramref name="backend"/> back-end (the source), pinged, and a
+    /// destination QEMU waiting on the other back-end.
+    /// </summary>
+    private MigrationRig StartRig(string backend, out PingMonitor pings, out MigrationQemu src, out MigrationQemu dst, out ServeTapBackend serve)
+    {
+        var rig = new MigrationRig(new MigrationRigOptions { Backend = backend }, output.WriteLine);
+        try
+        {
+            rig.BootSource();
+            pings = rig.StartPings();
+            src = rig.Active!;
+            dst = rig.PrepareDestination();
+            serve = (ServeTapBackend)src.Backend;
+            return rig;
+        }
+        catch
+        {
+            rig.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The source back-end logs that it stopped logging (LM block off, or the rings back from the relay).</summary>
+    private static void AssertSourceStoppedLogging(string backend, ServeTapBackend serve)
+    {
+        string off = backend == "serve" ? "stopped logging" : "software relay off";
+        Assert.True(PeerEnvironment.Eventually(() => serve.Log.Contains(off, StringComparison.Ordinal), TimeSpan.FromSeconds(10)),
+            $"the source back-end did not stop logging ('{off}')\n{serve.Describe()}");
     }
 }

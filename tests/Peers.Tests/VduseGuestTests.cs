@@ -11,7 +11,7 @@ namespace IfcVdpa.Peers.Tests;
 /// vduse, virtio_vdpa, vhost_vdpa) with iproute2's `vdpa` and the NativeAOT `ifcvf` in its initramfs. In the
 /// guest the daemon makes two software VFs wired as a pair; vdpa0 joins the vDPA bus through VDUSE, `vdpa dev
 /// add` binds it, the kernel's virtio-net drives it (virtio_vdpa) and reaches vdpa1, a TAP in a namespace of
-/// its own (ping, a 4 MiB TCP transfer with sha256, link down/up to the carrier); then vhost_vdpa, teardown and
+/// its own (ping, a 4 MiB TCP transfer with sha256, link down/up to the carrier); then vhost_vdpa with DPDK testpmd on /dev/vhost-vdpa-0 answering pings, teardown and
 /// a daemon killed with the device bound. The CI host kernel cannot load modules, hence the guest. Never
 /// skipped: scripts/vduse-guest/prepare.sh installs what is missing, and a failure fails the test.
 /// </summary>
@@ -83,6 +83,13 @@ public sealed class VduseGuestTests(ITestOutputHelper output)
 
         // rebound to vhost_vdpa: the character device appears and the netdev goes
         Assert.Matches(@"^VDUSE-GUEST rebind driver=vhost_vdpa dev=vhost-vdpa-0 +netdev-left=0$", Line("VDUSE-GUEST rebind"));
+
+        // DPDK testpmd (virtio-user on /dev/vhost-vdpa-0, icmpecho) answers the namespace's pings through the VF pair
+        Assert.Contains("3 packets transmitted, 3 packets received", Line("VDUSE-GUEST testpmd-ping rc=0"), StringComparison.Ordinal);
+        Assert.True(Num(Line("VDUSE-GUEST testpmd-stats RX-packets:"), "RX-packets:") >= 3, "testpmd received fewer than 3 frames");
+        Assert.True(Num(Line("VDUSE-GUEST testpmd-stats TX-packets:"), "TX-packets:") >= 3, "testpmd sent fewer than 3 frames");
+        Assert.DoesNotContain("is not inside one mapped IOTLB region", log, StringComparison.Ordinal);
+        Assert.DoesNotContain("ring areas outside the DMA map", log, StringComparison.Ordinal);
 
         // teardown: refused while bound, then vdpa dev del and dev detach destroy the VDUSE device
         Assert.Contains("vdpa dev del vduse0", Line("VDUSE-GUEST detach-on-bus rc=1"), StringComparison.Ordinal);

@@ -1,5 +1,7 @@
 using IfcVdpa.Ifcvf;
 using IfcVdpa.IfcvfModel;
+using IfcVdpa.IfcvfModel.Backends;
+using IfcVdpa.IfcvfModel.Datapath;
 using IfcVdpa.Interop.Primitives;
 using static IfcVdpa.Virtio.VirtioFeature;
 using S = IfcVdpa.Virtio.VirtioStatus;
@@ -256,6 +258,28 @@ public sealed class VduseSessionTests : IDisposable
         Assert.True(Send(VduseRequestType.UpdateIotlb, Range(RegionBase + 0x18_0000, RegionBase + 0x18_0fff)).Ok);
         Assert.Equal(1, _s.MappedRegions); // the whole run again, not just the part the update named
         Assert.True(_s.Running);
+    }
+
+    [Fact]
+    public void RingOutsideTheMappedRegionsIsNamedAtDriverOkAndTheQueueNeedsReset()
+    {
+        // A userspace front-end on vhost-vdpa giving ring addresses in another IOVA space than its DMA maps
+        // (DPDK in IOVA-as-PA mode): the TX ring lies in no mapped region.
+        ulong va = 0x1_0819_f000;
+        _k.Queues[1] = new VduseVqInfoView(1, 256, va, va + 0x1000, va + 0x2000, true, 0, 0, 0, 0, 0);
+        using var engine = new VirtioNetEngine(NetBackend.Loopback(), new EngineOptions());
+        _vf.AttachEngine(engine);
+        BringUp();
+        Assert.Equal(1, LogCount("vq 1: descriptor table [0x10819f000, +0x1000) is not inside one mapped IOTLB region; mapped: [0x100000, 0x1fffff]"));
+        Assert.Equal(0, LogCount("vq 0:"));
+        using (var kick = EventFd.Adopt(SafeFd.Dup(_k.KickFds.Single(k => k.Index == 1).Fd)))
+        {
+            kick.Signal();
+        }
+        WaitFor(() => (_dev.GetStatus() & S.NEEDS_RESET) != 0, "NEEDS_RESET from the queue whose ring is not mapped");
+        Assert.True(_s.Running); // the session keeps answering the kernel
+        Assert.True(SetStatus(0));
+        _vf.AttachEngine(null);
     }
 
     public void Dispose()

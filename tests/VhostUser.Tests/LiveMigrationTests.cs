@@ -3,6 +3,7 @@ using IfcVdpa.IfcvfModel.Backends;
 using IfcVdpa.Interop.Primitives;
 using IfcVdpa.Vdpa;
 using IfcVdpa.Virtio;
+using static IfcVdpa.VhostUser.Tests.MigrationFixture;
 
 namespace IfcVdpa.VhostUser.Tests;
 
@@ -14,43 +15,15 @@ namespace IfcVdpa.VhostUser.Tests;
 /// </summary>
 public sealed class LiveMigrationTests : IDisposable
 {
-    private const ulong Proto = VhostUserProtocolFeature.Supported | VhostUserProtocolFeature.Migration;
-    private const ulong LogAll = 1UL << VirtioFeature.F_LOG_ALL;
-
-    /// <summary>Bytes of bitmap guest memory (up to 0x4020_0000) needs: one bit per 4 KiB page.</summary>
-    private const ulong NeededLog = (GuestMemoryFixture.Gpa + GuestMemoryFixture.Size) / 4096 / 8;
-
     private readonly string _pcap = Path.Combine(Path.GetTempPath(), $"lm-{Environment.ProcessId}-{Guid.NewGuid():N}.pcap");
-    private readonly RealDevice _dev;
-    private readonly GuestMemoryFixture _mem = new();
-    private readonly SessionHarness _h;
-    private readonly VirtioNetFrontEnd _net;
+    private readonly MigrationFixture _f = new();
 
-    public LiveMigrationTests()
-    {
-        _dev = new RealDevice();
-        _h = new SessionHarness(_dev.Adapter);
-        _net = new VirtioNetFrontEnd(_h.Fe, _mem);
-    }
-
-    private TestFrontEnd Fe => _h.Fe;
+    private TestFrontEnd Fe => _f.Fe;
 
     public void Dispose()
     {
-        _h.Dispose();
-        _net.Dispose();
-        _dev.Dispose();
-        _mem.Dispose();
+        _f.Dispose();
         File.Delete(_pcap);
-    }
-
-    /// <summary>A front-end's log file: the bitmap at <paramref name="offset"/>, guard bytes 0xA5 everywhere else.</summary>
-    private static MappedMemory LogFile(ulong size, ulong offset, ulong tail = 0x1000)
-    {
-        var f = MappedMemory.CreateShared("vhost-log", offset + size + tail);
-        f.Span(0, (int)f.Length).Fill(0xA5);
-        f.Span(offset, (int)size).Clear();
-        return f;
     }
 
     private static void AssertGuardsIntact(MappedMemory f, ulong size, ulong offset)
@@ -59,38 +32,10 @@ public sealed class LiveMigrationTests : IDisposable
         Assert.True(f.Span(offset + size, (int)(f.Length - offset - size)).IndexOfAnyExcept((byte)0xA5) < 0, "bytes after the log were written");
     }
 
-    private static List<ulong> DirtyPages(MappedMemory f, ulong size, ulong offset)
-    {
-        var pages = new List<ulong>();
-        var b = f.Span(offset, (int)size);
-        for (int i = 0; i < b.Length; i++)
-        {
-            for (int bit = 0; bit < 8; bit++)
-            {
-                if ((Volatile.Read(ref b[i]) & (1 << bit)) != 0)
-                {
-                    pages.Add(((ulong)i * 8) + (ulong)bit);
-                }
-            }
-        }
-        return pages;
-    }
-
-    private ulong SetLogBase(MappedMemory f, ulong size, ulong offset)
-    {
-        var p = new byte[16];
-        BinaryPrimitives.WriteUInt64LittleEndian(p, size);
-        BinaryPrimitives.WriteUInt64LittleEndian(p.AsSpan(8), offset);
-        Fe.Send(VhostUserRequest.SET_LOG_BASE, p, [f.Fd!.Fd]);
-        var r = Fe.ReadReply(VhostUserRequest.SET_LOG_BASE);
-        Assert.Equal(8, r.Length);
-        return BinaryPrimitives.ReadUInt64LittleEndian(r);
-    }
-
     /// <summary>QEMU's migration start: SET_LOG_BASE, SET_FEATURES + LOG_ALL, SET_VRING_ADDR + F_LOG per ring.</summary>
     private void StartLogging(MappedMemory f, ulong size, ulong offset)
     {
-        Assert.Equal(0UL, SetLogBase(f, size, offset));
+        Assert.Equal(0UL, _f.SetLogBase(f, size, offset));
         Assert.Equal(0UL, Fe.SetU64(VhostUserRequest.SET_FEATURES, VirtioNetFrontEnd.Features | LogAll));
         for (int q = 0; q < 2; q++)
         {
@@ -106,8 +51,6 @@ public sealed class LiveMigrationTests : IDisposable
         return Fe.Request(VhostUserRequest.SET_VRING_ADDR, p);
     }
 
-    private static ulong Page(ulong gpa) => gpa / 4096;
-
     [Fact]
     public void NegotiationOffersLogAllLogShmfdAndRarp()
     {
@@ -116,8 +59,8 @@ public sealed class LiveMigrationTests : IDisposable
         ulong p = Fe.GetU64(VhostUserRequest.GET_PROTOCOL_FEATURES);
         Assert.Equal(Proto, p);
         // LOG_ALL never reaches the device: it is a vhost feature.
-        _net.Start(protocol: Proto, extraFeatures: LogAll);
-        Assert.Equal(0UL, _dev.Adapter.GetDriverFeatures() & LogAll);
+        _f.Net.Start(protocol: Proto, extraFeatures: LogAll);
+        Assert.Equal(0UL, _f.Dev.Adapter.GetDriverFeatures() & LogAll);
     }
 
     [Fact]
@@ -125,19 +68,19 @@ public sealed class LiveMigrationTests : IDisposable
     {
         const ulong offset = 0x1008; // not page-aligned: the bitmap starts inside the mapping's first page
         using var log = LogFile(NeededLog, offset);
-        _net.Start(protocol: Proto);
+        _f.Net.Start(protocol: Proto);
         StartLogging(log, NeededLog, offset);
-        Assert.True(_dev.Vf.DirtyLog.Enabled);
+        Assert.True(_f.Dev.Vf.DirtyLog.Enabled);
         Assert.Empty(DirtyPages(log, NeededLog, offset)); // a restart of the rings would have marked them
 
-        _net.Send(1, VirtioNetFrontEnd.Frame(64, 1));
-        Assert.Equal(VirtioNetFrontEnd.Frame(64, 1), _net.Receive(0, 1));
+        _f.Net.Send(1, VirtioNetFrontEnd.Frame(64, 1));
+        Assert.Equal(VirtioNetFrontEnd.Frame(64, 1), _f.Net.Receive(0, 1));
         // Only the RX buffer the VF wrote: TX buffers are read, used rings are marked at stop.
         Assert.Equal([Page(GuestMemoryFixture.BufferGpa(0, 0))], DirtyPages(log, NeededLog, offset));
-        Assert.Equal(1, _dev.Adapter.GetVqStats(0).DirtyPages);
+        Assert.Equal(1, _f.Dev.Adapter.GetVqStats(0).DirtyPages);
 
-        _net.Send(1, VirtioNetFrontEnd.Frame(64, 2));
-        Assert.Equal(VirtioNetFrontEnd.Frame(64, 2), _net.Receive(0, 2));
+        _f.Net.Send(1, VirtioNetFrontEnd.Frame(64, 2));
+        Assert.Equal(VirtioNetFrontEnd.Frame(64, 2), _f.Net.Receive(0, 2));
 
         Fe.GetVringBase(0);
         Fe.GetVringBase(1);
@@ -148,8 +91,8 @@ public sealed class LiveMigrationTests : IDisposable
         Assert.DoesNotContain(Page(GuestMemoryFixture.BufferGpa(1, 0)), pages); // TX buffers are only read
         Assert.Equal(3, pages.Count); // RX buffers share a page; two used rings
         AssertGuardsIntact(log, NeededLog, offset);
-        Assert.True(_h.Session.DirtyLogState.LogAll);
-        Assert.Equal(2, _h.Session.DirtyLogState.UsedRingPagesMarked);
+        Assert.True(_f.H.Session.DirtyLogState.LogAll);
+        Assert.Equal(2, _f.H.Session.DirtyLogState.UsedRingPagesMarked);
     }
 
     [Fact]
@@ -157,49 +100,49 @@ public sealed class LiveMigrationTests : IDisposable
     {
         using var first = LogFile(NeededLog, 0);
         using var second = LogFile(NeededLog * 2, 0x2000); // QEMU resizes: a bigger log in a new memfd
-        _net.Start(protocol: Proto);
+        _f.Net.Start(protocol: Proto);
         StartLogging(first, NeededLog, 0);
-        _net.Send(1, VirtioNetFrontEnd.Frame(64, 1));
-        _net.Receive(0, 1);
+        _f.Net.Send(1, VirtioNetFrontEnd.Frame(64, 1));
+        _f.Net.Receive(0, 1);
         Assert.Single(DirtyPages(first, NeededLog, 0));
 
-        Assert.Equal(0UL, SetLogBase(second, NeededLog * 2, 0x2000));
+        Assert.Equal(0UL, _f.SetLogBase(second, NeededLog * 2, 0x2000));
         first.Span(0, (int)NeededLog).Clear(); // the front-end synced and dropped the old one
-        _net.Send(1, VirtioNetFrontEnd.Frame(64, 2));
-        _net.Receive(0, 2);
+        _f.Net.Send(1, VirtioNetFrontEnd.Frame(64, 2));
+        _f.Net.Receive(0, 2);
         Assert.Empty(DirtyPages(first, NeededLog, 0));
         Assert.Equal([Page(GuestMemoryFixture.BufferGpa(0, 1))], DirtyPages(second, NeededLog * 2, 0x2000));
-        Assert.False(_h.Logged("restarting the device"), _h.LogText);
+        Assert.False(_f.H.Logged("restarting the device"), _f.H.LogText);
         Fe.GetVringBase(0);
         Assert.Contains(Page(GuestMemoryFixture.RingGpa(0).Used), DirtyPages(second, NeededLog * 2, 0x2000));
         Assert.Empty(DirtyPages(first, NeededLog, 0));
         AssertGuardsIntact(second, NeededLog * 2, 0x2000);
         // Only guest memory and the one live log stay mapped for the device.
-        Assert.Equal(2, _dev.Vf.DmaMapCount);
+        Assert.Equal(2, _f.Dev.Vf.DmaMapCount);
     }
 
     [Fact]
     public void LogAllOffStopsMarkingWithoutStoppingTheRings()
     {
         using var log = LogFile(NeededLog, 0);
-        _net.Start(protocol: Proto);
+        _f.Net.Start(protocol: Proto);
         StartLogging(log, NeededLog, 0);
-        _net.Send(1, VirtioNetFrontEnd.Frame(64, 1));
-        _net.Receive(0, 1);
+        _f.Net.Send(1, VirtioNetFrontEnd.Frame(64, 1));
+        _f.Net.Receive(0, 1);
         Assert.NotEmpty(DirtyPages(log, NeededLog, 0));
 
         // A cancelled migration: LOG_ALL off, ring addresses without F_LOG.
         Assert.Equal(0UL, Fe.SetU64(VhostUserRequest.SET_FEATURES, VirtioNetFrontEnd.Features));
         var (d, a, u) = GuestMemoryFixture.RingVa(0);
         Assert.Equal(0UL, Fe.SetVringAddr(0, d, a, u));
-        Assert.False(_dev.Vf.DirtyLog.Enabled);
+        Assert.False(_f.Dev.Vf.DirtyLog.Enabled);
         log.Span(0, (int)NeededLog).Clear();
-        _net.Send(1, VirtioNetFrontEnd.Frame(64, 2));
-        _net.Receive(0, 2);
+        _f.Net.Send(1, VirtioNetFrontEnd.Frame(64, 2));
+        _f.Net.Receive(0, 2);
         Fe.GetVringBase(0);
         Assert.Empty(DirtyPages(log, NeededLog, 0));
-        Assert.False(_h.Logged("restarting the device"), _h.LogText);
-        Assert.Equal(1, _dev.Vf.DmaMapCount); // guest memory only: the log is unmapped
+        Assert.False(_f.H.Logged("restarting the device"), _f.H.LogText);
+        Assert.Equal(1, _f.Dev.Vf.DmaMapCount); // guest memory only: the log is unmapped
     }
 
     public static TheoryData<string, ulong, ulong, ulong, int> HostileLogs => new()
@@ -220,7 +163,7 @@ public sealed class LiveMigrationTests : IDisposable
     {
         using var f = MappedMemory.CreateShared("vhost-log", fileSize);
         f.Span(0, (int)fileSize).Fill(0xA5);
-        _net.Start(protocol: Proto);
+        _f.Net.Start(protocol: Proto);
         var p = new byte[16];
         BinaryPrimitives.WriteUInt64LittleEndian(p, size);
         BinaryPrimitives.WriteUInt64LittleEndian(p.AsSpan(8), offset);
@@ -228,11 +171,11 @@ public sealed class LiveMigrationTests : IDisposable
         Fe.Send(VhostUserRequest.SET_LOG_BASE, p, descriptors);
         // SET_LOG_BASE carries its own reply with LOG_SHMFD: a refusal closes the connection (a front-end must not
         // migrate with a log nobody writes).
-        Assert.True(Fe.WaitClosed(), $"{name}: the back-end kept the connection\n{_h.LogText}");
-        Assert.True(_h.WaitEnded());
-        Assert.True(_h.Logged("SET_LOG_BASE:"), _h.LogText);
-        Assert.False(_dev.Vf.DirtyLog.Enabled);
-        Assert.Equal(0, _dev.Vf.DmaMapCount);
+        Assert.True(Fe.WaitClosed(), $"{name}: the back-end kept the connection\n{_f.H.LogText}");
+        Assert.True(_f.H.WaitEnded());
+        Assert.True(_f.H.Logged("SET_LOG_BASE:"), _f.H.LogText);
+        Assert.False(_f.Dev.Vf.DirtyLog.Enabled);
+        Assert.Equal(0, _f.Dev.Vf.DmaMapCount);
         Assert.True(f.Span(0, (int)fileSize).IndexOfAnyExcept((byte)0xA5) < 0, $"{name}: the log file was written");
     }
 
@@ -240,14 +183,14 @@ public sealed class LiveMigrationTests : IDisposable
     public void UsedRingLogAddressOutsideGuestMemoryIsRefused()
     {
         using var log = LogFile(NeededLog, 0);
-        _net.Start(protocol: Proto);
-        Assert.Equal(0UL, SetLogBase(log, NeededLog, 0));
+        _f.Net.Start(protocol: Proto);
+        Assert.Equal(0UL, _f.SetLogBase(log, NeededLog, 0));
         var (d, a, u) = GuestMemoryFixture.RingVa(0);
         Assert.Equal(1UL, SetVringAddrLog(0, d, a, u, 0x1000));
         Assert.Equal(1UL, SetVringAddrLog(0, d, a, u, GuestMemoryFixture.Gpa + GuestMemoryFixture.Size - 8));
-        Assert.True(_h.Logged("outside guest memory"), _h.LogText);
+        Assert.True(_f.H.Logged("outside guest memory"), _f.H.LogText);
         Assert.Equal(1UL, SetVringAddrLog(0, d, a, u, GuestMemoryFixture.RingGpa(0).Used + 2));
-        Assert.True(_h.Logged("misaligned"), _h.LogText);
+        Assert.True(_f.H.Logged("misaligned"), _f.H.LogText);
         Assert.Empty(DirtyPages(log, NeededLog, 0));
     }
 
@@ -255,11 +198,11 @@ public sealed class LiveMigrationTests : IDisposable
     public void SetLogBaseWithoutLogShmfdIsRefusedWithAnAck()
     {
         using var log = LogFile(NeededLog, 0);
-        _net.Start(); // no migration bits negotiated
+        _f.Net.Start(); // no migration bits negotiated
         var p = new byte[16];
         BinaryPrimitives.WriteUInt64LittleEndian(p, NeededLog);
         Assert.Equal(1UL, Fe.Request(VhostUserRequest.SET_LOG_BASE, p, [log.Fd!.Fd]));
-        Assert.True(_h.Logged("without LOG_SHMFD"), _h.LogText);
+        Assert.True(_f.H.Logged("without LOG_SHMFD"), _f.H.LogText);
         Assert.NotEqual(0UL, Fe.GetU64(VhostUserRequest.GET_FEATURES));
     }
 
@@ -327,29 +270,29 @@ public sealed class LiveMigrationTests : IDisposable
     [Fact]
     public void SuspendAndResumeKeepTheRingState()
     {
-        _net.Start();
+        _f.Net.Start();
         for (byte i = 1; i <= 3; i++)
         {
-            _net.Send(1, VirtioNetFrontEnd.Frame(64, i));
-            _net.Receive(0, i);
+            _f.Net.Send(1, VirtioNetFrontEnd.Frame(64, i));
+            _f.Net.Receive(0, i);
         }
-        _dev.Adapter.Suspend();
-        Assert.True(_dev.Adapter.Suspended);
-        Assert.True(_dev.Adapter.GetVqReady(1)); // stopped, not unconfigured
-        Assert.Equal(VdpaVqState.Split(3, 3), _dev.Adapter.GetVqState(0));
-        Assert.Equal(VdpaVqState.Split(3, 3), _dev.Adapter.GetVqState(1));
+        _f.Dev.Adapter.Suspend();
+        Assert.True(_f.Dev.Adapter.Suspended);
+        Assert.True(_f.Dev.Adapter.GetVqReady(1)); // stopped, not unconfigured
+        Assert.Equal(VdpaVqState.Split(3, 3), _f.Dev.Adapter.GetVqState(0));
+        Assert.Equal(VdpaVqState.Split(3, 3), _f.Dev.Adapter.GetVqState(1));
 
-        long doorbells = _dev.Vf.DoorbellCount(1);
-        _net.Send(1, VirtioNetFrontEnd.Frame(64, 4)); // kicked while suspended: not processed
-        Assert.True(SpinWait.SpinUntil(() => _dev.Vf.DoorbellCount(1) > doorbells, 2000)); // the kick reached the device
-        Assert.False(_dev.Vf.IsQueueRunning(1)); // ... whose queue is stopped: nothing can process it
-        Assert.Equal(3, _mem.UsedIdx(1));
-        Assert.Equal(3, _mem.UsedIdx(0));
+        long doorbells = _f.Dev.Vf.DoorbellCount(1);
+        _f.Net.Send(1, VirtioNetFrontEnd.Frame(64, 4)); // kicked while suspended: not processed
+        Assert.True(SpinWait.SpinUntil(() => _f.Dev.Vf.DoorbellCount(1) > doorbells, 2000)); // the kick reached the device
+        Assert.False(_f.Dev.Vf.IsQueueRunning(1)); // ... whose queue is stopped: nothing can process it
+        Assert.Equal(3, _f.Mem.UsedIdx(1));
+        Assert.Equal(3, _f.Mem.UsedIdx(0));
 
-        _dev.Adapter.Resume();
-        Assert.False(_dev.Adapter.Suspended);
-        Assert.Equal(VirtioNetFrontEnd.Frame(64, 4), _net.Receive(0, 4));
-        Assert.Equal(4, _mem.UsedIdx(1));
+        _f.Dev.Adapter.Resume();
+        Assert.False(_f.Dev.Adapter.Suspended);
+        Assert.Equal(VirtioNetFrontEnd.Frame(64, 4), _f.Net.Receive(0, 4));
+        Assert.Equal(4, _f.Mem.UsedIdx(1));
         Assert.Equal(4u, Fe.GetVringBase(1));
     }
 }

@@ -194,7 +194,7 @@ public sealed class MigrationRig : IDisposable
         long pauseUs = (long)(_o.TransferSpread.TotalMilliseconds * 1000 / chunks);
         string bb = PeerEnvironment.Busybox;
         string script = string.Create(CultureInfo.InvariantCulture,
-            $"i=0; while [ $i -lt {chunks} ]; do dd if={file} bs=65536 skip=$i count=1 2>/dev/null; i=$((i + 1)); {bb} usleep {pauseUs}; done | {bb} nc {GuestIp} {Port}");
+            $"i=0; while [ $i -lt {chunks} ]; do dd if={file} bs=65536 skip=$i count=1 2>/dev/null; i=$((i + 1)); {bb} usleep {pauseUs}; done | {bb} nc {GuestIp} {Port}; rc=$?; echo sender: nc exit $rc at $(date +%T.%N) >&2; exit $rc");
         var sender = Namespace.Start($"sender{number}", _o.Lifetime, "sh", "-c", script);
         var t = new Transfer(number, file, sha, data.Length, sender);
         _transfers.Add(t);
@@ -204,13 +204,29 @@ public sealed class MigrationRig : IDisposable
     /// <summary>Waits for the sender to finish and the guest to print the received file's SHA-256 and size.</summary>
     public (string Sha256, long Bytes) WaitTransferLanded(Transfer t, TimeSpan timeout)
     {
-        if (!t.Sender.WaitForExit(timeout) || t.Sender.ExitCode != 0)
+        // a guest that broke (a kernel oops, a ring the driver finds corrupt) never takes the rest: say so at once
+        Match? broken = null;
+        PeerEnvironment.Eventually(() => t.Sender.HasExited || (broken = GuestBroken()) is not null, timeout);
+        if (broken is not null && !t.Sender.HasExited)
         {
-            throw new InvalidOperationException($"transfer {t.Number}: the sender failed\n{t.Sender.Describe()}\n{Describe()}");
+            throw new InvalidOperationException($"transfer {t.Number}: the guest broke while it was running: '{broken.Value.Trim()}'\n{t.Sender.Describe()}\n{Describe()}");
+        }
+        if (!t.Sender.WaitForExit(TimeSpan.FromSeconds(1)) || t.Sender.ExitCode != 0)
+        {
+            string how = t.Sender.HasExited ? $"exited with {t.Sender.ExitCode}" : $"still running after {timeout.TotalSeconds:0} s";
+            string sockets = Namespace.Exec(TimeSpan.FromSeconds(10), "ss", "-tnoie").Output;
+            throw new InvalidOperationException($"transfer {t.Number}: the sender {how} at {DateTime.UtcNow:HH:mm:ss.fff}\n{t.Sender.Describe()}\n--- namespace sockets:\n{sockets}\n--- pings:\n{Pings?.Describe()}\n{Describe()}");
         }
         var m = WaitForGuest($@"GUEST-RESULT rx n={t.Number} sha256=([0-9a-f]{{64}}) bytes=(\d+)", timeout);
         return (m.Groups[1].Value, long.Parse(m.Groups[2].Value, CultureInfo.InvariantCulture));
     }
+
+    private static readonly Regex s_guestBroken = new(
+        @"^.*(Kernel panic|general protection fault|BUG: |is not a head|soft lockup|Oops: ).*$",
+        RegexOptions.Multiline | RegexOptions.CultureInvariant);
+
+    /// <summary>The first console line of any of the rig's guests that shows its kernel broke, or null.</summary>
+    public Match? GuestBroken() => _qemus.SelectMany(q => q.Console(s_guestBroken)).FirstOrDefault();
 
     /// <summary>
     /// Migrates the guest from <see cref="Active"/> to <see cref="Standby"/> over a Unix socket and polls
