@@ -24,7 +24,7 @@ public static class BlkServe
 
     /// <summary>Opens the backend, builds the block VF (engine attached) and probes it as vdpa0.</summary>
     public static (SoftVf Vf, IfcvfAdapter Adapter, string Describe) Create(string backendSpec, int queues, bool readOnly, uint blkSize,
-        EngineMode mode, int? cpu, Action<string> log, string address = "sim:00.0", string name = "vdpa0")
+        EngineMode mode, int? cpu, Action<string> log, string address = "sim:00.0", string name = "vdpa0", bool strict = false)
     {
         BlkBackend backend;
         try
@@ -38,7 +38,7 @@ public static class BlkServe
         SoftVf sw;
         try
         {
-            var options = SoftIfcVfOptions.ForBlock(ConfigFor(backend, queues, blkSize), readOnly, address);
+            var options = SoftIfcVfOptions.ForBlock(ConfigFor(backend, queues, blkSize), readOnly, address) with { Strict = strict, Log = log };
             options.Validate();
             sw = SoftVf.CreateBlock(options, backend, new EngineOptions { Mode = mode, CpuAffinity = cpu, Log = log });
         }

@@ -28,14 +28,16 @@ public static class CommandLine
                                      --config applies vfio, sim add, dev add, dev attach and vhost add
                                      lines before listening (a bad line: FILE:LINE, nothing started)
           sim add [ count N ] [ mac M ] [ queues N ] [ msix_vectors N ] [ backend loopback|pair|tap:NAME|pcap:FILE ]
-                  [ cpu LIST ] [ dirty-log on|off ]
+                  [ cpu LIST ] [ dirty-log on|off ] [ strict ]
                                      create software IFC VFs (management devices sim/ifcvfN); the
                                      backend is their "wire" (pair: VFs wired two by two); cpu pins
                                      each VF's datapath worker: VF i gets the i-th CPU of LIST, round robin;
-                                     dirty-log off: VFs without the LM dirty log (software relay migration)
-          sim add class blk backend file:PATH[,direct]|mem:SIZE [ queues N ] [ readonly ] [ blk_size N ] [ cpu N ]
+                                     dirty-log off: VFs without the LM dirty log (software relay migration);
+                                     strict: a driver's virtio rule violation sets NEEDS_RESET (docs/strict.md)
+          sim add class blk backend file:PATH[,direct]|mem:SIZE [ queues N ] [ readonly ] [ blk_size N ] [ cpu N ] [ strict ]
                                      a software IFC block VF (capacity from the backend; N request
                                      queues, each with its own I/O thread; readonly offers VIRTIO_BLK_F_RO)
+          sim show [ NAME ]          software VFs: status, strict, virtio rule violations per rule
           sim del NAME               delete a software VF (and its vDPA device)
           sim link NAME up|down      set a software VF's link status (config interrupt to its driver)
           mgmtdev show [ NAME ]      management devices (VFs): classes, max vqs, features
@@ -59,9 +61,10 @@ public static class CommandLine
           serve --socket PATH [ --backend loopback|tap:NAME|pcap:FILE ] [ --queues N ] [ --mac M ] [ --mtu N ]
                 [ --client ] [ --poll | --event ] [ --split-only ] [ --stats-period S ]
                 [ --owner USER ] [ --group GROUP ] [ --mode OCTAL ] [ --cpu LIST ] [ --metrics [ADDR:]PORT ]
-                [ --no-dirty-log ] [ --log-format logfmt|json ] [ --log-level error|warn|info|debug ]
+                [ --no-dirty-log ] [ --strict ] [ --log-format logfmt|json ] [ --log-level error|warn|info|debug ]
                                      vhost-user back-end (QEMU, DPDK virtio-user) on a software IFC VF
                                      until Ctrl-C; -j or --stats-period print per-queue counters;
+                                     --strict: the VF sets NEEDS_RESET on a virtio rule violation;
                                      --cpu pins the datapath worker (one: the first CPU of LIST);
                                      --owner/--group/--mode: who may connect (default 0600, root;
                                      never world-writable), as vhost add's owner/group/mode;

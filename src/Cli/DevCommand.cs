@@ -280,6 +280,14 @@ public static class DevCommand
             ctx.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"{name}: dirty_log {(dl.GetProperty("enabled").GetBoolean() ? "on" : "off")} pages {dl.GetProperty("pages").GetInt64()}"));
         }
+        // The spec checker's lines: a strict VF, or one whose driver broke a virtio rule (IFC VF extensions alone,
+        // such as a provisioned MAC, stay in -j only).
+        if (v.TryGetProperty("spec_violations", out var spec) &&
+            (v.GetProperty("strict").GetBoolean() || spec.EnumerateObject().Any(r => r.Name != "total" && !r.Value.GetProperty("ifc_extension").GetBoolean())))
+        {
+            ctx.Out.WriteLine($"{name}: strict {(v.GetProperty("strict").GetBoolean() ? "on" : "off")}");
+            SimCommand.PrintViolations(ctx.Out, $"{name}: ", spec);
+        }
         if (v.TryGetProperty("queues", out var queues))
         {
             foreach (var one in queues.EnumerateArray())

@@ -46,6 +46,7 @@ public static partial class ServeCommand
         public bool BackendGiven { get; set; }
         public bool ReadOnly { get; set; }
         public uint BlkSize { get; set; } = 512;
+        public bool Strict { get; set; }
     }
 
     public static int Run(CliContext ctx, IReadOnlyList<string> argv) => Run(ctx, argv, CancellationToken.None);
@@ -151,6 +152,16 @@ public static partial class ServeCommand
             w.Bool("log_relay", relaying);
             w.Num("relayed_used", relayed);
             w.Num("dirty_pages", Enumerable.Range(0, rings).Sum(q => dev.GetVqStats(q).DirtyPages) + usedPages);
+            if (dev.Function is SoftIfcVf vf)
+            {
+                w.Bool("strict", vf.Strict);
+                w.BeginObject("spec_violations");
+                foreach (var (rule, count) in vf.Violations)
+                {
+                    w.Num(rule.Counter, count);
+                }
+                w.EndObject();
+            }
             w.BeginArray("queues");
             for (int q = 0; q < rings; q++)
             {
@@ -179,6 +190,10 @@ public static partial class ServeCommand
             {
                 long pages = Enumerable.Range(0, rings).Sum(q => dev.GetVqStats(q).DirtyPages) + lm.UsedRingPagesMarked;
                 line.Append(CultureInfo.InvariantCulture, $" | dirty log {(s.RelayState.Relaying ? "relay" : lm.DeviceLogging ? "on" : "waiting for a log")} pages {pages}");
+            }
+            if (dev.Function is SoftIfcVf vf && vf.ViolationTotal != 0)
+            {
+                line.Append(CultureInfo.InvariantCulture, $" | spec violations {string.Join(' ', vf.Violations.Select(v => $"{v.Rule.Counter}={v.Count}"))}");
             }
             for (int q = 0; q < rings; q++)
             {
@@ -219,7 +234,7 @@ public static partial class ServeCommand
     {
         if (a.Class == "blk")
         {
-            var (blkVf, blkAdapter, describe) = BlkServe.Create(a.Backend, a.Queues, a.ReadOnly, a.BlkSize, a.Mode, CpuList.ForWorker(a.Cpus, 0), log);
+            var (blkVf, blkAdapter, describe) = BlkServe.Create(a.Backend, a.Queues, a.ReadOnly, a.BlkSize, a.Mode, CpuList.ForWorker(a.Cpus, 0), log, strict: a.Strict);
             return new ServedDevice(blkAdapter, describe, a.Queues, blkVf.StopDatapath, blkVf) { Block = true };
         }
         var vfOptions = new SoftIfcVfOptions
@@ -230,6 +245,8 @@ public static partial class ServeCommand
             Mtu = a.Mtu ?? 1500,
             DeviceFeatures = SoftIfcVfOptions.DefaultFeatures | (a.PackedRings ? 1UL << Virtio.VirtioFeature.F_RING_PACKED : 0),
             DirtyLog = a.DirtyLog,
+            Strict = a.Strict,
+            Log = log,
         };
         try
         {
@@ -252,7 +269,7 @@ public static partial class ServeCommand
         try
         {
             var adapter = IfcvfAdapter.Probe(sw.Function, new IfcvfAdapterOptions { Name = "vdpa0" });
-            return new ServedDevice(adapter, $"{sw.Function.Address}, {a.Queues} queue pair(s), backend {backend}, {a.Mode} mode", a.Queues,
+            return new ServedDevice(adapter, $"{sw.Function.Address}, {a.Queues} queue pair(s), backend {backend}, {a.Mode} mode{(a.Strict ? ", strict" : "")}", a.Queues,
                 sw.StopDatapath, sw);
         }
         catch
@@ -336,6 +353,9 @@ public static partial class ServeCommand
                     break;
                 case "--packed":
                     a.PackedRings = true; // the default: the software VF offers VIRTIO_F_RING_PACKED, as DPDK's vhost does
+                    break;
+                case "--strict" or "strict":
+                    a.Strict = true; // the VF checks the driver's virtio rules and sets NEEDS_RESET on a violation (docs/strict.md)
                     break;
                 case "--split-only":
                     a.PackedRings = false; // offer split rings only
@@ -438,6 +458,10 @@ public static partial class ServeCommand
         else if (a.ReadOnly || a.BlkSize != 512)
         {
             throw new CliException("--readonly and --blk-size need --class blk");
+        }
+        if (a.Strict && a.Vfio is not null)
+        {
+            throw new CliException("--strict is the software VF's spec checker; a real function behind --vfio has none");
         }
         if (a.Cpus is not null)
         {

@@ -4,8 +4,9 @@ using IfcVdpa.Virtio;
 namespace IfcVdpa.Cli;
 
 /// <summary>
-/// `ifcvf sim add [count N] [mac M] [queues N] [backend B] [cpu LIST] [dirty-log on|off]`, `ifcvf sim add class blk
-/// backend file:PATH|mem:SIZE [queues N] [readonly] [blk_size N] [cpu N]` and `ifcvf sim del NAME` (software VFs in the daemon).
+/// `ifcvf sim add [count N] [mac M] [queues N] [backend B] [cpu LIST] [dirty-log on|off] [strict]`, `ifcvf sim add class blk
+/// backend file:PATH|mem:SIZE [queues N] [readonly] [blk_size N] [cpu N] [strict]`, `ifcvf sim del NAME` and `ifcvf sim show [NAME]`
+/// (software VFs in the daemon).
 /// </summary>
 public static class SimCommand
 {
@@ -27,6 +28,7 @@ public static class SimCommand
                 string? backend = kv.Get("backend");
                 string? cpu = kv.Get("cpu");
                 string? dirtyLog = kv.Get("dirty-log");
+                bool strict = kv.Flag("strict");
                 kv.EnsureAllUsed();
                 if (dirtyLog is not null and not "on" and not "off")
                 {
@@ -84,6 +86,10 @@ public static class SimCommand
                     {
                         w.WriteBoolean("dirty_log", dirtyLog == "on");
                     }
+                    if (strict)
+                    {
+                        w.WriteBoolean("strict", true);
+                    }
                 });
                 if (ctx.Json)
                 {
@@ -100,6 +106,27 @@ public static class SimCommand
                 string name = kv.Positional() ?? throw new CliException("sim del needs a VF name (e.g. sim/ifcvf0)");
                 kv.EnsureAllUsed();
                 ctx.Request("sim del", w => w.WriteString("name", name));
+                return 0;
+            }
+            case "show":
+            {
+                string? name = kv.Positional();
+                kv.EnsureAllUsed();
+                var data = ctx.Request("sim show", w =>
+                {
+                    if (name is not null)
+                    {
+                        w.WriteString("name", name);
+                    }
+                });
+                if (ctx.Json)
+                {
+                    ctx.PrintJson(data);
+                }
+                else
+                {
+                    PrintShow(ctx.Out, data);
+                }
                 return 0;
             }
             case "link":
@@ -121,6 +148,34 @@ public static class SimCommand
             }
             default:
                 throw new CliException($"unknown command \"sim {verb}\"; try \"ifcvf help\"");
+        }
+    }
+
+    private static void PrintShow(TextWriter o, JsonElement data)
+    {
+        foreach (var vf in data.GetProperty("sim").EnumerateObject())
+        {
+            var v = vf.Value;
+            string dev = v.TryGetProperty("dev", out var d) ? $" dev {d.GetString()}" : "";
+            string why = v.TryGetProperty("needs_reset_reason", out var r) ? $" ({r.GetString()})" : "";
+            o.WriteLine($"{vf.Name}: address {v.GetProperty("address").GetString()}{dev} status {v.GetProperty("status").GetString()}{why} strict {(v.GetProperty("strict").GetBoolean() ? "on" : "off")}");
+            PrintViolations(o, "  ", v.GetProperty("spec_violations"));
+        }
+    }
+
+    /// <summary>The spec checker's counters as `sim show` and `dev vstats show` print them.</summary>
+    internal static void PrintViolations(TextWriter o, string prefix, JsonElement s)
+    {
+        long total = s.GetProperty("total").GetInt64();
+        o.WriteLine($"{prefix}spec violations {total}");
+        foreach (var rule in s.EnumerateObject())
+        {
+            if (rule.Name == "total")
+            {
+                continue;
+            }
+            var x = rule.Value;
+            o.WriteLine($"{prefix}  {rule.Name} {x.GetProperty("count").GetInt64()} (VIRTIO 1.2 §{x.GetProperty("section").GetString()}){(x.GetProperty("ifc_extension").GetBoolean() ? " IFC VF extension" : "")}");
         }
     }
 

@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Text.Json;
+using IfcVdpa.IfcvfModel;
 using IfcVdpa.IfcvfModel.Datapath;
 using IfcVdpa.Vdpa;
 using IfcVdpa.VhostUser;
@@ -25,6 +26,7 @@ public static class ControlCommands
         });
         server.Handle("sim add", (a, w) => SimAdd(registry, a, w));
         server.Handle("sim link", (a, w) => VduseConsumer.SimLink(registry, a));
+        server.Handle("sim show", (a, w) => SimShow(registry, a, w));
         server.Handle("sim del", (a, w) =>
         {
             string name = a.RequiredString("name");
@@ -162,6 +164,7 @@ public static class ControlCommands
         string? backendArg = a.String("backend", 200);
         string? cpu = a.String("cpu", 200);
         bool dirtyLog = a.Bool("dirty_log") ?? true;
+        bool strict = a.Bool("strict") ?? false;
         bool readOnly = a.Bool("readonly") ?? false;
         int? blkSize = (int?)a.Integer("blk_size", 512, 4096);
         a.EnsureNoUnknown();
@@ -189,7 +192,7 @@ public static class ControlCommands
             {
                 throw new ControlException($"blk_size must be 512, 1024, 2048 or 4096, not {bs}");
             }
-            added = [registry.AddSoftwareBlockVf(backendArg, queues, readOnly, (uint)(blkSize ?? 512), CpuList.ForWorker(cpus, 0))];
+            added = [registry.AddSoftwareBlockVf(backendArg, queues, readOnly, (uint)(blkSize ?? 512), CpuList.ForWorker(cpus, 0), strict)];
         }
         else if (cls == "net")
         {
@@ -197,7 +200,7 @@ public static class ControlCommands
             {
                 throw new ControlException("readonly and blk_size are block attributes (sim add class blk ...)");
             }
-            added = registry.AddSoftwareVfs(count, mac is null ? (ReadOnlyMemory<byte>?)null : mac, queues, vectors, backendArg ?? "loopback", cpus, dirtyLog);
+            added = registry.AddSoftwareVfs(count, mac is null ? (ReadOnlyMemory<byte>?)null : mac, queues, vectors, backendArg ?? "loopback", cpus, dirtyLog, strict);
         }
         else
         {
@@ -207,6 +210,59 @@ public static class ControlCommands
         foreach (var md in added)
         {
             WriteMgmtdev(md, w);
+        }
+        w.WriteEndObject();
+    }
+
+    /// <summary>sim show [NAME]: the software VFs, their status, strict mode and the virtio rules their drivers broke.</summary>
+    private static void SimShow(DeviceRegistry registry, ControlArgs a, Utf8JsonWriter w)
+    {
+        string? name = a.String("name");
+        a.EnsureNoUnknown();
+        var vfs = registry.ManagementDevices.Where(m => m.BusName == "sim" && (name is null || m.Name == name || m.DevName == name)).ToList();
+        if (name is not null && vfs.Count == 0)
+        {
+            throw new ControlException($"software VF \"{name}\" not found");
+        }
+        w.WriteStartObject("sim");
+        foreach (var md in vfs)
+        {
+            w.WriteStartObject(md.Name);
+            w.WriteString("address", md.Function.Address);
+            if (md.Device is { } d)
+            {
+                w.WriteString("dev", d.Name);
+            }
+            if (md.Function is SoftIfcVf vf)
+            {
+                byte status = vf.Status;
+                w.WriteString("status", VirtioStatus.Describe(status));
+                w.WriteBoolean("needs_reset", (status & VirtioStatus.NEEDS_RESET) != 0);
+                if (vf.NeedsResetReason is { } why)
+                {
+                    w.WriteString("needs_reset_reason", why);
+                }
+                w.WriteNumber("register_errors", vf.RegisterErrors);
+                WriteSpec(w, vf);
+            }
+            w.WriteEndObject();
+        }
+        w.WriteEndObject();
+    }
+
+    /// <summary>The spec checker's state: strict or not, and a count per broken rule (with its section).</summary>
+    private static void WriteSpec(Utf8JsonWriter w, SoftIfcVf vf)
+    {
+        w.WriteBoolean("strict", vf.Strict);
+        w.WriteStartObject("spec_violations");
+        w.WriteNumber("total", vf.ViolationTotal);
+        foreach (var (rule, count) in vf.Violations)
+        {
+            w.WriteStartObject(rule.Counter);
+            w.WriteNumber("count", count);
+            w.WriteString("section", rule.Section);
+            w.WriteBoolean("ifc_extension", rule.Extension);
+            w.WriteEndObject();
         }
         w.WriteEndObject();
     }
@@ -471,6 +527,10 @@ public static class ControlCommands
         w.WriteStartObject("vstats");
         w.WriteStartObject(name);
         WriteDirtyLog(w, d);
+        if (registry.FindDeviceOwner(name)?.Function is SoftIfcVf vf)
+        {
+            WriteSpec(w, vf);
+        }
         if (qidx is int one)
         {
             WriteQueueStats(w, d, one);

@@ -15,7 +15,7 @@ public sealed partial class DeviceRegistry
     /// sim/ifcvfN (lowest free N), its capacity from the backend, <paramref name="queues"/> request queues,
     /// its I/O on one thread per queue. <paramref name="cpu"/> pins its datapath worker (null: not pinned).
     /// </summary>
-    public ManagementDevice AddSoftwareBlockVf(string backend, int queues = 1, bool readOnly = false, uint blkSize = 512, int? cpu = null)
+    public ManagementDevice AddSoftwareBlockVf(string backend, int queues = 1, bool readOnly = false, uint blkSize = 512, int? cpu = null, bool strict = false)
     {
         ArgumentNullException.ThrowIfNull(backend);
         if (queues is < 1 or > MaxBlockQueues)
@@ -64,7 +64,8 @@ public sealed partial class DeviceRegistry
             try
             {
                 sw = SoftVf.CreateBlock(store, queues, readOnly, blkSize, address,
-                    new EngineOptions { Mode = EngineMode.Event, CpuAffinity = cpu, Log = m => _log.Warn(m, ("vf", address)) });
+                    new EngineOptions { Mode = EngineMode.Event, CpuAffinity = cpu, Log = m => _log.Warn(m, ("vf", address)) },
+                    strict, m => _log.Warn(m, ("vf", address)));
             }
             catch (ArgumentException e)
             {
@@ -82,7 +83,7 @@ public sealed partial class DeviceRegistry
             }
             _mgmt.Add(md);
             _log.Info("software block VF added", ("mgmtdev", md.Name), ("address", address), ("backend", describe),
-                ("capacity", sw.Function.BlkConfig!.Capacity), ("queues", queues), ("read_only", readOnly));
+                ("capacity", sw.Function.BlkConfig!.Capacity), ("queues", queues), ("read_only", readOnly), ("strict", strict));
             return md;
         }
     }

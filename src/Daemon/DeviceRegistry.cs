@@ -93,7 +93,7 @@ public sealed partial class DeviceRegistry(DaemonLog? log = null) : IDisposable
     /// VFs whose LM block has no dirty log (a vhost consumer then migrates through its software relay).
     /// </summary>
     public IReadOnlyList<ManagementDevice> AddSoftwareVfs(int count, ReadOnlyMemory<byte>? baseMac, int queuePairs, int? msixVectors = null, string backend = "loopback",
-        IReadOnlyList<int>? cpus = null, bool dirtyLog = true)
+        IReadOnlyList<int>? cpus = null, bool dirtyLog = true, bool strict = false)
     {
         ArgumentNullException.ThrowIfNull(backend);
         if (backend == "pair" && count % 2 != 0)
@@ -156,6 +156,8 @@ public sealed partial class DeviceRegistry(DaemonLog? log = null) : IDisposable
                     Mac = mac,
                     MsixVectors = msixVectors,
                     DirtyLog = dirtyLog,
+                    Strict = strict,
+                    Log = m => _log.Warn(m, ("vf", $"sim:00:{n + 1:x2}.0")),
                 };
                 NetBackend net;
                 if (backend != "pair")
@@ -184,7 +186,7 @@ public sealed partial class DeviceRegistry(DaemonLog? log = null) : IDisposable
                 }
                 _mgmt.Add(md);
                 added.Add(md);
-                _log.Info("software VF added", ("mgmtdev", md.Name), ("address", options.Address), ("mac", MacAddress.Format(mac)), ("queue_pairs", queuePairs));
+                _log.Info("software VF added", ("mgmtdev", md.Name), ("address", options.Address), ("mac", MacAddress.Format(mac)), ("queue_pairs", queuePairs), ("strict", strict));
             }
             return added;
         }

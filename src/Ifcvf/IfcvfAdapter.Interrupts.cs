@@ -93,8 +93,11 @@ public sealed partial class IfcvfAdapter
             }
             for (int q = 0; q < NumVqs; q++)
             {
-                ushort v = mode == IfcvfIrqMode.PerVq ? (ushort)q : (ushort)0;
-                if (_hw.SetVqVector(q, v) != v)
+                // A queue enabled before DRIVER_OK got its vector then (set_vq_ready): VIRTIO 1.2 §4.1.4.3.2,
+                // the driver configures a queue before queue_enable and not after; here it is only checked.
+                ushort v = VqVector(mode, q);
+                ushort got = _hw.GetVqReady(q) ? _hw.GetVqVector(q) : _hw.SetVqVector(q, v);
+                if (got != v)
                 {
                     throw new IfcvfDeviceException($"{Name}: device refused vector {v} for queue {q}");
                 }
@@ -107,13 +110,26 @@ public sealed partial class IfcvfAdapter
         }
     }
 
-    /// <summary>ifcvf_stop's interrupt half: every vector NO_VECTOR, then MSI-X off (no sink runs after).</summary>
+    /// <summary>The vector queue <paramref name="q"/> uses in <paramref name="mode"/> (per-vq: its own; otherwise shared vector 0).</summary>
+    private static ushort VqVector(IfcvfIrqMode mode, int q) => mode == IfcvfIrqMode.PerVq ? (ushort)q : (ushort)0;
+
+    /// <summary>The vector a queue gets when it is enabled (the mode the function's MSI-X table allows).</summary>
+    private ushort VqVectorAtEnable(int q) => VqVector(ChooseIrqMode(_pci.MsixVectorCount, NumVqs), q);
+
+    /// <summary>
+    /// ifcvf_stop's interrupt half: every vector NO_VECTOR, then MSI-X off (no sink runs after). An enabled
+    /// queue keeps its vector (VIRTIO 1.2 §4.1.4.3.2: not reconfigured while enabled; the reset that follows
+    /// clears it) and can no longer signal anyway: MSI-X is off.
+    /// </summary>
     private void QuiesceIrqs()
     {
         _hw.SetConfigVector(VirtioPci.NoVector);
         for (int q = 0; q < NumVqs; q++)
         {
-            _hw.SetVqVector(q, VirtioPci.NoVector);
+            if (!_hw.GetVqReady(q))
+            {
+                _hw.SetVqVector(q, VirtioPci.NoVector);
+            }
         }
         _pci.DisableMsix();
         _irqMode = IfcvfIrqMode.None;

@@ -71,6 +71,15 @@ public sealed partial class IfcvfAdapter
                 {
                     throw new IfcvfDeviceException($"{Name}: queue {qid} was stopped on a plain virtio function, which can restart a queue only after a device reset");
                 }
+                if (!_hw.GetVqReady(qid))
+                {
+                    // The vector is a queue field: set before queue_enable (VIRTIO 1.2 §4.1.4.3.2), not at DRIVER_OK.
+                    ushort v = VqVectorAtEnable(qid);
+                    if (_pci.MsixVectorCount > 0 && _hw.SetVqVector(qid, v) != v)
+                    {
+                        throw new IfcvfDeviceException($"{Name}: device refused vector {v} for queue {qid}");
+                    }
+                }
                 _hw.SetVqReady(qid, true);
                 if (!_hw.GetVqReady(qid))
                 {

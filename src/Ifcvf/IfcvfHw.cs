@@ -245,6 +245,13 @@ public sealed class IfcvfHw
         return R16(QueueMsixVector);
     }
 
+    /// <summary>The queue's vector as the device holds it.</summary>
+    public ushort GetVqVector(int q)
+    {
+        Select(q);
+        return R16(QueueMsixVector);
+    }
+
     // ---- queues -------------------------------------------------------------------------------
 
     /// <summary>The queue's maximum size (queue_size after reset; 0 = queue unavailable).</summary>

@@ -1,4 +1,5 @@
 using IfcVdpa.Interop.Primitives;
+using IfcVdpa.Virtio;
 
 namespace IfcVdpa.IfcvfModel;
 
@@ -32,6 +33,12 @@ public interface IVirtqueueDevice
 
     /// <summary>The dirty log as programmed (bitmap IOVA range), read without the register lock.</summary>
     bool TryGetDirtyLog(out ulong logBase, out ulong logEnd);
+
+    /// <summary>
+    /// Counts a driver's virtio spec violation the datapath found (and logs the first of its kind); lock-free.
+    /// The datapath treats every ring violation as a ring error anyway (stop, NEEDS_RESET).
+    /// </summary>
+    bool ReportViolation(SpecRule rule, string detail) => false;
 }
 
 /// <summary>The virtio-net device side a net personality needs beyond <see cref="IVirtqueueDevice"/>: its config space.</summary>

@@ -41,6 +41,7 @@ public sealed partial class SoftIfcVf
     private long _resetDoneAt;
     private byte _statusDuringReset;
     private int _churnLeft;
+    private bool _resetUnread; // written 0, not read back as 0 yet (VIRTIO 1.2 §4.1.4.3.2)
     private readonly byte[] _mac;
     private readonly ushort _mtu;
     private bool _linkUp = true;
@@ -82,8 +83,27 @@ public sealed partial class SoftIfcVf
         _churnLeft = _options.ConfigChurnReads;
     }
 
+    /// <summary>The natural width of the common-config field at <paramref name="off"/> (64-bit fields: their 32-bit halves), 0 inside a field.</summary>
+    private static int FieldWidth(int off) => off switch
+    {
+        DeviceFeatureSelect or DeviceFeature or DriverFeatureSelect or DriverFeature => 4,
+        MsixConfig or VirtioPci.NumQueues or QueueSelect or QueueSize or QueueMsixVector or QueueEnable or QueueNotifyOff => 2,
+        DeviceStatus or VirtioPci.ConfigGeneration => 1,
+        >= QueueDescLo and < CommonCfgSize when off % 4 == 0 => 4,
+        _ => 0,
+    };
+
+    private void CheckWidth(int off, int size, bool write)
+    {
+        if (FieldWidth(off) != size)
+        {
+            Violation(SpecRule.AccessWidth, $"{size}-byte {(write ? "write" : "read")} at common config 0x{off:x2}");
+        }
+    }
+
     private uint ReadCommon(int off, int size)
     {
+        CheckWidth(off, size, write: false);
         switch (off)
         {
             case DeviceFeatureSelect when size == 4:
@@ -146,6 +166,13 @@ public sealed partial class SoftIfcVf
 
     private void WriteCommon(int off, int size, uint value)
     {
+        CheckWidth(off, size, write: true);
+        if (off is DeviceFeature or VirtioPci.NumQueues or VirtioPci.ConfigGeneration or QueueNotifyOff)
+        {
+            Violation(SpecRule.ReadOnlyWrite, $"write of 0x{value:x} to the read-only field at common config 0x{off:x2}");
+            BadAccess();
+            return;
+        }
         switch (off, size)
         {
             case (DeviceFeatureSelect, 4):
@@ -157,6 +184,11 @@ public sealed partial class SoftIfcVf
             case (DriverFeature, 4):
                 if ((_status & VirtioStatus.FEATURES_OK) != 0)
                 {
+                    uint held = _driverFeatureSelect switch { 0 => (uint)_driverFeatures, 1 => (uint)(_driverFeatures >> 32), _ => 0 };
+                    if (value != held)
+                    {
+                        Violation(SpecRule.FeaturesAfterFeaturesOk, $"driver_feature[{_driverFeatureSelect}] = 0x{value:x} after FEATURES_OK (holds 0x{held:x})");
+                    }
                     BadAccess(); // features are frozen once FEATURES_OK is accepted
                     return;
                 }
@@ -170,6 +202,7 @@ public sealed partial class SoftIfcVf
                 }
                 return;
             case (MsixConfig, 2):
+                CheckVector("msix_config", (ushort)value);
                 _msixConfig = AcceptVector((ushort)value);
                 return;
             case (DeviceStatus, 1):
@@ -189,6 +222,11 @@ public sealed partial class SoftIfcVf
         switch (off, size)
         {
             case (QueueMsixVector, 2):
+                CheckVector($"queue {qi} vector", (ushort)value);
+                if (q.Enabled)
+                {
+                    Violation(SpecRule.VectorWriteWhileEnabled, $"queue {qi} vector 0x{value:x} written while the queue is enabled");
+                }
                 q.Vector = AcceptVector((ushort)value);
                 return;
             case (QueueEnable, 2):
@@ -198,26 +236,45 @@ public sealed partial class SoftIfcVf
                 }
                 if (value == 1)
                 {
+                    if ((_status & VirtioStatus.FEATURES_OK) == 0 && !q.Enabled)
+                    {
+                        Violation(SpecRule.QueueEnableBeforeFeaturesOk, $"queue {qi} enabled with status 0x{_status:x2}");
+                    }
                     EnableQueue(qi);
                 }
                 else if (value == 0)
                 {
+                    // The IFC VF's own queue stop (its drivers rely on it); virtio 1.x forbids the write.
+                    ReportViolation(SpecRule.QueueEnableZero, $"queue_enable = 0 for queue {qi}");
                     DisableQueue(qi);
                 }
                 else
                 {
+                    Violation(SpecRule.QueueEnableValue, $"queue_enable = 0x{value:x} for queue {qi}");
                     BadAccess();
                 }
                 return;
         }
         if (q.Enabled)
         {
+            if (size == FieldWidth(off))
+            {
+                Violation(SpecRule.QueueWriteWhileEnabled, $"queue {qi} register at 0x{off:x2} = 0x{value:x} while the queue is enabled");
+            }
             BadAccess(); // ring layout is frozen while the queue is enabled
             return;
         }
         switch (off, size)
         {
             case (QueueSize, 2):
+                if (value > q.MaxSize)
+                {
+                    Violation(SpecRule.QueueSizeTooLarge, $"queue {qi} size {value} above its maximum {q.MaxSize}");
+                }
+                else if (value == 0 || (!RingsPacked && (value & (value - 1)) != 0))
+                {
+                    Violation(SpecRule.QueueSizeInvalid, $"queue {qi} size {value}{(value == 0 ? "" : " (split rings need a power of 2)")}");
+                }
                 if (value == 0 || value > q.MaxSize)
                 {
                     BadAccess();
@@ -241,6 +298,14 @@ public sealed partial class SoftIfcVf
 
     private static ulong SetHigh(ulong v, uint hi) => (v & 0xFFFF_FFFFUL) | ((ulong)hi << 32);
 
+    private void CheckVector(string what, ushort v)
+    {
+        if (v != NoVector && v >= MsixVectorCount)
+        {
+            Violation(SpecRule.VectorOutOfRange, $"{what} {v} beyond the {MsixVectorCount}-entry MSI-X table");
+        }
+    }
+
     /// <summary>A vector the device cannot use reads back as NO_VECTOR (VIRTIO 1.2 §4.1.5.1.2).</summary>
     private ushort AcceptVector(ushort v) => v != NoVector && v < MsixVectorCount ? v : NoVector;
 
@@ -256,6 +321,10 @@ public sealed partial class SoftIfcVf
             }
             _resetDoneAt = 0;
         }
+        if (_status == 0)
+        {
+            _resetUnread = false; // the driver saw the reset complete
+        }
         return _status;
     }
 
@@ -266,6 +335,8 @@ public sealed partial class SoftIfcVf
             DeviceReset();
             return;
         }
+        bool reinitEarly = _resetUnread;
+        _resetUnread = false;
         byte old = _status;
         byte driverBits = (byte)(v & ~VirtioStatus.NEEDS_RESET); // NEEDS_RESET belongs to the device
         byte oldDriver = (byte)(old & ~VirtioStatus.NEEDS_RESET);
@@ -273,23 +344,67 @@ public sealed partial class SoftIfcVf
         {
             return; // repeated write of the same status
         }
-        if ((driverBits & oldDriver) != oldDriver)
+        bool cleared = (driverBits & oldDriver) != oldDriver;
+        if (cleared)
         {
             BadAccess(); // a driver may not clear bits except by writing 0; the device keeps them
         }
         byte next = (byte)(driverBits | oldDriver);
-        if ((next & VirtioStatus.FEATURES_OK) != 0 && (old & VirtioStatus.FEATURES_OK) == 0 && !FeaturesAcceptable(_driverFeatures))
+        bool featuresOkNow = (next & VirtioStatus.FEATURES_OK) != 0 && (old & VirtioStatus.FEATURES_OK) == 0;
+        if (featuresOkNow && !FeaturesAcceptable(_driverFeatures))
         {
             next = (byte)(next & ~VirtioStatus.FEATURES_OK); // driver reads it back and gives up
         }
         next |= (byte)(old & VirtioStatus.NEEDS_RESET);
         _status = next;
+        // The spec checks, once the register holds the new value (strict mode may add NEEDS_RESET to it).
+        if (reinitEarly)
+        {
+            Violation(SpecRule.ReinitBeforeResetDone, $"status 0x{v:x2} written before device_status was read back as 0 after the reset");
+        }
+        if (cleared)
+        {
+            Violation(SpecRule.StatusBitCleared, $"status 0x{v:x2} written over 0x{old:x2}");
+        }
+        CheckStatusOrder(oldDriver, (byte)(driverBits | oldDriver));
+        if (featuresOkNow)
+        {
+            CheckAcceptedFeatures(_driverFeatures);
+        }
         if ((next & VirtioStatus.DRIVER_OK) != 0 && (old & VirtioStatus.DRIVER_OK) == 0 && (next & VirtioStatus.FEATURES_OK) == 0)
         {
+            // Tolerant or strict: a device whose features were never negotiated cannot run.
+            ReportViolation(SpecRule.DriverOkWithoutFeaturesOk, $"status 0x{v:x2} over 0x{old:x2}");
             RaiseNeedsReset("DRIVER_OK set without FEATURES_OK");
             return;
         }
         UpdateRunning();
+    }
+
+    /// <summary>VIRTIO 1.2 §3.1.1: ACKNOWLEDGE, then DRIVER, then FEATURES_OK (DRIVER_OK without FEATURES_OK is its own rule).</summary>
+    private void CheckStatusOrder(byte before, byte after)
+    {
+        byte added = (byte)(after & ~before);
+        if (((added & VirtioStatus.DRIVER) != 0 && (after & VirtioStatus.ACKNOWLEDGE) == 0) ||
+            ((added & VirtioStatus.FEATURES_OK) != 0 && (after & VirtioStatus.DRIVER) == 0) ||
+            ((added & VirtioStatus.DRIVER_OK) != 0 && (after & VirtioStatus.FEATURES_OK) != 0 && (after & VirtioStatus.DRIVER) == 0))
+        {
+            Violation(SpecRule.StatusOutOfOrder, $"status 0x{after:x2} set over 0x{before:x2}");
+        }
+    }
+
+    /// <summary>VIRTIO 1.2 §2.2.1: only offered features, and none without the feature it requires (§5.1.3.1).</summary>
+    private void CheckAcceptedFeatures(ulong f)
+    {
+        ulong extra = f & ~DeviceFeatures;
+        if (extra != 0)
+        {
+            Violation(SpecRule.UnofferedFeature, $"FEATURES_OK with 0x{f:x}: 0x{extra:x} ({string.Join(' ', VirtioFeature.Names(extra))}) not offered");
+        }
+        if (!_options.IsBlock && SpecRules.MissingNetDependency(f) is { } dep)
+        {
+            Violation(SpecRule.FeatureDependency, $"FEATURES_OK with {string.Join(' ', VirtioFeature.Names(VirtioFeature.Bit(dep.Feature)))} but without {string.Join(' ', VirtioFeature.Names(VirtioFeature.Bit(dep.Requires)))}");
+        }
     }
 
     private bool FeaturesAcceptable(ulong f) =>
@@ -304,6 +419,7 @@ public sealed partial class SoftIfcVf
         byte before = _status;
         StopAllQueues(saveState: false);
         ResetRegisters();
+        _resetUnread = true;
         if (_options.NeverCompleteReset || _options.ResetLatency > TimeSpan.Zero)
         {
             _statusDuringReset = before == 0 ? VirtioStatus.ACKNOWLEDGE : before;
@@ -316,11 +432,15 @@ public sealed partial class SoftIfcVf
     /// Marks the device broken (VIRTIO 1.2 §2.1.2): sets NEEDS_RESET, stops every queue and raises the
     /// config interrupt. Called by the datapath on a malformed ring, and by the register file.
     /// </summary>
-    public void RaiseNeedsReset(string reason)
+    public void RaiseNeedsReset(string reason) => RaiseNeedsReset(reason, evenIfReset: false);
+
+    /// <param name="reason">Why (NeedsResetReason).</param>
+    /// <param name="evenIfReset">Also on a device in reset (status 0): a strict-mode violation by the driver, not a stale datapath error.</param>
+    private void RaiseNeedsReset(string reason, bool evenIfReset)
     {
         lock (_regs)
         {
-            if ((_status & VirtioStatus.NEEDS_RESET) != 0 || _status == 0)
+            if ((_status & VirtioStatus.NEEDS_RESET) != 0 || (_status == 0 && !evenIfReset))
             {
                 return;
             }
@@ -463,9 +583,11 @@ public sealed partial class SoftIfcVf
         // block VF has nothing writable (writeback needs CONFIG_WCE, which it does not offer).
         if (_options.IsBlock || off < VirtioNetConfig.Mac || off + size > VirtioNetConfig.Mac + 6)
         {
+            Violation(SpecRule.DeviceConfigWrite, $"{size}-byte write of 0x{value:x} at device config 0x{off:x}");
             BadAccess();
             return;
         }
+        ReportViolation(SpecRule.MacConfigWrite, $"{size}-byte write at device config 0x{off:x}");
         for (int i = 0; i < size; i++)
         {
             _mac[off + i] = (byte)(value >> (8 * i));

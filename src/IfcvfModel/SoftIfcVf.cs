@@ -204,6 +204,7 @@ public sealed partial class SoftIfcVf : IPciFunction
         if (size != 2 || offset % IfcvfLayout.NotifyOffMultiplier != 0 || q >= (ulong)NumQueues || value != q)
         {
             Interlocked.Increment(ref _registerErrors);
+            BadDoorbell(offset, size, value);
             return;
         }
         int queue = (int)q;
@@ -212,6 +213,39 @@ public sealed partial class SoftIfcVf : IPciFunction
         if (Volatile.Read(ref _queues[queue].Running))
         {
             _engine?.Notify(queue);
+        }
+        else
+        {
+            NotifyNotRunning(queue);
+        }
+    }
+
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
+    private void BadDoorbell(ulong offset, int size, uint value)
+    {
+        ulong q = offset / IfcvfLayout.NotifyOffMultiplier;
+        if (offset % IfcvfLayout.NotifyOffMultiplier != 0 || q >= (ulong)NumQueues)
+        {
+            Violation(SpecRule.NotifyUnknownQueue, $"{size}-byte notification 0x{value:x} at notify offset 0x{offset:x} (queue doorbells are {IfcvfLayout.NotifyOffMultiplier} bytes apart, {NumQueues} queues)");
+        }
+        else
+        {
+            Violation(SpecRule.NotifyData, $"{size}-byte notification 0x{value:x} on queue {q}'s doorbell");
+        }
+    }
+
+    /// <summary>A well-formed doorbell for a queue that is not running: a violation unless the device stopped it itself.</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
+    private void NotifyNotRunning(int queue)
+    {
+        byte status = Volatile.Read(ref _status);
+        if ((status & VirtioStatus.DRIVER_OK) == 0)
+        {
+            Violation(SpecRule.NotifyBeforeDriverOk, $"notification for queue {queue} with status 0x{status:x2}");
+        }
+        else if (!Volatile.Read(ref _queues[queue].Enabled))
+        {
+            Violation(SpecRule.NotifyDisabledQueue, $"notification for queue {queue}, which is not enabled");
         }
     }
 

@@ -65,6 +65,16 @@ public sealed record SoftIfcVfOptions
 
     public bool IsBlock => Block is not null;
 
+    /// <summary>
+    /// Strict mode: a driver-side violation of the virtio 1.x rules the device can see (docs/strict.md) sets
+    /// NEEDS_RESET, besides being counted and logged once. Without it the device keeps its tolerant behaviour
+    /// (ignores or executes the access) and still counts and logs.
+    /// </summary>
+    public bool Strict { get; init; }
+
+    /// <summary>Where the device logs (the first violation of each rule); null = silent, counters only.</summary>
+    public Action<string>? Log { get; init; }
+
     /// <summary>MSI-X table size; default one per queue plus one for config changes.</summary>
     public int? MsixVectors { get; init; }
 

@@ -99,13 +99,14 @@ public sealed class SoftVf : IDisposable
     /// Builds a block VF over <paramref name="backend"/> with the config <see cref="BlockConfigFor"/> gives
     /// (the backend is disposed here if building fails).
     /// </summary>
-    public static SoftVf CreateBlock(BlkBackend backend, int queues, bool readOnly, uint blkSize, string address, EngineOptions engine)
+    public static SoftVf CreateBlock(BlkBackend backend, int queues, bool readOnly, uint blkSize, string address, EngineOptions engine,
+        bool strict = false, Action<string>? log = null)
     {
         ArgumentNullException.ThrowIfNull(backend);
         SoftIfcVfOptions options;
         try
         {
-            options = SoftIfcVfOptions.ForBlock(BlockConfigFor(backend, queues, blkSize), readOnly, address);
+            options = SoftIfcVfOptions.ForBlock(BlockConfigFor(backend, queues, blkSize), readOnly, address) with { Strict = strict, Log = log };
             options.Validate();
         }
         catch

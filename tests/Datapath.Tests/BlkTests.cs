@@ -413,6 +413,7 @@ public sealed class BlkTests : IDisposable
         Assert.Equal(1, d.ConfigIrqs);
         Assert.Equal(1, d.Vf.GetQueueCounters(0).Errors);
         Assert.All(File.ReadAllBytes(img), b => Assert.Equal(0x44, b));
+        SpecAsserts.AssertCounted(d, reason);
         // The bystander works.
         var data = Pattern(4096, 5);
         Assert.Equal(VirtioBlk.S_OK, Complete(bystander, 0, Add(bystander, 0, VirtioBlk.T_OUT, 0, outData: data)).Status);
@@ -464,7 +465,7 @@ public sealed class BlkTests : IDisposable
     {
         d.Queues[0].SetAvailIdxRaw(1000);
         d.Kick(0);
-    }, "ahead of last_avail");
+    }, "ahead of used idx");
 
     [Fact]
     public void QueuesRunOnTheirOwnThreadsAndKeepTheirRingState()

@@ -32,6 +32,7 @@ public class HostileRingTests
         Assert.Single(nic.Logs);
         Assert.Contains(reasonFragment, nic.Logs.Single(), StringComparison.Ordinal);
         Assert.Equal(1, nic.Vf.GetQueueCounters(queue).Errors);
+        SpecAsserts.AssertCounted(nic, reasonFragment);
     }
 
     /// <summary>After the error, a device reset and a fresh start carry traffic again.</summary>
@@ -234,14 +235,14 @@ public class HostileRingTests
     {
         nic.Queues[1].SetAvailIdxRaw(257);
         nic.Kick(1);
-    }, 1, "ahead of last_avail");
+    }, 1, "ahead of used idx");
 
     [Fact]
     public void RxAvailIndexJumpingPastTheQueueSize() => RunCase(nic =>
     {
         nic.Queues[0].SetAvailIdxRaw(300);
         nic.Send(1, TestNic.Frame(64, 1));
-    }, 0, "ahead of last_avail");
+    }, 0, "ahead of used idx");
 
     [Fact]
     public void RingAreasOutsideTheDmaMap()

@@ -268,4 +268,57 @@ public sealed class DpdkIfcvfBaseTests(ITestOutputHelper output)
         Assert.Equal(2, rig.Transfer(0, 2).Count);
         Assert.Empty(rig.Harness.Warnings);
     }
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    public void DpdkBaseCodeOnAStrictVfBreaksOnlyTheQueueEnableZeroRule(int pairs)
+    {
+        // Issue 17 part 3: the whole sequence on strict VFs. DPDK's ifcvf_hw_disable (ifcvf_stop_hw) and
+        // ifcvf_disable_vring_hw stop a vring by writing 0 to queue_enable, which VIRTIO 1.2 §4.1.4.3.2
+        // forbids and the IFC VF defines (stop, then save the ring state in the LM block). That is the one
+        // finding: counted once per write, logged once per VF, never NEEDS_RESET. Nothing else is reported.
+        using var rig = new DpdkVfPair(pairs);
+        rig.Probe();
+        for (int d = 0; d < 2; d++)
+        {
+            rig.Start(d, _ => (0, 0));
+        }
+        for (int p = 0; p < pairs; p++)
+        {
+            Assert.Equal(4, rig.Transfer(p, 4).Count);
+        }
+        var vfA = rig.Vfs[DpdkVfPair.A].Function;
+        var vfB = rig.Vfs[DpdkVfPair.B].Function;
+        Assert.True(vfA.Strict && vfB.Strict);
+        Assert.Equal(0, vfA.ViolationTotal + vfB.ViolationTotal); // init, features, start, doorbells: clean
+
+        const ulong logBase = 0x1000_0000_0000;
+        using var log = MappedMemory.Allocate(1 << 20);
+        vfB.DmaMap(logBase, log.All, writable: true);
+        rig.Harness.EnableLogging(DpdkVfPair.B, logBase, 1 << 20);
+        Assert.Equal(2, rig.Transfer(0, 2).Count);
+        rig.Harness.DisableLogging(DpdkVfPair.B);
+        Assert.Equal(0, vfB.ViolationTotal);
+
+        var (avail, _) = rig.Harness.DisableVringHw(DpdkVfPair.B, 0);
+        Assert.Equal((ushort)6, avail);
+        Assert.Equal(1, vfB.ViolationCount(SpecRule.QueueEnableZero));
+        rig.Harness.StopHw(DpdkVfPair.A);
+        rig.Harness.StopHw(DpdkVfPair.B);
+        // ifcvf_hw_disable writes queue_enable = 0 for every vring it was given (2 per pair), enabled or not.
+        var zero = SpecRules.Get(SpecRule.QueueEnableZero);
+        Assert.Equal(new[] { (zero, (long)(2 * pairs)) }, vfA.Violations);
+        Assert.Equal(new[] { (zero, (long)((2 * pairs) + 1)) }, vfB.Violations);
+        Assert.Equal(0, vfA.NeedsResetEvents + vfB.NeedsResetEvents);
+        Assert.Equal(2, rig.SpecLogs.Count); // once per VF
+        Assert.All(rig.SpecLogs, l => Assert.Contains("queue_enable_zero (VIRTIO 1.2 §4.1.4.3.2)", l, StringComparison.Ordinal));
+        Assert.Empty(rig.Harness.Warnings);
+
+        // A restart after the stop is clean again (ifcvf_reset waits for device_status to read 0).
+        rig.Start(DpdkVfPair.A, _ => (0, 0));
+        rig.Start(DpdkVfPair.B, _ => (0, 0));
+        Assert.Equal(3, rig.Transfer(0, 3).Count);
+        Assert.Equal(2 * pairs, vfA.ViolationTotal);
+        Assert.Equal(0, vfA.Status & VirtioStatus.NEEDS_RESET);
+    }
 }

@@ -10,6 +10,8 @@ namespace IfcVdpa.Fidelity.Tests;
 /// Two software IFC VFs wired back to back (pair backend), each with its own test memory DMA-mapped the way
 /// ifcvf_vdpa.c maps guest memory, MSI-X enabled with counting sinks (vector 0 config, 1 + i vring i: what
 /// ifcvf_vdpa.c asks VFIO for), and DPDK's base code driving both through <see cref="DpdkIfcHarness"/>.
+/// Both VFs are strict (issue 17 part 3): a virtio rule DPDK's code broke would set NEEDS_RESET and stop the
+/// traffic the tests check; <see cref="SpecLogs"/> has what the VFs reported.
 /// </summary>
 public sealed class DpdkVfPair : IDisposable
 {
@@ -22,8 +24,8 @@ public sealed class DpdkVfPair : IDisposable
         var (a, b) = NetBackend.Pair();
         Vfs =
         [
-            SoftVf.Create(new SoftIfcVfOptions { QueuePairs = pairs, Address = "sim:dpdk-a" }, a, new EngineOptions { Mode = EngineMode.Event }),
-            SoftVf.Create(new SoftIfcVfOptions { QueuePairs = pairs, Address = "sim:dpdk-b", Mac = new byte[] { 0x00, 0xe0, 0xed, 0, 0, 2 } }, b, new EngineOptions { Mode = EngineMode.Event }),
+            SoftVf.Create(new SoftIfcVfOptions { QueuePairs = pairs, Address = "sim:dpdk-a", Strict = true, Log = SpecLogs.Enqueue }, a, new EngineOptions { Mode = EngineMode.Event }),
+            SoftVf.Create(new SoftIfcVfOptions { QueuePairs = pairs, Address = "sim:dpdk-b", Mac = new byte[] { 0x00, 0xe0, 0xed, 0, 0, 2 }, Strict = true, Log = SpecLogs.Enqueue }, b, new EngineOptions { Mode = EngineMode.Event }),
         ];
         Irqs = new long[2][];
         for (int d = 0; d < 2; d++)
@@ -48,6 +50,9 @@ public sealed class DpdkVfPair : IDisposable
     }
 
     public int Pairs { get; }
+
+    /// <summary>What the two strict VFs logged (the first violation of each rule per VF).</summary>
+    public System.Collections.Concurrent.ConcurrentQueue<string> SpecLogs { get; } = new();
 
     public SoftVf[] Vfs { get; }
 

@@ -167,6 +167,12 @@ public class MigrationTests(ITestOutputHelper output)
             ["downtime_ms"] = r.Info.DowntimeMs,
             ["wall_ms"] = (long)r.Wall.TotalMilliseconds,
             ["pings_lost"] = lostDuring,
+            ["stop_to_resume_ms"] = r.OutageMs,
+            ["ram_passes"] = r.Info.DirtySyncCount,
+            ["last_remaining_kib"] = r.Info.RemainingBytes < 0 ? -1 : r.Info.RemainingBytes / 1024,
+            ["last_expected_downtime_ms"] = r.Info.ExpectedDowntimeMs,
+            ["last_dirty_pages_rate"] = r.Info.DirtyPagesRate,
+            ["ram_kib"] = r.Info.RamTransferredBytes / 1024,
             ["error"] = r.Error,
         };
         File.AppendAllText(path, JsonSerializer.Serialize(line, s_json) + "\n");

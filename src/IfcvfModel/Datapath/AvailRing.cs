@@ -19,7 +19,8 @@ internal static class AvailRing
 {
     /// <summary>
     /// Whether a chain is available. Split: reloads the driver's avail idx only when the cached one is used
-    /// up, and reports (in <paramref name="fault"/>) an idx more than the queue size ahead.
+    /// up, and reports (in <paramref name="fault"/>) an idx more than the queue size ahead of the used idx
+    /// (VIRTIO 1.2 §2.7.6: more chains outstanding than descriptors, or an idx that went backwards).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static bool HasChain(Virtqueue q, scoped ref RingView v, out string? fault)
@@ -35,9 +36,10 @@ internal static class AvailRing
         }
         ushort ai = SharedIndex.Load16(v.Avail, SplitRing.AvailIdx);
         ushort pending = (ushort)(ai - q.LastAvail);
-        if (pending > q.Size)
+        if ((ushort)(ai - q.LastUsed) > q.Size)
         {
-            fault = AheadFault(q, ai, pending);
+            // More chains outstanding than the ring has entries (each takes a descriptor), or idx went back.
+            fault = AheadFault(q, ai);
             return false;
         }
         q.AvailIdxCache = ai;
@@ -45,8 +47,8 @@ internal static class AvailRing
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private static string AheadFault(Virtqueue q, ushort ai, ushort pending) =>
-        $"avail idx {ai} is {pending} entries ahead of last_avail {q.LastAvail} (queue size {q.Size})";
+    private static string AheadFault(Virtqueue q, ushort ai) =>
+        $"avail idx {ai} is {(ushort)(ai - q.LastUsed)} entries ahead of used idx {q.LastUsed} (last_avail {q.LastAvail}, queue size {q.Size})";
 
     /// <summary>Walks the next available chain (call after <see cref="HasChain"/>) and, if it is sound, takes it.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

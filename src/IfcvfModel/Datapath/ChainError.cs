@@ -1,3 +1,5 @@
+using IfcVdpa.Virtio;
+
 namespace IfcVdpa.IfcvfModel.Datapath;
 
 /// <summary>What a chain walker does with each buffer of a chain; returning an error stops the walk.</summary>
@@ -28,6 +30,20 @@ internal enum ChainError
 
 internal static class ChainErrors
 {
+    /// <summary>The virtio rule a ring error breaks, or <see cref="SpecRule.None"/> for the device's own limits (DMA map, frame size, segments).</summary>
+    public static SpecRule Rule(ChainError e) => e switch
+    {
+        ChainError.BadHead or ChainError.BadNext => SpecRule.DescriptorIndex,
+        ChainError.Loop => SpecRule.ChainTooLong,
+        ChainError.IndirectNotNegotiated => SpecRule.IndirectNotNegotiated,
+        ChainError.NestedIndirect => SpecRule.IndirectNested,
+        ChainError.IndirectWithNext => SpecRule.IndirectWithNext,
+        ChainError.BadIndirectLength => SpecRule.IndirectLength,
+        ChainError.LengthOverflow => SpecRule.ChainLengthOverflow,
+        ChainError.ReadAfterWrite => SpecRule.WritableBeforeReadable,
+        _ => SpecRule.None,
+    };
+
     public static string Describe(ChainError e) => e switch
     {
         ChainError.BadHead => "descriptor head index beyond the queue size",

@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using IfcVdpa.Interop.Primitives;
 using IfcVdpa.Pci;
+using IfcVdpa.Virtio;
 
 namespace IfcVdpa.IfcvfModel.Datapath;
 
@@ -319,8 +320,12 @@ internal sealed class VirtqueueEngine : IVirtqueueEngine, IQueueStatsSource, IDi
 
     /// <summary>A ring error: the queue stops, the error is counted and logged once, the device needs a reset.</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
-    public void Fail(Virtqueue q, string reason)
+    public void Fail(Virtqueue q, string reason, SpecRule rule = SpecRule.None)
     {
+        if (rule != SpecRule.None)
+        {
+            Device.ReportViolation(rule, $"vq {q.Index}: {reason}");
+        }
         q.Failed = true;
         q.Errors++;
         if (!q.ErrorLogged)
@@ -340,6 +345,9 @@ internal sealed class VirtqueueEngine : IVirtqueueEngine, IQueueStatsSource, IDi
             }
         }
     }
+
+    /// <summary>A chain the walker refused: the ring error, counted under its virtio rule.</summary>
+    public void Fail(Virtqueue q, ChainError err) => Fail(q, ChainErrors.Describe(err), ChainErrors.Rule(err));
 
     /// <summary>Takes the register lock without ever blocking the control path waiting for this queue.</summary>
     public bool EnterRegisters(Virtqueue q)

@@ -36,12 +36,18 @@ public sealed record MigrationRigOptions
 /// <summary>One migration as QEMU reported it, and how long the test waited for it.</summary>
 public sealed record MigrationResult(string From, string To, MigrationInfo Info, TimeSpan Wall, string? Error)
 {
+    /// <summary>
+    /// The guest's real outage: the source's STOP event to the destination's RESUME (QEMU's timestamps), which
+    /// QEMU's downtime does not cover entirely (the destination's device start follows it); -1 when unknown.
+    /// </summary>
+    public long OutageMs { get; init; } = -1;
+
     public bool Completed => Info.Status == "completed" && Error is null;
 
     public override string ToString() => Error is not null
         ? $"{From} -> {To}: {Error}"
         : string.Create(CultureInfo.InvariantCulture,
-            $"{From} -> {To}: {Info.Status}, total {Info.TotalTimeMs} ms, downtime {Info.DowntimeMs} ms, setup {Info.SetupTimeMs} ms, {Info.RamTransferredBytes / 1024} KiB sent, wall {Wall.TotalMilliseconds:0} ms");
+            $"{From} -> {To}: {Info.Status}, total {Info.TotalTimeMs} ms, downtime {Info.DowntimeMs} ms (STOP to RESUME {OutageMs} ms), {Info.DirtySyncCount} RAM passes, setup {Info.SetupTimeMs} ms, {Info.RamTransferredBytes / 1024} KiB sent, wall {Wall.TotalMilliseconds:0} ms");
 }
 
 /// <summary>A namespace -> guest TCP transfer: the file, its SHA-256 computed on the host, the paced sender.</summary>
@@ -240,6 +246,12 @@ public sealed class MigrationRig : IDisposable
         var dst = Standby ?? throw new InvalidOperationException("no destination: PrepareDestination first");
         // the default 32 MiB/s cap only slows a local Unix-socket migration down
         src.Qmp.Execute("migrate-set-parameters", new Dictionary<string, object> { ["max-bandwidth"] = 4L << 30 });
+        // IFCVF_MIGRATION_DOWNTIME_LIMIT=MS (bench/migration.sh DOWNTIME_LIMIT): the same explicit
+        // downtime-limit for every back-end (QEMU's default is 300 ms)
+        if (long.TryParse(Environment.GetEnvironmentVariable("IFCVF_MIGRATION_DOWNTIME_LIMIT"), out long limitMs) && limitMs > 0)
+        {
+            src.Qmp.Execute("migrate-set-parameters", new Dictionary<string, object> { ["downtime-limit"] = limitMs });
+        }
         var sw = Stopwatch.StartNew();
         try
         {
@@ -250,6 +262,7 @@ public sealed class MigrationRig : IDisposable
             return new MigrationResult(src.Name, dst.Name, new MigrationInfo("refused", -1, -1, -1, -1, e.Description), sw.Elapsed, e.Description);
         }
         MigrationInfo info;
+        MigrationInfo? lastActive = null;
         while (true)
         {
             info = src.Qmp.QueryMigrate();
@@ -257,6 +270,10 @@ public sealed class MigrationRig : IDisposable
             if (info.Finished)
             {
                 break;
+            }
+            if (info.Status == "active")
+            {
+                lastActive = info;
             }
             if (sw.Elapsed > timeout)
             {
@@ -269,6 +286,8 @@ public sealed class MigrationRig : IDisposable
         {
             return new MigrationResult(src.Name, dst.Name, info, wall, $"migration {info.Status}: {info.ErrorDesc}");
         }
+        // the completed record has no remaining/expected-downtime: keep the last active poll's
+        info = info with { RemainingBytes = lastActive?.RemainingBytes ?? -1, ExpectedDowntimeMs = lastActive?.ExpectedDowntimeMs ?? -1, DirtyPagesRate = lastActive?.DirtyPagesRate ?? -1 };
         string dstStatus = "";
         if (!PeerEnvironment.Eventually(() => (dstStatus = dst.Qmp.Status()) == "running", TimeSpan.FromSeconds(20)))
         {
@@ -276,7 +295,10 @@ public sealed class MigrationRig : IDisposable
         }
         Active = dst;
         Standby = null;
-        return new MigrationResult(src.Name, dst.Name, info, wall, null);
+        var stopped = src.Qmp.LastEventAt("STOP");
+        var resumed = dst.Qmp.LastEventAt("RESUME");
+        long outage = stopped is { } s0 && resumed is { } r0 && r0 >= s0 ? (long)(r0 - s0).TotalMilliseconds : -1;
+        return new MigrationResult(src.Name, dst.Name, info, wall, null) { OutageMs = outage };
     }
 
     /// <summary>

@@ -14,7 +14,8 @@ public sealed class QmpException(string command, string errorClass, string descr
 }
 
 /// <summary>What `query-migrate` reports (times in milliseconds; -1 when QEMU does not report them yet).</summary>
-public sealed record MigrationInfo(string Status, long TotalTimeMs, long DowntimeMs, long SetupTimeMs, long RamTransferredBytes, string? ErrorDesc)
+public sealed record MigrationInfo(string Status, long TotalTimeMs, long DowntimeMs, long SetupTimeMs, long RamTransferredBytes, string? ErrorDesc,
+    long DirtySyncCount = -1, long RemainingBytes = -1, long ExpectedDowntimeMs = -1, long DirtyPagesRate = -1)
 {
     public bool Finished => Status is "completed" or "failed" or "cancelled";
 
@@ -25,7 +26,17 @@ public sealed record MigrationInfo(string Status, long TotalTimeMs, long Downtim
         string status = r.TryGetProperty("status", out var s) ? s.GetString() ?? "" : "none";
         long ram = r.TryGetProperty("ram", out var ramObj) ? Num(ramObj, "transferred") : -1;
         string? err = r.TryGetProperty("error-desc", out var e) ? e.GetString() : null;
-        return new MigrationInfo(status, Num(r, "total-time"), Num(r, "downtime"), Num(r, "setup-time"), ram, err);
+        // ram.dirty-sync-count = RAM passes (bitmap syncs) so far; remaining/expected-downtime say what QEMU
+        // expected to copy with the guest stopped at its last poll while active
+        long syncs = -1, remaining = -1, rate = -1;
+        if (r.TryGetProperty("ram", out var ramStats))
+        {
+            syncs = Num(ramStats, "dirty-sync-count");
+            remaining = Num(ramStats, "remaining");
+            rate = Num(ramStats, "dirty-pages-rate");
+        }
+        return new MigrationInfo(status, Num(r, "total-time"), Num(r, "downtime"), Num(r, "setup-time"), ram, err,
+            syncs, remaining, Num(r, "expected-downtime"), rate);
     }
 }
 
@@ -40,7 +51,17 @@ public sealed class QmpClient : IDisposable
     private readonly NetworkStream _stream;
     private readonly StreamReader _reader;
     private readonly List<string> _events = [];
+    private readonly Dictionary<string, DateTimeOffset> _lastEventAt = [];
     private readonly Lock _gate = new();
+
+    /// <summary>QEMU's own timestamp of the latest event named <paramref name="name"/> (host wall clock), or null.</summary>
+    public DateTimeOffset? LastEventAt(string name)
+    {
+        lock (_gate)
+        {
+            return _lastEventAt.TryGetValue(name, out var t) ? t : null;
+        }
+    }
 
     /// <summary>Event names seen so far (STOP, RESUME, MIGRATION, ...), oldest first.</summary>
     public IReadOnlyList<string> Events
@@ -134,9 +155,20 @@ public sealed class QmpClient : IDisposable
             var root = doc.RootElement;
             if (root.TryGetProperty("event", out var ev))
             {
+                string name = ev.GetString() ?? "?";
+                DateTimeOffset? at = null;
+                if (root.TryGetProperty("timestamp", out var ts) && ts.TryGetProperty("seconds", out var sec) && sec.TryGetInt64(out long secs)
+                    && ts.TryGetProperty("microseconds", out var usec) && usec.TryGetInt64(out long usecs) && secs > 0)
+                {
+                    at = DateTimeOffset.FromUnixTimeSeconds(secs).AddTicks(usecs * 10);
+                }
                 lock (_gate)
                 {
-                    _events.Add(ev.GetString() ?? "?");
+                    _events.Add(name);
+                    if (at is { } t)
+                    {
+                        _lastEventAt[name] = t;
+                    }
                 }
                 continue;
             }

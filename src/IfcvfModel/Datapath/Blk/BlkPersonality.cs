@@ -134,7 +134,7 @@ internal sealed class BlkPersonality<TStore>(VirtqueueEngine engine, BlkBackend 
         {
             if (!q.Failed)
             {
-                engine.Fail(q, reason);
+                engine.Fail(q, reason, r.PendingRule);
             }
         }
         finally
@@ -212,6 +212,7 @@ internal sealed class BlkPersonality<TStore>(VirtqueueEngine engine, BlkBackend 
         var old = q.UsedMark;
         int done = 0;
         string? fault = null;
+        var rule = SpecRule.None;
         try
         {
             bool logging = DirtyLog.TryOpen(dev, dma, out var log);
@@ -220,6 +221,7 @@ internal sealed class BlkPersonality<TStore>(VirtqueueEngine engine, BlkBackend 
             {
                 if (!AvailRing.HasChain(q, ref view, out fault))
                 {
+                    rule = fault is null ? SpecRule.None : SpecRule.AvailAhead;
                     break;
                 }
                 var mark = AvailRing.Mark(q);
@@ -228,6 +230,7 @@ internal sealed class BlkPersonality<TStore>(VirtqueueEngine engine, BlkBackend 
                 if (err != ChainError.None)
                 {
                     fault = ChainErrors.Describe(err);
+                    rule = ChainErrors.Rule(err);
                     break;
                 }
                 var shape = new BlkChainShape(visitor.Count, visitor.FirstWritable < 0 ? visitor.Count : visitor.FirstWritable);
@@ -272,6 +275,7 @@ internal sealed class BlkPersonality<TStore>(VirtqueueEngine engine, BlkBackend 
         }
         if (fault is not null)
         {
+            r.PendingRule = rule;
             r.PendingFault = fault;
             WakeWorker();
         }
@@ -331,6 +335,9 @@ internal sealed class BlkPersonality<TStore>(VirtqueueEngine engine, BlkBackend 
         public readonly MappedMemory? Bounce = bounce ? MappedMemory.Allocate(BounceBytes) : null;
         public Thread? Thread;
         public volatile string? PendingFault;
+
+        /// <summary>The virtio rule behind <see cref="PendingFault"/> (written before it).</summary>
+        public SpecRule PendingRule;
         public long SeenKicks;
         public bool SeenRunning;
         public bool LoggedBad;

@@ -31,7 +31,7 @@ internal sealed class NetControlQueue(NetPersonality net)
                 {
                     if (fault is not null)
                     {
-                        engine.Fail(q, fault);
+                        engine.Fail(q, fault, SpecRule.AvailAhead);
                     }
                     break;
                 }
@@ -46,7 +46,7 @@ internal sealed class NetControlQueue(NetPersonality net)
                 }
                 if (err != ChainError.None)
                 {
-                    engine.Fail(q, ChainErrors.Describe(err));
+                    engine.Fail(q, err);
                     break;
                 }
                 int inLen = collect.ReadLen;

@@ -234,7 +234,7 @@ internal sealed class NetPersonality<TPort>(VirtqueueEngine engine, NetBackend b
                 {
                     if (fault is not null)
                     {
-                        Engine.Fail(tx.Q, fault);
+                        Engine.Fail(tx.Q, fault, SpecRule.AvailAhead);
                     }
                     break;
                 }
@@ -242,7 +242,7 @@ internal sealed class NetPersonality<TPort>(VirtqueueEngine engine, NetBackend b
                 var err = AvailRing.Take(tx.Q, dma, ref tx.View, ref gather, out var chain);
                 if (err != ChainError.None)
                 {
-                    Engine.Fail(tx.Q, ChainErrors.Describe(err));
+                    Engine.Fail(tx.Q, err);
                     break;
                 }
                 UsedRing.Put(tx.Q, ref tx.View, chain, 0);

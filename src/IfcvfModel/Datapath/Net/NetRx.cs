@@ -64,7 +64,7 @@ internal sealed class NetRx(VirtqueueEngine engine)
                 }
                 else
                 {
-                    engine.Fail(rx, fault);
+                    engine.Fail(rx, fault, SpecRule.AvailAhead);
                 }
                 return false;
             }
@@ -73,7 +73,7 @@ internal sealed class NetRx(VirtqueueEngine engine)
             if (err != ChainError.None)
             {
                 AvailRing.Rewind(rx, start);
-                engine.Fail(rx, ChainErrors.Describe(err));
+                engine.Fail(rx, err);
                 return false;
             }
             segs = collect.Segs;
