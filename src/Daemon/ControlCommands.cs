@@ -139,7 +139,7 @@ public static class ControlCommands
                 SocketMode = access.Mode,
                 SocketOwner = access.Owner,
                 SocketGroup = access.Group,
-                Session = new VhostUserSessionOptions { Name = name, Log = registry.LogLine }, // no InflightTarget yet: see ServeCommand
+                Session = new VhostUserSessionOptions { Name = name, Log = registry.LogLine, InflightTarget = registry.FindDeviceOwner(name)?.InflightTarget },
             });
             try
             {
