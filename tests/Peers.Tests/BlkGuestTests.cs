@@ -41,6 +41,12 @@ public class BlkGuestTests(ITestOutputHelper output)
             serve = ServeBackend.Start(socket, "file:" + image, queues, ["--class", "blk"]);
             guest = QemuGuest.OnVhostUserBlk(socket, Blk, queues);
             AssertGuestWroteAndReadBack(guest, image, queues);
+            // QEMU negotiated inflight tracking: it asked for the buffer and handed it back before starting.
+            foreach (var line in serve.Process.Transcript.Split('\n').Where(l => l.Contains("inflight", StringComparison.Ordinal)))
+            {
+                output.WriteLine(line.Trim());
+            }
+            Assert.Contains("inflight buffer set", serve.Process.Transcript, StringComparison.Ordinal);
             if (queues > 1)
             {
                 for (int q = 0; q < queues; q++)
