@@ -21,6 +21,7 @@ public static class CommandLine
           pci list | bind BDF | unbind BDF | show BDF
                                      virtio/IFC functions, vfio-pci binding (previous driver restored)
           daemon [ --allow-uid UID ]... [ --metrics [ADDR:]PORT ] [ --config FILE ] [ sim N ] [ vfio BDF ]... [ generic ]
+                 [ --log-format logfmt|json ] [ --log-level error|warn|info|debug ]
                                      run the daemon in the foreground (control socket mode 0600);
                                      vfio BDF adopts a vfio-pci function as mgmtdev pci/BDF;
                                      --metrics serves Prometheus metrics (only a port: 127.0.0.1);
@@ -58,12 +59,15 @@ public static class CommandLine
                                      serve the device's virtqueues to a vhost-user front-end (daemon mode)
           vhost del NAME             stop serving it (the device is reset)
           serve --socket PATH [ --backend loopback|tap:NAME|pcap:FILE ] [ --queues N ] [ --mac M ] [ --mtu N ]
-                [ --client ] [ --poll | --event ] [ --split-only ] [ --stats-period S ] [ --socket-mode OCTAL ]
-                [ --cpu LIST ] [ --metrics [ADDR:]PORT ] [ --no-dirty-log ] [ --strict ]
+                [ --client ] [ --poll | --event ] [ --split-only ] [ --stats-period S ]
+                [ --owner USER ] [ --group GROUP ] [ --mode OCTAL ] [ --cpu LIST ] [ --metrics [ADDR:]PORT ]
+                [ --no-dirty-log ] [ --strict ] [ --log-format logfmt|json ] [ --log-level error|warn|info|debug ]
                                      vhost-user back-end (QEMU, DPDK virtio-user) on a software IFC VF
                                      until Ctrl-C; -j or --stats-period print per-queue counters;
                                      --strict: the VF sets NEEDS_RESET on a virtio rule violation;
                                      --cpu pins the datapath worker (one: the first CPU of LIST);
+                                     --owner/--group/--mode: who may connect (default 0600, root;
+                                     never world-writable), as vhost add's owner/group/mode;
                                      --no-dirty-log: a VF without the LM dirty log (migration then
                                      goes through the back-end's software relay, split rings only)
           serve --vduse NAME [ --backend ... ] [ --mac M ] [ --mtu N ] [ --stats-period S ]

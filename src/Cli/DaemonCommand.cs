@@ -4,7 +4,8 @@ using IfcVdpa.Daemon;
 namespace IfcVdpa.Cli;
 
 /// <summary>
-/// `ifcvf daemon [--allow-uid N]... [--metrics [ADDR:]PORT] [--config FILE] [sim N] [vfio BDF]... [generic]`: runs the daemon in the foreground
+/// `ifcvf daemon [--allow-uid N]... [--metrics [ADDR:]PORT] [--config FILE] [--log-format logfmt|json]
+/// [--log-level error|warn|info|debug] [sim N] [vfio BDF]... [generic]`: runs the daemon in the foreground
 /// until SIGINT/SIGTERM. `vfio BDF` adopts a function bound to vfio-pci as management device pci/BDF
 /// (`generic` also accepts plain virtio-net functions, like DPDK's vdpa=1).
 /// </summary>
@@ -32,6 +33,7 @@ public static class DaemonCommand
         bool generic = kv.Flag("generic");
         string? metrics = kv.Get("--metrics");
         string? config = kv.Get("--config");
+        var log = LogOptions(ctx, kv);
         kv.EnsureAllUsed();
         var configLines = config is null ? null : DaemonConfig.Load(config); // the whole file is checked before anything starts
         if (metrics is not null)
@@ -54,7 +56,7 @@ public static class DaemonCommand
         DaemonHost host;
         try
         {
-            host = new DaemonHost(new DaemonOptions { ControlPath = ctx.ResolveControlPath(), AllowUids = allow, SoftwareVfs = sims, Metrics = metrics });
+            host = new DaemonHost(new DaemonOptions { ControlPath = ctx.ResolveControlPath(), AllowUids = allow, SoftwareVfs = sims, Metrics = metrics }, log);
         }
         catch (Exception e) when (e is ArgumentException or RegistryException)
         {
@@ -80,6 +82,21 @@ public static class DaemonCommand
             }
         }
         return 0;
+    }
+
+    /// <summary>`--log-format logfmt|json` and `--log-level error|warn|info|debug` (daemon and serve): the one log writer, on stderr.</summary>
+    internal static DaemonLog LogOptions(CliContext ctx, Keywords kv)
+    {
+        string? format = kv.Get("--log-format");
+        string? level = kv.Get("--log-level");
+        try
+        {
+            return DaemonLog.Create(ctx.Err, format, level);
+        }
+        catch (ArgumentException e)
+        {
+            throw new CliException(e.Message);
+        }
     }
 
     internal static void AdoptVfio(DaemonHost host, string bdf, bool generic)

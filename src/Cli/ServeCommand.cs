@@ -29,7 +29,12 @@ public static partial class ServeCommand
         public bool Client { get; set; }
         public EngineMode Mode { get; set; } = EngineMode.Event;
         public double? StatsPeriod { get; set; }
-        public uint SocketMode { get; set; } = 0x180;
+        public string? Owner { get; set; }
+        public string? Group { get; set; }
+        public string? SocketMode { get; set; }
+        public SocketAccess Access { get; set; } = SocketAccess.Default;
+        public LogFormat LogFormat { get; set; } = LogFormat.Logfmt;
+        public LogLevel LogLevel { get; set; } = LogLevel.Info;
         public bool PackedRings { get; set; } = true;
         public bool DirtyLog { get; set; } = true;
         public string? Vfio { get; set; }
@@ -50,8 +55,9 @@ public static partial class ServeCommand
     public static int Run(CliContext ctx, IReadOnlyList<string> argv, CancellationToken stop)
     {
         var a = Parse(argv);
-        var log = new Action<string>(s => ctx.Err.WriteLine($"{DateTime.Now:HH:mm:ss.fff} {s}"));
-        using var device = a.Vfio is null ? SoftwareDevice(a, log) : VfioDevice(a);
+        var log = new DaemonLog(ctx.Err, a.LogFormat, a.LogLevel); // the daemon's writer: one line per event
+        var info = log.Lines(LogLevel.Info);
+        using var device = a.Vfio is null ? SoftwareDevice(a, log.Lines(LogLevel.Warn)) : VfioDevice(a);
         if (a.Vduse is not null)
         {
             return ServeVduse(ctx, device, a.Vduse, a.StatsPeriod ?? (ctx.Json ? 1.0 : null), log, stop);
@@ -61,8 +67,10 @@ public static partial class ServeCommand
         {
             SocketPath = a.Socket!,
             Client = a.Client,
-            SocketMode = a.SocketMode,
-            Session = new VhostUserSessionOptions { Log = log, Name = a.Socket! },
+            SocketMode = a.Access.Mode,
+            SocketOwner = a.Access.Owner,
+            SocketGroup = a.Access.Group,
+            Session = new VhostUserSessionOptions { Log = info, Name = a.Socket! },
         };
         using var server = new VhostUserBackend(adapter, options);
         using var meter = new IfcVdpa.Daemon.Metrics.IfcvfMeter(new IfcVdpa.Daemon.Metrics.MetricsSources
@@ -71,6 +79,11 @@ public static partial class ServeCommand
             VhostConnections = () => (server.Connections, server.Session is null ? 0 : 1),
         });
         using var metrics = StartMetrics(a.Metrics, log);
+        // SIGTERM/SIGINT handled from before the socket exists: a service manager (or a test) that stops serve
+        // as soon as it is ready gets the clean stop, not the default action (killed, socket left behind).
+        using var done = new ManualResetEventSlim();
+        using var signals = new ShutdownSignal(done.Set);
+        using var onStop = stop.Register(done.Set);
         try
         {
             server.Start();
@@ -79,29 +92,29 @@ public static partial class ServeCommand
         {
             throw new CliException($"cannot serve on {a.Socket}: {e.Message}");
         }
-        log($"serving {adapter.Name} ({device.Describe}) on {a.Socket}{(a.Client ? " as a client" : "")}");
+        info($"serving {adapter.Name} ({device.Describe}) on {a.Socket}{(a.Client ? " as a client" : "")}");
+        // Type=notify: the units ordered after ours start once the socket listens (a client: once it is connecting)
+        SystemdNotify.Notify($"READY=1\nMAINPID={Environment.ProcessId}\nSTATUS=serving {adapter.Name} on {a.Socket}", log);
 
-        using var done = new ManualResetEventSlim();
-        using var signals = new ShutdownSignal(done.Set);
-        using var onStop = stop.Register(done.Set);
         double? period = a.StatsPeriod ?? (ctx.Json ? 1.0 : null);
         int waitMs = period is { } p ? (int)Math.Max(100, p * 1000) : -1;
         while (!done.Wait(waitMs, CancellationToken.None))
         {
             PrintStats(ctx, adapter, server, device.Pairs, device.Block);
         }
-        log(stop.IsCancellationRequested ? "stop requested: stopping" : "signal received: stopping");
+        info(stop.IsCancellationRequested ? "stop requested: stopping" : "signal received: stopping");
+        SystemdNotify.Notify("STOPPING=1", log);
         server.Stop();
         device.StopDatapath();
         if (period is not null)
         {
             PrintStats(ctx, adapter, server, device.Pairs, device.Block);
         }
-        log($"stopped; {server.Connections} front-end connection(s) served, socket {(File.Exists(a.Socket) && !a.Client ? "still present" : "removed")}");
+        info($"stopped; {server.Connections} front-end connection(s) served, socket {(File.Exists(a.Socket) && !a.Client ? "still present" : "removed")}");
         return 0;
     }
 
-    private static IfcVdpa.Daemon.Metrics.MetricsEndpoint? StartMetrics(string? spec, Action<string> log)
+    private static IfcVdpa.Daemon.Metrics.MetricsEndpoint? StartMetrics(string? spec, DaemonLog log)
     {
         if (spec is null)
         {
@@ -110,7 +123,7 @@ public static partial class ServeCommand
         try
         {
             var m = IfcVdpa.Daemon.Metrics.MetricsEndpoint.Start(spec);
-            log($"metrics endpoint listening on {m.Url}");
+            log.Info("metrics endpoint listening", ("url", m.Url));
             return m;
         }
         catch (InvalidOperationException e)
@@ -393,23 +406,21 @@ public static partial class ServeCommand
                     a.StatsPeriod = double.TryParse(Value(), CultureInfo.InvariantCulture, out double s) && s > 0
                         ? s : throw new CliException("--stats-period must be a positive number of seconds");
                     break;
-                case "--socket-mode":
-                {
-                    string v = Value();
-                    try
-                    {
-                        a.SocketMode = Convert.ToUInt32(v, 8);
-                    }
-                    catch (FormatException)
-                    {
-                        throw new CliException($"--socket-mode must be octal (e.g. 0660), not \"{v}\"");
-                    }
-                    if (a.SocketMode > 0x1FF)
-                    {
-                        throw new CliException("--socket-mode must be at most 0777");
-                    }
+                case "--owner":
+                    a.Owner = Value();
                     break;
-                }
+                case "--group":
+                    a.Group = Value();
+                    break;
+                case "--mode" or "--socket-mode":
+                    a.SocketMode = Value();
+                    break;
+                case "--log-format":
+                    a.LogFormat = LogValue(() => DaemonLog.ParseFormat(Value()));
+                    break;
+                case "--log-level":
+                    a.LogLevel = LogValue(() => DaemonLog.ParseLevel(Value()));
+                    break;
                 default:
                     throw new CliException($"serve: unknown argument \"{k}\"");
             }
@@ -417,6 +428,21 @@ public static partial class ServeCommand
         if (string.IsNullOrEmpty(a.Socket) && a.Vduse is null)
         {
             throw new CliException("serve needs --socket PATH (vhost-user) or --vduse NAME (the kernel vDPA bus)");
+        }
+        if ((a.Owner ?? a.Group ?? a.SocketMode) is not null)
+        {
+            if (a.Client || a.Vduse is not null)
+            {
+                throw new CliException("--owner, --group and --mode apply to a socket serve creates: not with --client (the front-end owns it) or --vduse");
+            }
+            try
+            {
+                a.Access = SocketAccess.Parse(a.Owner, a.Group, a.SocketMode); // the rules of `vhost add ... owner/group/mode`
+            }
+            catch (ArgumentException e)
+            {
+                throw new CliException(e.Message);
+            }
         }
         if (a.Class == "blk")
         {
@@ -453,6 +479,18 @@ public static partial class ServeCommand
             }
         }
         return a;
+    }
+
+    private static T LogValue<T>(Func<T> parse)
+    {
+        try
+        {
+            return parse();
+        }
+        catch (ArgumentException e)
+        {
+            throw new CliException(e.Message);
+        }
     }
 
     private static byte[] ParseMac(string s)

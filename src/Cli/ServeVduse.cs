@@ -1,3 +1,4 @@
+using IfcVdpa.Daemon;
 using IfcVdpa.Vdpa;
 using IfcVdpa.Vduse;
 
@@ -6,12 +7,15 @@ namespace IfcVdpa.Cli;
 /// <summary>`ifcvf serve --vduse NAME`: the single-device form of the VDUSE consumer.</summary>
 public static partial class ServeCommand
 {
-    private static int ServeVduse(CliContext ctx, ServedDevice device, string name, double? period, Action<string> log, CancellationToken stop)
+    private static int ServeVduse(CliContext ctx, ServedDevice device, string name, double? period, DaemonLog log, CancellationToken stop)
     {
+        using var done = new ManualResetEventSlim(); // signals handled before the device exists (see ServeCommand.Run)
+        using var signals = new ShutdownSignal(done.Set);
+        using var onStop = stop.Register(done.Set);
         VduseDevice vduse;
         try
         {
-            vduse = VduseDevice.Create(device.Adapter, new VduseOptions { Name = name, Log = log });
+            vduse = VduseDevice.Create(device.Adapter, new VduseOptions { Name = name, Log = log.Lines(LogLevel.Info) });
         }
         catch (VdpaException e)
         {
@@ -19,19 +23,18 @@ public static partial class ServeCommand
         }
         using (vduse)
         {
-            log($"{device.Adapter.Name} ({device.Describe}) is VDUSE device {name}: bind it with `vdpa dev add name {name} mgmtdev vduse`");
-            using var done = new ManualResetEventSlim();
-            using var signals = new ShutdownSignal(done.Set);
-            using var onStop = stop.Register(done.Set);
+            log.Info($"{device.Adapter.Name} ({device.Describe}) is VDUSE device {name}: bind it with `vdpa dev add name {name} mgmtdev vduse`");
+            SystemdNotify.Notify($"READY=1\nMAINPID={Environment.ProcessId}\nSTATUS=VDUSE device {name}", log);
             int waitMs = period is { } p ? (int)Math.Max(100, p * 1000) : -1;
             while (!done.Wait(waitMs, CancellationToken.None))
             {
                 PrintVduseStats(ctx, device, vduse);
             }
-            log("stopping");
+            log.Info("stopping");
+            SystemdNotify.Notify("STOPPING=1", log);
             if (vduse.OnBus)
             {
-                log($"{name} is still on the vDPA bus: the kernel driver loses its device (`vdpa dev del {name}` first next time)");
+                log.Warn($"{name} is still on the vDPA bus: the kernel driver loses its device (`vdpa dev del {name}` first next time)");
             }
         }
         device.StopDatapath();

@@ -74,23 +74,7 @@ public sealed class DaemonHost : IDisposable
         }
         Server.Start();
         Log.Info("daemon ready", ("pid", Environment.ProcessId), ("control", Server.Path));
-        NotifyServiceManager($"READY=1\nMAINPID={Environment.ProcessId}\nSTATUS=control socket {Server.Path}");
-    }
-
-    /// <summary>sd_notify, when started by a service manager; a failure is logged, never fatal.</summary>
-    private void NotifyServiceManager(string state)
-    {
-        try
-        {
-            if (SystemdNotify.Notify(state) is { } target)
-            {
-                Log.Info("service manager notified", ("state", state.Split('\n')[0]), ("notify_socket", target));
-            }
-        }
-        catch (IOException e)
-        {
-            Log.Warn("service manager notification failed", ("error", e.Message));
-        }
+        SystemdNotify.Notify($"READY=1\nMAINPID={Environment.ProcessId}\nSTATUS=control socket {Server.Path}", Log);
     }
 
     /// <summary>Runs until <paramref name="stop"/> is cancelled.</summary>
@@ -99,7 +83,7 @@ public sealed class DaemonHost : IDisposable
         Start();
         stop.WaitHandle.WaitOne();
         Log.Info("daemon stopping");
-        NotifyServiceManager("STOPPING=1");
+        SystemdNotify.Notify("STOPPING=1", Log);
     }
 
     /// <summary>Stops accepting requests, then deletes every vDPA device and VF.</summary>

@@ -3,10 +3,10 @@ using System.Globalization;
 namespace IfcVdpa.Daemon;
 
 /// <summary>
-/// Who may connect to a vhost-user server socket (`vhost add ... owner U group G mode OCTAL`, `serve
-/// --socket-owner/--socket-group/--socket-mode`): libvirt runs QEMU as its own user (Debian:
-/// libvirt-qemu, group kvm), which a root-only 0600 socket refuses. World-writable modes are refused:
-/// give the front-end's user or group access instead.
+/// Who may connect to a vhost-user server socket, one set of rules for both forms (`vhost add ... owner U
+/// group G mode OCTAL` in the daemon, `serve --owner U --group G --mode OCTAL`; the Cli references this
+/// layer): libvirt runs QEMU as its own user (Debian: libvirt-qemu, group kvm), which a root-only 0600
+/// socket refuses. World-writable modes are refused: give the front-end's user or group access instead.
 /// </summary>
 public sealed record SocketAccess(uint Mode, uint? Owner, uint? Group)
 {
@@ -30,7 +30,7 @@ public sealed record SocketAccess(uint Mode, uint? Owner, uint? Group)
             }
             if ((m & 0x2) != 0)
             {
-                throw new ArgumentException($"mode {mode} is world-writable: any local user could drive the guest's NIC; give the front-end's group access instead (group G mode 0660)");
+                throw new ArgumentException($"mode {mode} is world-writable: any local user could drive the guest's NIC; give the front-end's group access instead (group G, mode 0660)");
             }
         }
         return new SocketAccess(m, owner is null ? null : Resolve(owner, "/etc/passwd", "owner"), group is null ? null : Resolve(group, "/etc/group", "group"));

@@ -47,4 +47,25 @@ public static class SystemdNotify
         }
         return target;
     }
+
+    /// <summary>
+    /// <see cref="Notify(string)"/> for `daemon` and `serve`: the notification is logged, and a failure is
+    /// a warning, never fatal (the service manager then times the start out, with the reason in the log).
+    /// </summary>
+    public static void Notify(string state, DaemonLog log)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        ArgumentNullException.ThrowIfNull(log);
+        try
+        {
+            if (Notify(state) is { } target)
+            {
+                log.Info("service manager notified", ("state", state.Split('\n')[0]), ("notify_socket", target));
+            }
+        }
+        catch (IOException e)
+        {
+            log.Warn("service manager notification failed", ("error", e.Message));
+        }
+    }
 }

@@ -20,12 +20,16 @@ public class LibvirtGuestTests(ITestOutputHelper output)
     /// libvirt's `mode='server'`: QEMU (as libvirt's QEMU user) creates the socket and the daemon connects to
     /// it (`vhost add ... client`, reconnecting). libvirt's `mode='client'`: the daemon's server socket, opened
     /// to QEMU's group (`vhost add ... group kvm mode 0660`; a root-only 0600 socket is refused to QEMU).
+    /// "serve": libvirt's `mode='client'` on `ifcvf serve --group kvm --mode 0660` (one software VF whose wire
+    /// is a TAP in the namespace) instead of the daemon.
     /// </summary>
     [Theory]
     [InlineData("server")]
     [InlineData("client")]
+    [InlineData("serve")]
     public void LibvirtGuestPingsAndReconnectsAfterDestroyAndCreate(string libvirtMode)
     {
+        bool serve = libvirtMode == "serve";
         PeerEnvironment.Require(PeerEnvironment.Ifcvf, PeerEnvironment.Busybox);
         using var libvirt = new LibvirtDaemon();
         string dir = PeerEnvironment.NewRunDir();
@@ -35,24 +39,24 @@ public class LibvirtGuestTests(ITestOutputHelper output)
         string socket = Path.Combine(dir, "vm.sock");
         string tap = PeerEnvironment.Unique("ifcl");
         string name = PeerEnvironment.Unique("ifcvf-lv");
-        using var daemon = new PeerProcess("daemon", PeerEnvironment.Ifcvf, ["--control", control, "daemon"], TimeSpan.FromMinutes(10));
+        using var daemon = serve
+            ? new PeerProcess("serve", PeerEnvironment.Ifcvf, ["serve", "--socket", socket, "--backend", "tap:" + tap, "--group", "kvm", "--mode", "0660"], TimeSpan.FromMinutes(10))
+            : new PeerProcess("daemon", PeerEnvironment.Ifcvf, ["--control", control, "daemon"], TimeSpan.FromMinutes(10));
         NetNamespace? ns = null;
         LibvirtDomain? vm = null;
         try
         {
-            Assert.True(PeerEnvironment.Eventually(() => File.Exists(control) || daemon.HasExited, TimeSpan.FromSeconds(240)) && !daemon.HasExited,
-                "daemon did not start\n" + daemon.Describe());
-            Cli(control, "sim", "add", "count", "2", "backend", "pair");
-            Cli(control, "dev", "add", "name", "vm0", "mgmtdev", "sim/ifcvf0");
-            Cli(control, "dev", "add", "name", "host0", "mgmtdev", "sim/ifcvf1");
-            Cli(control, "dev", "attach", "host0", "virtio", "tap", tap);
-            if (libvirtMode == "server")
+            string listening = serve ? socket : control;
+            Assert.True(PeerEnvironment.Eventually(() => File.Exists(listening) || daemon.HasExited, TimeSpan.FromSeconds(240)) && !daemon.HasExited,
+                $"{(serve ? "serve" : "daemon")} did not start\n" + daemon.Describe());
+            if (serve)
             {
-                Cli(control, "vhost", "add", "vm0", "socket", socket, "client");
+                var (_, stat) = PeerEnvironment.Run("stat", ["-c", "%a %G", socket]);
+                Assert.Equal("660 kvm", stat.Trim()); // QEMU runs as libvirt-qemu, in group kvm
             }
             else
             {
-                Cli(control, "vhost", "add", "vm0", "socket", socket, "group", "kvm", "mode", "0660"); // Debian: libvirt-qemu's group
+                Setup(control, libvirtMode, socket, tap);
             }
             ns = new NetNamespace();
             ns.Adopt(tap, HostIp + "/16");
@@ -61,7 +65,7 @@ public class LibvirtGuestTests(ITestOutputHelper output)
             {
                 // Round 1 pings long enough to be destroyed mid-way; round 2 finishes and powers off.
                 var o = new GuestOptions { Ip = GuestIp + "/16", Peer = HostIp, Mode = "ping", Count = round == 1 ? 200 : 5, TimeoutSeconds = 240 };
-                vm = LibvirtDomain.Create(dir, name, o, socket, libvirtMode, Path.Combine(dir, $"console-{round}.log"));
+                vm = LibvirtDomain.Create(dir, name, o, socket, serve ? "client" : libvirtMode, Path.Combine(dir, $"console-{round}.log"));
                 var ready = vm.WaitFor(@"GUEST-READY [^\r\n]*", TimeSpan.FromSeconds(180));
                 output.WriteLine($"round {round}: {ready.Value}");
                 var (pcode, pout) = ns.Exec(TimeSpan.FromSeconds(60), PeerEnvironment.Busybox, "ping", "-c", "3", "-W", "5", GuestIp);
@@ -80,8 +84,10 @@ public class LibvirtGuestTests(ITestOutputHelper output)
                     Assert.True(ping.Groups[1].Value == "ok", $"libvirt guest -> namespace ping: {ping.Value}\n{daemon.Describe()}");
                 }
             }
-            string show = Cli(control, "dev", "show", "vm0");
-            output.WriteLine(show);
+            if (!serve)
+            {
+                output.WriteLine(Cli(control, "dev", "show", "vm0"));
+            }
             // Two front-ends were served (one per virsh create), each reconnected by the daemon.
             Assert.True(daemon.Transcript.Contains("front-end #2 connected", StringComparison.Ordinal), daemon.Describe());
         }
@@ -95,6 +101,23 @@ public class LibvirtGuestTests(ITestOutputHelper output)
             }
             output.WriteLine(libvirt.Describe());
             Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    /// <summary>The daemon's side: two VFs back to back, one served to the guest, the other the namespace's TAP.</summary>
+    private static void Setup(string control, string libvirtMode, string socket, string tap)
+    {
+        Cli(control, "sim", "add", "count", "2", "backend", "pair");
+        Cli(control, "dev", "add", "name", "vm0", "mgmtdev", "sim/ifcvf0");
+        Cli(control, "dev", "add", "name", "host0", "mgmtdev", "sim/ifcvf1");
+        Cli(control, "dev", "attach", "host0", "virtio", "tap", tap);
+        if (libvirtMode == "server")
+        {
+            Cli(control, "vhost", "add", "vm0", "socket", socket, "client");
+        }
+        else
+        {
+            Cli(control, "vhost", "add", "vm0", "socket", socket, "group", "kvm", "mode", "0660"); // Debian: libvirt-qemu's group
         }
     }
 

@@ -19,11 +19,20 @@ public sealed class DaemonProcess : IDisposable
 
     /// <summary>A daemon in <paramref name="dir"/> (else a fresh one) with extra environment variables.</summary>
     public DaemonProcess(string? dir, IReadOnlyDictionary<string, string>? env, params string[] daemonArgs)
+        : this(dir, env, "ctl.sock", socket => ["daemon", "--control", socket, .. daemonArgs])
+    {
+    }
+
+    /// <summary>
+    /// Any long-running command of the CLI in a fresh directory, started once <paramref name="socketName"/>
+    /// (there) exists: <paramref name="args"/> gets that socket's path.
+    /// </summary>
+    private DaemonProcess(string? dir, IReadOnlyDictionary<string, string>? env, string socketName, Func<string, string[]> args)
     {
         Dir = dir ?? Path.Combine(Path.GetTempPath(), $"ifcvf-test-{Environment.ProcessId}-{Guid.NewGuid():N}"[..40]);
         Directory.CreateDirectory(Dir);
-        Socket = Path.Combine(Dir, "ctl.sock");
-        var psi = Start(["daemon", "--control", Socket, .. daemonArgs], env: env);
+        Socket = Path.Combine(Dir, socketName);
+        var psi = Start(args(Socket), env: env);
         _proc = Process.Start(psi)!;
         _proc.ErrorDataReceived += (_, e) =>
         {
@@ -41,11 +50,15 @@ public sealed class DaemonProcess : IDisposable
         {
             if (_proc.HasExited || sw.Elapsed > TimeSpan.FromSeconds(20))
             {
-                throw new InvalidOperationException($"daemon did not start: {Log}");
+                throw new InvalidOperationException($"{psi.ArgumentList[1]} did not start: {Log}");
             }
             Thread.Sleep(20);
         }
     }
+
+    /// <summary>`ifcvf serve --socket DIR/vhost.sock ARGS...` (<see cref="Socket"/> is the vhost-user socket).</summary>
+    public static DaemonProcess Serve(IReadOnlyDictionary<string, string>? env, params string[] serveArgs) =>
+        new(null, env, "vhost.sock", socket => ["serve", "--socket", socket, .. serveArgs]);
 
     public string Dir { get; }
 
@@ -125,9 +138,9 @@ public sealed class DaemonProcess : IDisposable
             if (!_proc.WaitForExit(20_000))
             {
                 _proc.Kill();
-                _proc.WaitForExit();
             }
         }
+        _proc.WaitForExit(); // and the asynchronous stderr reader has seen the end: Log is complete
         return _proc.ExitCode;
     }
 

@@ -137,7 +137,7 @@ public sealed partial class GuestProofTests(ITestOutputHelper output)
         // phase 4, `ifcvf serve --vfio BDF --generic` (DPDK's vdpa app) with a third-party front-end: DPDK
         // testpmd (virtio-user, icmpecho) answers the kernel's pings from its own memory through the
         // VFIO-driven function (kicks relayed: virtio-user does not take host notifiers)
-        Assert.Matches(@"VFIO-SERVE .* serving vdpa0 \(pci/0000:00:03\.0 through VFIO, generic virtio-net", log);
+        Assert.Matches(@"VFIO-SERVE .*serving vdpa0 \(pci/0000:00:03\.0 through VFIO, generic virtio-net", log);
         Assert.Contains("3 packets transmitted, 3 packets received", Line("VFIO-GUEST testpmd-ping rc=0"), StringComparison.Ordinal);
         Line("VFIO-GUEST testpmd-exit rc=0");
         Assert.True(long.Parse(Regex.Match(log, @"^VFIO-GUEST testpmd-stats RX-packets: (\d+)", RegexOptions.Multiline).Groups[1].Value, CultureInfo.InvariantCulture) >= 3, "testpmd received fewer than 3 frames");
