@@ -12,7 +12,7 @@
 # Environment: BACKENDS="dpdk serve" restricts the columns; QUEUES=1|2; PINGPONG=1 runs the three-round-trip
 # case (2 queue pairs) instead of one migration. DOWNTIME_LIMIT=MS sets the same QEMU downtime-limit for every
 # back-end (default: QEMU's own, 300 ms); the table shows it, and per back-end QEMU's RAM passes
-# (dirty-sync-count), the RAM it still had to send at its last poll before the stop (KiB), and the guest's
+# (dirty-sync-count), the RAM it still had to send at its last poll while active (KiB; can fall in the stop, then 0), and the guest's
 # real outage: the source's STOP event to the destination's RESUME (QEMU's downtime ends before the latter).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -53,7 +53,7 @@ field() { sed -n "s/.*\"$2\":\(\"\([^\"]*\)\"\|\([-0-9]*\)\).*/\2\3/p" <<<"$1"; 
 median() { sort -n | awk '{a[NR]=$1} END {if (NR == 0) print "-"; else printf "%s [%s..%s]\n", (NR % 2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2, a[1], a[NR]}'; }
 
 printf '\nlive migration, %s queue pair(s), %s run(s) per back-end, QEMU downtime-limit %s (medians; per-run figures below)\n' "$queues" "$runs" "${DOWNTIME_LIMIT:-default}"
-printf '%-11s %20s %18s %20s %14s %12s %12s %18s %18s  %s\n' backend "total ms" "downtime ms" "wall ms" "pings lost" "lost total" "RAM passes" "left KiB at stop" "STOP..RESUME ms" status
+printf '%-11s %20s %18s %20s %14s %12s %12s %18s %18s  %s\n' backend "total ms" "downtime ms" "wall ms" "pings lost" "lost total" "RAM passes" "KiB left (poll)" "STOP..RESUME ms" status
 for b in $backends; do
   f="$work/$b.jsonl"
   ok="$(grep '"status":"completed"' "$f" || true)"
