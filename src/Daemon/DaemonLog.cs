@@ -143,7 +143,32 @@ public sealed class DaemonLog(TextWriter writer, LogFormat format = LogFormat.Lo
 
     private static string Text(object? value) => Convert.ToString(value, CultureInfo.InvariantCulture) ?? "";
 
-    private static void AppendJsonString(StringBuilder sb, string v)
+    private static void AppendJsonString(StringBuilder sb, string v) => AppendQuoted(sb, v, json: true);
+
+    private static void AppendLogfmtValue(StringBuilder sb, string v)
+    {
+        bool plain = v.Length > 0;
+        foreach (char c in v)
+        {
+            if (c <= ' ' || c == '"' || c == '=' || c == '\\' || c > '~')
+            {
+                plain = false;
+                break;
+            }
+        }
+        if (plain)
+        {
+            sb.Append(v);
+            return;
+        }
+        AppendQuoted(sb, v, json: false);
+    }
+
+    /// <summary>
+    /// A double-quoted value with JSON's escapes (logfmt quotes the same way). In JSON a lone surrogate becomes
+    /// U+FFFD, since it is not text and parsers would refuse the line; logfmt keeps it as it came.
+    /// </summary>
+    private static void AppendQuoted(StringBuilder sb, string v, bool json)
     {
         sb.Append('"');
         for (int i = 0; i < v.Length; i++)
@@ -165,50 +190,9 @@ public sealed class DaemonLog(TextWriter writer, LogFormat format = LogFormat.Lo
                     {
                         sb.Append(c).Append(v[++i]);
                     }
-                    else if (char.IsSurrogate(c))
+                    else if (json && char.IsSurrogate(c))
                     {
-                        sb.Append("\\ufffd"); // a lone surrogate is not text: JSON parsers would refuse it
-                    }
-                    else
-                    {
-                        sb.Append(c);
-                    }
-                    break;
-            }
-        }
-        sb.Append('"');
-    }
-
-    private static void AppendLogfmtValue(StringBuilder sb, string v)
-    {
-        bool plain = v.Length > 0;
-        foreach (char c in v)
-        {
-            if (c <= ' ' || c == '"' || c == '=' || c == '\\' || c > '~')
-            {
-                plain = false;
-                break;
-            }
-        }
-        if (plain)
-        {
-            sb.Append(v);
-            return;
-        }
-        sb.Append('"');
-        foreach (char c in v)
-        {
-            switch (c)
-            {
-                case '"': sb.Append("\\\""); break;
-                case '\\': sb.Append("\\\\"); break;
-                case '\n': sb.Append("\\n"); break;
-                case '\r': sb.Append("\\r"); break;
-                case '\t': sb.Append("\\t"); break;
-                default:
-                    if (c < ' ' || c == '\x7f')
-                    {
-                        sb.Append("\\u").Append(((int)c).ToString("x4", CultureInfo.InvariantCulture));
+                        sb.Append("\\ufffd");
                     }
                     else
                     {

@@ -57,31 +57,7 @@ public sealed class DirtyLogRegion : IDisposable
         {
             throw new VhostUserRequestException($"dirty log of 0x{size:x} bytes (1..0x{MaxSize:x} allowed)");
         }
-        if (offset > long.MaxValue || offset + size < offset)
-        {
-            throw new VhostUserRequestException($"dirty log [offset 0x{offset:x}, +0x{size:x}) wraps around");
-        }
-        FileStatus st;
-        try
-        {
-            st = FileStatus.OfFd(fd.Fd);
-        }
-        catch (IOException e)
-        {
-            throw new VhostUserRequestException($"dirty log fd: {e.Message}");
-        }
-        if (!st.IsRegular)
-        {
-            throw new VhostUserRequestException($"dirty log fd is not a memory file (mode 0x{st.Mode:x})");
-        }
-        if (offset + size > st.Size)
-        {
-            throw new VhostUserRequestException($"dirty log [offset 0x{offset:x}, +0x{size:x}) lies beyond its 0x{st.Size:x}-byte file");
-        }
-        if (!MappedMemory.IsSealedAgainstShrinking(fd.Fd))
-        {
-            throw new VhostUserRequestException("dirty log file is not sealed against shrinking (F_SEAL_SHRINK): it could be truncated under the device");
-        }
+        _ = SharedMemoryFile.Check(fd, offset, size, "dirty log", "dirty log");
         ulong start = offset & ~(PageSize - 1);
         ulong skew = offset - start;
         ulong length = (skew + size + PageSize - 1) & ~(PageSize - 1); // the last page holds file bytes: no SIGBUS

@@ -104,31 +104,7 @@ public sealed class InflightBuffer : IDisposable
         {
             throw new VhostUserRequestException($"inflight buffer of 0x{size:x} bytes: {queues} queues of {queueSize} need 0x{need:x} (at most 0x{MaxSize:x})");
         }
-        if (offset > long.MaxValue || offset + size < offset)
-        {
-            throw new VhostUserRequestException($"inflight buffer [offset 0x{offset:x}, +0x{size:x}) wraps around");
-        }
-        FileStatus st;
-        try
-        {
-            st = FileStatus.OfFd(fd.Fd);
-        }
-        catch (IOException e)
-        {
-            throw new VhostUserRequestException($"inflight fd: {e.Message}");
-        }
-        if (!st.IsRegular)
-        {
-            throw new VhostUserRequestException($"inflight fd is not a memory file (mode 0x{st.Mode:x})");
-        }
-        if (offset + size > st.Size)
-        {
-            throw new VhostUserRequestException($"inflight buffer [offset 0x{offset:x}, +0x{size:x}) lies beyond its 0x{st.Size:x}-byte file");
-        }
-        if (!MappedMemory.IsSealedAgainstShrinking(fd.Fd))
-        {
-            throw new VhostUserRequestException("inflight file is not sealed against shrinking (F_SEAL_SHRINK): it could be truncated under the device");
-        }
+        var st = SharedMemoryFile.Check(fd, offset, size, "inflight buffer", "inflight");
         ulong start = offset & ~4095UL;
         ulong length = ((offset - start) + need + 4095) & ~4095UL;
         if (start + length > st.Size)
