@@ -18,6 +18,7 @@
 #   MRG="1 0"              virtio-user mrg_rxbuf=1|0
 #   QP2=1                  also the 2-queue-pair case (split io32 64 B mrg_rxbuf=1); 0: not
 #   CASES="ring:mode:size:mrg:qp ..."   exactly these cases instead (e.g. "split:io32:64:1:2")
+#   KEEP=DIR               copy every run's front-end and back-end logs into DIR
 #   BACKENDS="serve dpdk"  SERVE_CPU=1 (serve's worker and taskset CPU; DPDK's lcores follow the
 #                          fixed layout above, so change it only on a machine with other CPUs)
 # Output: one table (stdout); per-run samples and progress on stderr. Any run that measures 0 or
@@ -173,6 +174,7 @@ for c in "${cases[@]}"; do
       start_backend "$be" "$qp"
       s="$(run_frontend "$be" "$ring" "$mode" "$size" "$mrg" "$qp")"
       cleanup
+      if [[ -n ${KEEP:-} ]]; then mkdir -p "$KEEP"; cp "$work/fe.log" "$KEEP/$c.$r.$be.fe.log"; cp "$work/be.log" "$KEEP/$c.$r.$be.be.log"; fi
       [[ $s =~ ^[0-9]+$ ]] || { s=FAIL; failed=1; }
       samples[$be]+=" $s"
       echo "  $c run $r $be: $s pps" >&2

@@ -13,6 +13,12 @@ internal interface INetPort
     /// </summary>
     bool Transmit<TSink>(ReadOnlySpan<byte> frame, int pair, ref TSink local) where TSink : IFrameSink, allows ref struct;
 
+    /// <summary>
+    /// Whether TX frames come back on the transmitting pair's RX queue (loopback): the personality then
+    /// looks ahead in that RX queue too before a burst. A constant per port type (the JIT folds it).
+    /// </summary>
+    bool LoopsBack { get; }
+
     /// <summary>After a TX burst that handled chains (a pair wakes its peer's worker).</summary>
     void TxBurstDone();
 

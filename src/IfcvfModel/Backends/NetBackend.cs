@@ -108,6 +108,8 @@ internal sealed class LoopbackBackend(bool filterDestinationMac) : NetBackend
 
     private readonly struct Port(bool filter) : INetPort
     {
+        public bool LoopsBack => true;
+
         public int WakeFd => -1;
 
         public bool Transmit<TSink>(ReadOnlySpan<byte> frame, int pair, ref TSink local) where TSink : IFrameSink, allows ref struct

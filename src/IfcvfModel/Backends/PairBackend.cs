@@ -31,6 +31,8 @@ internal sealed class PairBackend : NetBackend
 
     private readonly struct Port(PairBackend self) : INetPort
     {
+        public bool LoopsBack => false;
+
         public int WakeFd => -1;
 
         public bool Transmit<TSink>(ReadOnlySpan<byte> frame, int pair, ref TSink local) where TSink : IFrameSink, allows ref struct =>

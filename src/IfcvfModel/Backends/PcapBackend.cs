@@ -15,6 +15,8 @@ internal sealed class PcapBackend(string path) : NetBackend
 
     private readonly struct Port(PcapWriter writer) : INetPort
     {
+        public bool LoopsBack => false;
+
         public int WakeFd => -1;
 
         public bool Transmit<TSink>(ReadOnlySpan<byte> frame, int pair, ref TSink local) where TSink : IFrameSink, allows ref struct

@@ -39,6 +39,8 @@ internal sealed class TapBackend(string name) : NetBackend
 
     private readonly struct Port(TapBackend self) : INetPort
     {
+        public bool LoopsBack => false;
+
         public int WakeFd => self._dead ? -1 : self._tap.Fd;
 
         public bool Transmit<TSink>(ReadOnlySpan<byte> frame, int pair, ref TSink local) where TSink : IFrameSink, allows ref struct =>

@@ -7,7 +7,7 @@ namespace IfcVdpa.IfcvfModel.Datapath;
 
 /// <summary>
 /// The device's side of the used ring, split and packed alike: entries are written as chains complete
-/// (<see cref="Put"/>), and once per burst <see cref="Publish"/> makes them visible, updates the device's
+/// (<see cref="Put"/>; a packed descriptor's flags wait for the publication), and once per burst <see cref="Publish"/> makes them visible, updates the device's
 /// notification suppression and decides the interrupt (EVENT_IDX, NO_INTERRUPT, packed event suppression).
 /// </summary>
 internal static class UsedRing
@@ -37,8 +37,34 @@ internal static class UsedRing
         {
             flags |= PackedRing.VIRTQ_DESC_F_WRITE;
         }
-        SharedIndex.Store16(ring, at + PackedRing.DescFlags, flags); // release: id and len are visible first
+        int k = q.PendingCount;
+        if (k == q.PendingSlot.Length)
+        {
+            StorePendingFlags(q, ring); // cannot happen within one burst (the driver cannot reuse unpublished slots); kept bounded anyway
+            k = 0;
+        }
+        q.PendingSlot[k] = q.LastUsed;
+        q.PendingFlags[k] = flags;
+        q.PendingCount = k + 1;
         AvailRing.AdvancePacked(ref q.LastUsed, ref q.UsedWrap, chain.Slots, q.Size);
+    }
+
+    /// <summary>Stores the flags of the burst's used descriptors: the first one last (release), so the driver sees them together.</summary>
+    private static void StorePendingFlags(Virtqueue q, Span<byte> ring)
+    {
+        int n = q.PendingCount;
+        if (n == 0)
+        {
+            return;
+        }
+        var slots = q.PendingSlot;
+        var flags = q.PendingFlags;
+        for (int k = n - 1; k > 0; k--)
+        {
+            SharedIndex.Store16(ring, (slots[k] * PackedRing.DescSize) + PackedRing.DescFlags, flags[k]);
+        }
+        SharedIndex.Store16(ring, (slots[0] * PackedRing.DescSize) + PackedRing.DescFlags, flags[0]); // release: ids, lens and the later flags first
+        q.PendingCount = 0;
     }
 
     /// <summary>Publishes what completed since <paramref name="old"/> and interrupts if the driver asked.</summary>
@@ -75,6 +101,7 @@ internal static class UsedRing
 
     private static void PublishPacked(IVirtqueueDevice dev, Virtqueue q, scoped ref RingView v, UsedMark old)
     {
+        StorePendingFlags(q, v.Desc);
         ushort want = q.SuppressKicks ? PackedRing.RING_EVENT_FLAGS_DISABLE : PackedRing.RING_EVENT_FLAGS_ENABLE;
         if (BinaryPrimitives.ReadUInt16LittleEndian(v.Used[PackedRing.EventFlags..]) != want)
         {

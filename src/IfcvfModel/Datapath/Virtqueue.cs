@@ -30,6 +30,15 @@ internal sealed class Virtqueue(int index)
     public ushort LastUsed;
     public bool UsedWrap;
 
+    /// <summary>
+    /// Packed: used descriptors written in this burst whose flags are not stored yet (ring slot and flags);
+    /// <see cref="UsedRing.Publish"/> stores them, the burst's first one last, so the driver sees the whole
+    /// burst at once and the descriptor lines change hands once per burst, not once per chain.
+    /// </summary>
+    public ushort[] PendingSlot = [];
+    public ushort[] PendingFlags = [];
+    public int PendingCount;
+
     /// <summary>Split: the driver's avail idx as last read (entries up to it may be taken without a reload).</summary>
     public ushort AvailIdxCache;
     public bool Packed;
@@ -81,6 +90,12 @@ internal sealed class Virtqueue(int index)
         AvailWrap = Packed && start.Base.AvailWrap;
         UsedWrap = Packed && start.Base.UsedWrap;
         AvailIdxCache = LastAvail;
+        PendingCount = 0;
+        if (Packed && PendingSlot.Length != Size)
+        {
+            PendingSlot = new ushort[Size];
+            PendingFlags = new ushort[Size];
+        }
         EventIdx = VirtioFeature.Has(start.Features, VirtioFeature.F_RING_EVENT_IDX);
         Indirect = VirtioFeature.Has(start.Features, VirtioFeature.F_RING_INDIRECT_DESC);
         SuppressKicks = suppressKicks;

@@ -228,6 +228,13 @@ internal sealed class NetPersonality<TPort>(VirtqueueEngine engine, NetBackend b
         int i = 0;
         try
         {
+            // Look ahead: start loading the burst's packet buffers (and, for a port that turns frames around,
+            // the RX buffers they go to) before the first copy, so their cache misses overlap.
+            int seen = AvailRing.Prefetch(tx.Q, dma, ref tx.View, burst);
+            if (seen > 0 && _port.LoopsBack)
+            {
+                local.Prefetch(seen);
+            }
             for (; i < burst; i++)
             {
                 if (!AvailRing.HasChain(tx.Q, ref tx.View, out string? fault))

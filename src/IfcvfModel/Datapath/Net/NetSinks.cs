@@ -31,6 +31,19 @@ internal ref struct LocalSink(NetPersonality net, Virtqueue tx) : IFrameSink
         net.Rx.Deliver(_rx, ref _view, frame);
     }
 
+    /// <summary>Takes the RX queue now and looks ahead in it for <paramref name="frames"/> frames (<see cref="AvailRing.Prefetch"/>).</summary>
+    public void Prefetch(int frames)
+    {
+        if (!_tried)
+        {
+            Open();
+        }
+        if (_rx is { Failed: false } rx)
+        {
+            AvailRing.Prefetch(rx, net.Engine.Dma, ref _view, frames);
+        }
+    }
+
     public void Drop()
     {
         if (!_tried)
