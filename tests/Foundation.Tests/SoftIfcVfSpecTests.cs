@@ -380,4 +380,31 @@ public class SoftIfcVfSpecTests
         vf.DmaUnmap(0x10000, 0x4000);
         Assert.Equal(0, vf.DmaMapCount);
     }
+
+    [Fact]
+    public void CachedTranslationIsReusedOnlyWhileTheMapIsUnchanged()
+    {
+        var map = new IfcVdpa.Interop.Primitives.IovaMap();
+        using var a = IfcVdpa.Interop.Primitives.MappedMemory.Allocate(0x2000);
+        using var b = IfcVdpa.Interop.Primitives.MappedMemory.Allocate(0x2000);
+        map.Map(0x10000, a.All, writable: true);
+        var cache = default(IfcVdpa.Interop.Primitives.TranslationCache);
+        Assert.True(map.TryTranslateCached(ref cache, 0x10100, 16, write: true, out var first));
+        first[0] = 0x5A;
+        Assert.True(map.TryTranslateCached(ref cache, 0x10100, 16, write: true, out var again));
+        Assert.Equal(0x5A, again[0]);
+        // A different request through the same cache is translated afresh (and refused when out of range).
+        Assert.False(map.TryTranslateCached(ref cache, 0x11FF8, 16, write: false, out _));
+        Assert.True(map.TryTranslateCached(ref cache, 0x10100, 16, write: true, out _));
+        // The IOVA remapped to other memory: the cached answer must not survive the change.
+        Assert.True(map.Unmap(0x10000, 0x2000));
+        Assert.False(map.TryTranslateCached(ref cache, 0x10100, 16, write: true, out _));
+        map.Map(0x10000, b.All, writable: false);
+        Assert.False(map.TryTranslateCached(ref cache, 0x10100, 16, write: true, out _)); // now read-only
+        Assert.True(map.TryTranslateCached(ref cache, 0x10100, 16, write: false, out var other));
+        Assert.Equal(0, other[0]); // b's memory, not a's
+        other[1] = 7;
+        Assert.True(map.TryTranslate(0x10100, 16, write: false, out var plain));
+        Assert.Equal(7, plain[1]);
+    }
 }

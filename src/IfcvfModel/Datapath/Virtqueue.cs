@@ -36,6 +36,12 @@ internal sealed class Virtqueue(int index)
     /// burst at once and the descriptor lines change hands once per burst, not once per chain.
     /// </summary>
     public ushort[] PendingSlot = [];
+
+    /// <summary>The ring areas' last translations (<see cref="RingView.TryCreate"/>: once per map change, not per burst).</summary>
+    public TranslationCache DescMap;
+    public TranslationCache AvailMap;
+    public TranslationCache UsedMap;
+
     public ushort[] PendingFlags = [];
     public int PendingCount;
 
@@ -137,8 +143,8 @@ internal ref struct RingView
     public static bool TryCreate(IovaMap dma, Virtqueue q, out RingView view)
     {
         view = default;
-        return dma.TryTranslate(q.Desc, (uint)SplitRing.DescTableBytes(q.Size), false, out view.Desc)
-            && dma.TryTranslate(q.Avail, (uint)q.AvailBytes, false, out view.Avail)
-            && dma.TryTranslate(q.Used, (uint)q.UsedBytes, true, out view.Used);
+        return dma.TryTranslateCached(ref q.DescMap, q.Desc, (uint)SplitRing.DescTableBytes(q.Size), false, out view.Desc)
+            && dma.TryTranslateCached(ref q.AvailMap, q.Avail, (uint)q.AvailBytes, false, out view.Avail)
+            && dma.TryTranslateCached(ref q.UsedMap, q.Used, (uint)q.UsedBytes, true, out view.Used);
     }
 }

@@ -106,6 +106,40 @@ public sealed unsafe class IovaMap
     }
 
     /// <summary>
+    /// Like <see cref="TryTranslate"/>, for an area translated again and again (a queue's ring areas, every
+    /// burst): the last answer is kept in <paramref name="cache"/> and reused while the map has not changed
+    /// since (the same immutable entry array: nothing was mapped or unmapped, so the memory is still pinned
+    /// and mapped the same way) and the request is the same.
+    /// </summary>
+    public bool TryTranslateCached(ref TranslationCache cache, ulong iova, uint length, bool write, out Span<byte> span)
+    {
+        var entries = Volatile.Read(ref _entries);
+        if (ReferenceEquals(cache.Entries, entries) && cache.Iova == iova && cache.Length == length && cache.Write == write)
+        {
+            span = new Span<byte>((byte*)cache.Host, (int)length);
+            return true;
+        }
+        for (int i = 0; i < entries.Length; i++)
+        {
+            ref readonly var e = ref entries[i];
+            ulong off = iova - e.Iova;
+            if (iova >= e.Iova && off < e.Size && length <= e.Size - off)
+            {
+                if (write && !e.Writable)
+                {
+                    break;
+                }
+                cache = new TranslationCache(entries, iova, length, write, e.Host + (nint)off);
+                span = new Span<byte>((byte*)cache.Host, (int)length);
+                return true;
+            }
+        }
+        cache = default;
+        span = default;
+        return false;
+    }
+
+    /// <summary>
     /// Translates [iova, iova+length) to host memory. Fails (returns false) when the range is not wholly
     /// inside one mapped entry, when it wraps, or when <paramref name="write"/> is asked of a read-only entry.
     /// </summary>
@@ -130,4 +164,30 @@ public sealed unsafe class IovaMap
         span = default;
         return false;
     }
+}
+
+/// <summary>
+/// The last answer of <see cref="IovaMap.TryTranslateCached"/>
+/// for one area, valid only for the map state (entry array) it was made from. Opaque outside Interop.
+/// </summary>
+public readonly struct TranslationCache
+{
+    internal TranslationCache(object entries, ulong iova, uint length, bool write, nint host)
+    {
+        Entries = entries;
+        Iova = iova;
+        Length = length;
+        Write = write;
+        Host = host;
+    }
+
+    internal object? Entries { get; }
+
+    internal ulong Iova { get; }
+
+    internal uint Length { get; }
+
+    internal bool Write { get; }
+
+    internal nint Host { get; }
 }
