@@ -258,13 +258,14 @@ internal sealed class NetPersonality<TPort>(VirtqueueEngine engine, NetBackend b
         }
         finally
         {
+            // The looped-back frames first: the driver waiting for them sees them one publication earlier.
             try
             {
-                tx.Close(Engine);
+                local.Close();
             }
             finally
             {
-                local.Close();
+                tx.Close(Engine);
             }
         }
         if (i > 0)
