@@ -394,7 +394,7 @@ public sealed class MigrationRig : IDisposable
         }
         for (int i = 0; i < Backends.Length; i++)
         {
-            File.WriteAllText(Path.Combine(_captureDir, $"{stamp}-backend{i}.txt"), Backends[i] is ServeTapBackend s ? s.Log : Backends[i]?.Describe() ?? "");
+            File.WriteAllText(Path.Combine(_captureDir, $"{stamp}-backend{i}.txt"), Backends[i] switch { ServeTapBackend s => s.Log, DaemonVhostTapBackend d => d.Log, var b => b?.Describe() ?? "" });
         }
         _capture.Dispose();
     }
