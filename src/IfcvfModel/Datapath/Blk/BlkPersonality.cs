@@ -384,7 +384,7 @@ internal sealed class BlkPersonality<TStore>(VirtqueueEngine engine, BlkBackend 
                     {
                         VhostInflight.LinkBatch(track, r.Batch.AsSpan(0, batched));
                     }
-                    UsedRing.Publish(dev, q, ref view, old);
+                    UsedRing.Publish(engine, q, ref view, old);
                     if (!track.IsEmpty)
                     {
                         VhostInflight.CommitBatch(track, r.Batch.AsSpan(0, batched), q.LastUsed);
