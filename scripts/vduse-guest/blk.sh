@@ -95,6 +95,27 @@ umount /mnt
 vdpa dev del vdblk1
 ifcvf dev detach blk1
 bsay "ro-image unchanged=$([ "$(sha256sum /tmp/ro.img | cut -d' ' -f1)" = "$before" ] && echo yes || echo no)"
+# the single-device form: serve --vduse with a memory backend (16 MiB), no daemon involved
+ifcvf serve --vduse vdblk2 --class blk --backend mem:16M --queues 2 >/tmp/serve.log 2>&1 &
+spid=$!
+vduse_node() { [ -e /dev/vduse/vdblk2 ]; }
+wait_for 20 vduse_node
+vdpa dev add name vdblk2 mgmtdev vduse
+wait_for 20 has_blkdev vdblk2
+m=$(blkdev_of vdblk2)
+dd if=/dev/urandom of=/tmp/mdata bs=65536 count=16 2>/dev/null
+dd if=/tmp/mdata of="/dev/$m" bs=65536 seek=8 oflag=direct 2>/dev/null
+dd if="/dev/$m" of=/tmp/mback bs=65536 skip=8 count=16 iflag=direct 2>/dev/null
+bsay "serve-blockdev ${m:-none} sectors=$(cat /sys/block/$m/size 2>/dev/null) hwqueues=$(ls /sys/block/$m/mq 2>/dev/null | wc -l) written=$(sha256sum /tmp/mdata | cut -d' ' -f1) read=$(sha256sum /tmp/mback | cut -d' ' -f1)"
+timeout 30 vdpa dev del vdblk2
+bsay "serve-dev-del rc=$? on-bus=$(ls /sys/bus/vdpa/devices | grep -c vdblk2)"
+kill -TERM $spid   # not INT: a background job of a non-interactive shell starts with SIGINT ignored
+( sleep 30; kill -9 $spid 2>/dev/null && echo "VDUSE-BLK serve did not stop within 30 s" ) &
+wdog=$!
+wait $spid
+bsay "serve-exit rc=$?"
+kill $wdog 2>/dev/null
+sed 's/^/VDUSE-SERVE /' /tmp/serve.log
 bsay "oops=$(dmesg | grep -cE 'BUG:|Oops:|Call Trace')"  # case-sensitive: TCG's "loops_per_jiffy" warning is no oops
 dmesg | grep -E 'BUG:|Oops:|Call Trace|virtio_blk|EXT4-fs' | head -n 40 | sed 's/^/VDUSE-DMESG /'
 kill -TERM $dpid

@@ -118,7 +118,8 @@ public sealed class VduseGuestTests(ITestOutputHelper output)
     /// (buffered and O_DIRECT), umount, e2fsck clean, the data read back after a remount; the whole device read
     /// through VDUSE equals the image file, which on its own (device gone) is a clean file system holding the
     /// same data. A second VF provisioned read-only with one of its two queues: the kernel sees a read-only
-    /// disk with one queue, a raw write is refused, ext4 mounts read-only, and the image is unchanged.
+    /// disk with one queue, a raw write is refused, ext4 mounts read-only, and the image is unchanged. Then
+    /// `serve --vduse --class blk` on a memory backend carries a raw O_DIRECT write and read.
     /// </summary>
     [Fact]
     public void Block_vf_on_the_kernel_vdpa_bus_through_vduse_carries_an_ext4_file_system()
@@ -192,6 +193,11 @@ public sealed class VduseGuestTests(ITestOutputHelper output)
         Assert.Equal(data, Sha(Line("VDUSE-BLK ro-read"), "sha"));
         Assert.Matches(@"^VDUSE-BLK ro-touch rc=[1-9]", Line("VDUSE-BLK ro-touch"));
         Line("VDUSE-BLK ro-image unchanged=yes");
+        // serve --vduse --class blk --backend mem:16M: the single-device form carries a raw write and read
+        var serve = Line("VDUSE-BLK serve-blockdev");
+        Assert.Matches(@"^VDUSE-BLK serve-blockdev vd[a-z]+ sectors=32768 hwqueues=2 ", serve);
+        Assert.Equal(Sha(serve, "written"), Sha(serve, "read"));
+        Line("VDUSE-BLK serve-exit rc=0");
         Line("VDUSE-BLK oops=0");
         Line("VDUSE-BLK daemon-exit rc=0");
         Assert.Contains("device id 2, 2 queues", log, StringComparison.Ordinal);
