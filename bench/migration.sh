@@ -30,7 +30,7 @@ dotnet build "$root/tests/Peers.Tests" -c Release --nologo -v quiet >/dev/null
 filter="FullyQualifiedName~MigrationTests.MigratesUnderPingAndTransfer"
 # the one-migration theory has a row per back-end; IFCVF_MIGRATION_BACKEND turns the dpdk row (1 queue pair) into $b
 case_of() { echo "&DisplayName~dpdk"; }
-if [[ "${PINGPONG:-0}" == 1 ]]; then # three round trips, 2 queue pairs (a Category=Manual test: not in the CI run)
+if [[ "${PINGPONG:-0}" == 1 ]]; then # three round trips, 2 queue pairs (the CI theory row, run on $b)
   filter="FullyQualifiedName~MigrationTests.PingPongThreeRoundTripsTwoQueuePairs"
   case_of() { echo ""; }
 fi

@@ -61,6 +61,13 @@ public sealed partial class IfcvfAdapter
         }
     }
 
+    /// <summary>The software VF's wire carrier (its TAP); false for a function without one (a real VF).</summary>
+    public bool SetWireCarrier(bool up)
+    {
+        ThrowIfRemoved();
+        return _pci is IPciFrameInjection inject && inject.SetWireCarrier(up);
+    }
+
     /// <summary>Stops the dirty-page log (DPDK's ifcvf_disable_logging).</summary>
     public void DisableDirtyLog()
     {

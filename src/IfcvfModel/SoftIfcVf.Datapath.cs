@@ -70,4 +70,19 @@ public sealed partial class SoftIfcVf : IQueueStatsSource, INetDevice, IPciFrame
         }
         return engine is Datapath.VirtioNetEngine net && net.InjectFrame(frame);
     }
+
+    /// <summary>
+    /// Sets the carrier of the VF's wire where the backend has one (a TAP: off, a bridge forgets the MACs it
+    /// learned on that port and floods them elsewhere). Not a register of the real VF: the model's hook for a
+    /// vhost back-end whose guest migrated away (<see cref="IPciFrameInjection.SetWireCarrier"/>).
+    /// </summary>
+    public bool SetWireCarrier(bool up)
+    {
+        IVirtqueueEngine? engine;
+        lock (_regs)
+        {
+            engine = _engine;
+        }
+        return engine is Datapath.VirtioNetEngine net && net.SetWireCarrier(up);
+    }
 }

@@ -28,4 +28,7 @@ public interface IPciFrameInjection
 
     /// <summary>Queues an Ethernet frame (no virtio-net header) for transmission on queue pair 0's wire; false if it cannot.</summary>
     bool InjectFrame(ReadOnlySpan<byte> frame);
+
+    /// <summary>Sets the carrier of the function's wire (the software VF's TAP); false when it has none to set.</summary>
+    bool SetWireCarrier(bool up);
 }

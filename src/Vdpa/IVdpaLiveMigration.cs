@@ -41,4 +41,11 @@ public interface IVdpaFrameInjection
 
     /// <summary>Queues one Ethernet frame (no virtio-net header) for transmission; a refusal is a <see cref="VdpaException"/>.</summary>
     void InjectFrame(ReadOnlySpan<byte> frame);
+
+    /// <summary>
+    /// Sets the carrier of the device's own wire (the software VF's TAP). Off at a migration's switch-over, a
+    /// bridge stops sending the guest's frames to the stopped source and floods them, so the destination's
+    /// port holds them until its device runs. False when the device has no such carrier.
+    /// </summary>
+    bool SetWireCarrier(bool up);
 }

@@ -47,6 +47,7 @@ public enum SpecRule
     IndirectWithNext,
     IndirectLength,
     WritableBeforeReadable,
+    AvailFlags,
 }
 
 /// <summary>One rule: the counter name tools print, the specification section, what the driver did wrong.</summary>
@@ -98,6 +99,7 @@ public static class SpecRules
         new(SpecRule.IndirectWithNext, "indirect_with_next", "2.7.5.3.1", "both VIRTQ_DESC_F_INDIRECT and VIRTQ_DESC_F_NEXT set"),
         new(SpecRule.IndirectLength, "indirect_length", "2.7.5.3", "indirect table length not a non-zero multiple of 16 (or beyond 32768 descriptors)"),
         new(SpecRule.WritableBeforeReadable, "writable_before_readable", "2.7.4.2", "the driver MUST place device-writable descriptors after device-readable ones"),
+        new(SpecRule.AvailFlags, "avail_flags", "2.7.7.1", "the driver MUST set the avail ring's flags to 0 or 1 (VIRTQ_AVAIL_F_NO_INTERRUPT), and to 0 when VIRTIO_F_EVENT_IDX is negotiated"),
     ];
 
     /// <summary>Every rule (without <see cref="SpecRule.None"/>), in table order.</summary>

@@ -124,6 +124,15 @@ public class BackendTests
         Assert.True(p.ExitCode == 0, $"{file} {args}: {err}");
     }
 
+    /// <summary>Runs a command to its end whatever its exit code; returns stdout and stderr.</summary>
+    private static string Output(string file, string args)
+    {
+        using var p = Process.Start(new ProcessStartInfo(file, args) { RedirectStandardError = true, RedirectStandardOutput = true })!;
+        string o = p.StandardOutput.ReadToEnd() + p.StandardError.ReadToEnd();
+        p.WaitForExit();
+        return o;
+    }
+
     private static readonly byte[] OurMac = [0x02, 0x00, 0xa9, 0xfe, 0x4d, 0x02];
     private static readonly byte[] OurIp = [169, 254, 77, 2];
     private static readonly byte[] TheirIp = [169, 254, 77, 1];
@@ -244,5 +253,46 @@ public class BackendTests
         {
             Run("ip", $"netns del {ns}");
         }
+    }
+
+    /// <summary>
+    /// A stopped VF leaves the frames for it in its TAP's queue (as QEMU's tap netdev and vhost-net do) and
+    /// receives them once its RX queue runs again: a migrated guest gets what arrived while it ran nowhere. The
+    /// carrier the VF's wire shows follows <c>SoftIfcVf.SetWireCarrier</c> (the back-end's switch-over).
+    /// </summary>
+    [Fact]
+    public void AStoppedVfLeavesTapFramesQueuedAndItsCarrierFollowsTheVf()
+    {
+        string tap = $"dph{Environment.ProcessId % 100000}";
+        string ns = $"dphns{Environment.ProcessId}";
+        Run("ip", $"netns add {ns}");
+        try
+        {
+            using var nic = new TestNic(NetBackend.Tap(tap), new EngineOptions { Mode = EngineMode.Event });
+            Run("ip", $"link set {tap} netns {ns}");
+            Run("ip", $"-n {ns} addr add 169.254.77.1/24 dev {tap}");
+            Run("ip", $"-n {ns} link set {tap} up");
+            Run("ip", $"-n {ns} neigh add 169.254.77.2 lladdr 02:00:a9:fe:4d:02 dev {tap} nud permanent");
+            nic.Start(TestNic.BaseFeatures | LoopbackTests.Mrg, queues: 2);
+            nic.PostRx(0, 64);
+            var saved = nic.Stop();
+
+            // one echo request to the stopped VF (no reply can come: ping fails, the request waits in the TAP)
+            Output("ip", $"netns exec {ns} ping -n -c 1 -W 1 169.254.77.2");
+            nic.Restart(saved);
+            var echo = WaitForFrame(nic, f => f.Length >= 42 && f[12] == 0x08 && f[13] == 0x00 && f[23] == 1 && f[34] == 8 && f.AsSpan(26, 4).SequenceEqual(TheirIp));
+            Assert.Equal(OurMac, echo[..6]);
+
+            Assert.True(nic.Vf.SetWireCarrier(false));
+            Assert.Contains("NO-CARRIER", Output("ip", $"-n {ns} link show {tap}"), StringComparison.Ordinal);
+            Assert.True(nic.Vf.SetWireCarrier(true));
+            Assert.DoesNotContain("NO-CARRIER", Output("ip", $"-n {ns} link show {tap}"), StringComparison.Ordinal);
+        }
+        finally
+        {
+            Run("ip", $"netns del {ns}");
+        }
+        using var loop = new TestNic(NetBackend.Loopback());
+        Assert.False(loop.Vf.SetWireCarrier(false)); // no carrier to set
     }
 }

@@ -70,6 +70,33 @@ public sealed partial class BlkTests
         Assert.False(d.NeedsReset);
     }
 
+    /// <summary>
+    /// A start on a region a back-end used before (a restart) raises the queue's interrupt once, even with nothing
+    /// to do: the old back-end may have died between publishing used entries and their interrupt. A first start on
+    /// a fresh region raises none.
+    /// </summary>
+    [Fact]
+    public void RestartOnAUsedRegionRaisesTheQueueInterruptOnce()
+    {
+        string img = NewImage();
+        using var region = MappedMemory.Allocate(VhostInflight.QueueRegionSize(QSize));
+        using var d = ManualDisk(img);
+        d.Blk.SetInflight(0, region.All);
+        d.Start(Features, size: QSize, queues: 1);
+        d.Blk.PollOnce();
+        Assert.Equal(0, d.Blk.GetQueueCounters(0).Interrupts);
+        Assert.Equal(VirtioBlk.S_OK, Complete(d, 0, Add(d, 0, VirtioBlk.T_OUT, 0, outData: Pattern(4096, 1))).Status);
+        d.Adapter.Reset(); // the back-end is gone, its last used entry published
+        d.Blk.SetInflight(0, region.All);
+        d.Restart([(1, 1)]);
+        long before = d.Blk.GetQueueCounters(0).Interrupts;
+        d.Blk.PollOnce();
+        Assert.Equal(before + 1, d.Blk.GetQueueCounters(0).Interrupts);
+        d.Blk.PollOnce();
+        Assert.Equal(before + 1, d.Blk.GetQueueCounters(0).Interrupts);
+        Assert.False(d.NeedsReset);
+    }
+
     /// <summary>A crash between publishing a batch and clearing its marks: the used ring holds it, so it is not executed again.</summary>
     [Fact]
     public void RecoveryClearsTheLastBatchTheUsedRingAlreadyHolds()

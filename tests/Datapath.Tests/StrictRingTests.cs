@@ -97,4 +97,73 @@ public class StrictRingTests
         Assert.All(nic.Vf.Violations, v => Assert.True(v.Rule.Extension, $"{v.Rule.Counter} x{v.Count}"));
         Assert.All(nic.SpecLogs, l => Assert.Contains("IFC VF extension", l, StringComparison.Ordinal));
     }
+
+    // ---- VIRTIO 1.2 §2.7.7.1: the avail ring's flags (used buffer notification suppression) ----
+
+    private static TestNic FlagsNic(bool strict, bool eventIdx)
+    {
+        var nic = new TestNic(NetBackend.Loopback(), vf: new SoftIfcVfOptions { Strict = strict });
+        nic.Start(TestNic.BaseFeatures | (eventIdx ? VirtioFeature.Bit(VirtioFeature.F_RING_EVENT_IDX) : 0), queues: 2);
+        return nic;
+    }
+
+    [Theory]
+    [InlineData(false, false, (ushort)0x0003)] // a bit beyond NO_INTERRUPT
+    [InlineData(true, false, (ushort)0x0003)]
+    [InlineData(false, true, (ushort)0x0001)] // NO_INTERRUPT with EVENT_IDX: flags MUST be 0
+    [InlineData(true, true, (ushort)0x0001)]
+    public void AvailFlagsTheDriverMustNotSetAreCounted(bool strict, bool eventIdx, ushort flags)
+    {
+        using var nic = FlagsNic(strict, eventIdx);
+        if (eventIdx)
+        {
+            nic.Queues[1].SetUsedEvent(0); // interrupt on the first TX completion
+        }
+        nic.Queues[1].SetAvailFlags(flags);
+        nic.PostRx(0, 4);
+        var f = TestNic.Frame(64, 1);
+        nic.Send(1, f);
+        var info = SpecRules.Get(SpecRule.AvailFlags);
+        if (strict)
+        {
+            Assert.True(nic.WaitFor(() => nic.NeedsReset), "strict: NEEDS_RESET expected");
+            Assert.Contains($"avail ring flags 0x{flags:x4}", nic.Vf.NeedsResetReason, StringComparison.Ordinal);
+            Assert.True(nic.ConfigIrqs > 0);
+        }
+        else
+        {
+            Assert.Equal(f, nic.ReceiveOne(0));
+            Assert.True(nic.WaitFor(() => nic.Vf.ViolationCount(SpecRule.AvailFlags) == 1));
+            // Tolerant: without EVENT_IDX bit 0 is honoured (no TX interrupt); with it the flags are ignored
+            // and used_event 0 asks for the interrupt.
+            Assert.Equal(eventIdx ? 1 : 0, nic.Irqs(1));
+            nic.Send(1, TestNic.Frame(64, 2));
+            Assert.NotEmpty(nic.ReceiveOne(0));
+            Assert.True(nic.WaitFor(() => nic.Vf.ViolationCount(SpecRule.AvailFlags) == 2)); // counted once per published burst
+            Assert.False(nic.NeedsReset);
+        }
+        Assert.Equal(new[] { info }, nic.Vf.Violations.Select(v => v.Rule));
+        string line = Assert.Single(nic.SpecLogs);
+        Assert.Contains("avail_flags (VIRTIO 1.2 §2.7.7.1)", line, StringComparison.Ordinal);
+        Assert.Contains($"vq 1: avail ring flags 0x{flags:x4}", line, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void AvailFlagsTheRuleAllowsAreNotCounted(bool eventIdx)
+    {
+        // Without EVENT_IDX: 0 and NO_INTERRUPT; with it: 0. A strict VF keeps running.
+        using var nic = FlagsNic(strict: true, eventIdx);
+        nic.Queues[1].SetAvailFlags(eventIdx ? (ushort)0 : SplitRing.VIRTQ_AVAIL_F_NO_INTERRUPT);
+        nic.PostRx(0, 4);
+        for (int i = 0; i < 3; i++)
+        {
+            var f = TestNic.Frame(64, i);
+            nic.Send(1, f);
+            Assert.Equal(f, nic.ReceiveOne(0));
+        }
+        Assert.False(nic.NeedsReset);
+        Assert.Equal(0, nic.Vf.ViolationTotal);
+    }
 }

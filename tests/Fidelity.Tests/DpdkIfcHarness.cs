@@ -40,7 +40,7 @@ public sealed class DpdkIfcHarness : IDisposable
 {
     private enum Op : uint
     {
-        Bar = 1, Init, Features, Config, Vring, Start, Notify, Stop, Log, Unlog, EnableVring, DisableVring, NotifyOff, Exit,
+        Bar = 1, Init, Features, Config, Vring, Start, Notify, Stop, Log, Unlog, EnableVring, DisableVring, NotifyOff, Exit, Probe, Drain,
     }
 
     private static readonly TimeSpan ReplyTimeout = TimeSpan.FromSeconds(30);
@@ -144,6 +144,31 @@ public sealed class DpdkIfcHarness : IDisposable
         ulong Raw(int key) => extra.Single(m => m.Key == key).Value;
         return new InitResult((int)rc, At(1), At(2), At(3), At(4), (uint)Raw(5), (int)Raw(6), At(7), At(8));
     }
+
+    /// <summary>What the probe of DPDK's ifc vDPA driver reads besides ifcvf_init_hw (harness.c: probe).</summary>
+    /// <param name="Type">The type DPDK's ID table gives the function: 0 IFCVF_NET, 1 IFCVF_BLK, -1 no match.</param>
+    public sealed record ProbeResult(ushort Vendor, ushort Device, ushort SubsystemVendor, ushort SubsystemDevice, int Type,
+        ulong Capacity, uint SizeMax, uint SegMax, ushort Cylinders, byte Heads, byte Sectors, uint BlkSize, ushort NumQueues);
+
+    public const int IfcvfNet = 0;
+    public const int IfcvfBlk = 1;
+
+    /// <summary>Call after <see cref="InitHw"/> (the block config is read through hw->blk_cfg).</summary>
+    public ProbeResult Probe(int dev)
+    {
+        var (rc, extra) = Run(Op.Probe, dev);
+        ulong V(int key) => extra.SingleOrDefault(m => m.Key == key).Value;
+        var r = new ProbeResult((ushort)V(10), (ushort)V(11), (ushort)V(12), (ushort)V(13), (int)(long)V(14),
+            V(20), (uint)V(21), (uint)V(22), (ushort)V(23), (byte)V(24), (byte)V(25), (uint)V(26), (ushort)V(27));
+        return (long)rc == r.Type ? r : throw new InvalidOperationException($"harness: probe failed ({(long)rc})");
+    }
+
+    /// <summary>
+    /// The block drain DPDK's driver runs before ifcvf_stop_hw (harness.c: drain): per vring, read the live
+    /// LM ring state and ring the doorbell until last_avail == last_used. Returns the doorbells rung, or
+    /// -1 - q when vring q did not drain within <paramref name="tries"/> reads.
+    /// </summary>
+    public long Drain(int dev, int tries = 200) => (long)Run(Op.Drain, dev, (ulong)tries).Result;
 
     public ulong GetFeatures(int dev) => Run(Op.Features, dev).Result;
 

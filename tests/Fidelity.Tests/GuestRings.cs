@@ -76,6 +76,7 @@ public sealed class GuestQueue
         _mem.Span(Avail, AvailBytes(Size)).Clear();
         _mem.Span(Used, UsedBytes(Size)).Clear();
         AvailIdx = UsedSeen = index;
+        _nextDesc = 0;
         BinaryPrimitives.WriteUInt16LittleEndian(_mem.Span(Avail + AvailIdxOffset, 2), index);
         BinaryPrimitives.WriteUInt16LittleEndian(_mem.Span(Used + UsedIdxOffset, 2), index);
     }
@@ -105,6 +106,42 @@ public sealed class GuestQueue
         Thread.MemoryBarrier();
         BinaryPrimitives.WriteUInt16LittleEndian(_mem.Span(Avail + AvailIdxOffset, 2), AvailIdx);
         return id;
+    }
+
+    private ushort _nextDesc;
+
+    /// <summary>
+    /// Makes one descriptor chain available (a virtio-blk request: readable header and data, then writable
+    /// data and status): the descriptors are consecutive, taken from a rolling index; returns the head (the
+    /// chain's id). The caller keeps fewer chains outstanding than the table has room for.
+    /// </summary>
+    public ushort PostChain(ReadOnlySpan<(ulong Addr, uint Len, bool Writable)> segs)
+    {
+        if (segs.Length == 0 || segs.Length > Size)
+        {
+            throw new ArgumentException("a chain needs 1 to queue-size descriptors");
+        }
+        if (_nextDesc + segs.Length > Size)
+        {
+            _nextDesc = 0;
+        }
+        ushort head = _nextDesc;
+        for (int i = 0; i < segs.Length; i++)
+        {
+            ushort at = (ushort)(head + i);
+            var d = _mem.Span(Desc + ((ulong)at * DescSize), DescSize);
+            BinaryPrimitives.WriteUInt64LittleEndian(d[DescAddr..], segs[i].Addr);
+            BinaryPrimitives.WriteUInt32LittleEndian(d[DescLen..], segs[i].Len);
+            ushort flags = (ushort)((segs[i].Writable ? VIRTQ_DESC_F_WRITE : 0) | (i + 1 < segs.Length ? VIRTQ_DESC_F_NEXT : 0));
+            BinaryPrimitives.WriteUInt16LittleEndian(d[DescFlags..], flags);
+            BinaryPrimitives.WriteUInt16LittleEndian(d[DescNext..], (ushort)(at + 1));
+        }
+        _nextDesc = (ushort)(head + segs.Length);
+        BinaryPrimitives.WriteUInt16LittleEndian(_mem.Span(Avail + (ulong)AvailRing + (2UL * (ulong)(AvailIdx % Size)), 2), head);
+        AvailIdx++;
+        Thread.MemoryBarrier();
+        BinaryPrimitives.WriteUInt16LittleEndian(_mem.Span(Avail + AvailIdxOffset, 2), AvailIdx);
+        return head;
     }
 
     /// <summary>The device's used index (volatile read of guest memory).</summary>

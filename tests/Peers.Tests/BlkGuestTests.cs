@@ -113,8 +113,8 @@ public class BlkGuestTests(ITestOutputHelper output)
         Assert.Equal(ImageBytes, long.Parse(info.Groups[1].Value, CultureInfo.InvariantCulture));
         Assert.Equal("0", info.Groups[2].Value);
         Assert.Equal(queues, int.Parse(info.Groups[3].Value, CultureInfo.InvariantCulture));
-        var r = guest.WaitFor(@"^GUEST-RESULT blk dd=(\d) src=(\w+) direct=(\w+) buffered=(\w+)", TimeSpan.FromSeconds(150));
-        guest.WaitFor("^GUEST-DONE", TimeSpan.FromSeconds(30));
+        guest.WaitFor("^GUEST-DONE", TimeSpan.FromSeconds(180)); // printed after the result line, so that line is complete
+        var r = guest.WaitFor(@"^GUEST-RESULT blk dd=(\d) src=(\w+) direct=(\w+) buffered=(\w+)", TimeSpan.FromSeconds(1));
         output.WriteLine(r.Value);
         Assert.Equal("1", r.Groups[1].Value);
         string src = r.Groups[2].Value;
@@ -201,7 +201,7 @@ public class BlkGuestTests(ITestOutputHelper output)
     }
 
     /// <summary>The request count of a queue in serve's last -j snapshot.</summary>
-    private static long LastPackets(string transcript, int q)
+    internal static long LastPackets(string transcript, int q)
     {
         var ms = Regex.Matches(transcript, string.Create(CultureInfo.InvariantCulture, $"\"qidx\":\\s*{q},\\s*\"type\":\\s*\"req\",\\s*\"packets\":\\s*(\\d+)"));
         return ms.Count == 0 ? -1 : long.Parse(ms[^1].Groups[1].Value, CultureInfo.InvariantCulture);

@@ -39,6 +39,7 @@ public class MigrationTests(ITestOutputHelper output)
     [InlineData("serve", 2)]
     [InlineData("serve-relay", 1)]
     [InlineData("daemon", 1)]
+    [InlineData("daemon", 2)]
     public void MigratesUnderPingAndTransfer(string backend, int queues) => Run(BackendKind(backend), queues, migrations: 1);
 
     /// <summary>
@@ -52,13 +53,20 @@ public class MigrationTests(ITestOutputHelper output)
     public void MigratesUnderPingAndTransferOnDpdkReference() => Run(BackendKind("dpdk"), 1, migrations: 1);
 
     /// <summary>
-    /// Three round trips (six migrations), the guest alternating between the two back-ends. Not in the CI run
-    /// (Category=Manual, run by bench/migration.sh PINGPONG=1): it takes 70-90 s here and failed once in three
-    /// runs on the DPDK reference for a reason not yet found (a transfer whose checksum never came).
+    /// Three round trips (six migrations), the guest alternating between the two back-ends, 2 queue pairs, on
+    /// `ifcvf serve` (~80 s). Its one failure when it was a Manual case (on the DPDK reference, a transfer whose
+    /// checksum never came) predates the guest RAM of 256 MiB + 128 KiB: QEMU 7.2's TCG dirty tracking lost guest
+    /// stores during migrations (<see cref="MigrationQemu.RamTailKb"/>), the failure the one-migration rows
+    /// showed on both back-ends; with that RAM size it passed on serve every time since.
     /// </summary>
+    [Theory]
+    [InlineData("serve")]
+    public void PingPongThreeRoundTripsTwoQueuePairs(string backend) => Run(BackendKind(backend), queues: 2, migrations: 6);
+
+    /// <summary>The ping-pong on DPDK's vhost PMD (the reference; Manual for the reason above).</summary>
     [Fact]
     [Trait("Category", "Manual")]
-    public void PingPongThreeRoundTripsTwoQueuePairs() => Run(BackendKind("dpdk"), queues: 2, migrations: 6);
+    public void PingPongOnDpdkReference() => Run(BackendKind("dpdk"), queues: 2, migrations: 6);
 
     private string _backend = "dpdk";
 
@@ -83,6 +91,12 @@ public class MigrationTests(ITestOutputHelper output)
         Assert.True(pings.WaitForRepliesAfter(at, 5, TimeSpan.FromSeconds(10)), $"the guest stopped answering pings\n{pings.Describe()}");
         var tally = pings.Tally();
         output.WriteLine($"pings over the whole run: {tally}");
+        if (backend != "dpdk")
+        {
+            // The project's back-ends lose none: the source's TAP leaves the bridge at the switch-over and the
+            // destination's TAP holds what the bridge floods to it until the device runs (see Leg).
+            Assert.True(tally.Lost == 0, $"pings lost: {tally}\n{string.Join('\n', results)}\n{pings.Describe()}");
+        }
         // each migration's losses lie in its switch-over, within its bound (checked per migration in Leg)
         Assert.True(tally.Lost <= bound, $"pings lost: {tally}\n{string.Join('\n', results)}\n{pings.Describe()}");
     }
@@ -126,6 +140,24 @@ public class MigrationTests(ITestOutputHelper output)
         int lost = lostHere.Count;
         output.WriteLine($"migration {leg}: {lost} pings lost (switch-over window: icmp_seq {windowStart + 1}..{windowEnd})");
         Report(r, leg, queues, lost);
+        // The project's back-ends: none lost. Measured with IFCVF_MIGRATION_CAPTURE (tcpdump on the bridge and both
+        // TAPs): before, the learning bridge sent the guest's frames to the source's TAP from the source's stop until
+        // the guest's announcement from the destination, ~200 ms (STOP to RESUME 120 ms + device start 70 ms + the
+        // guest's gratuitous ARP 5 ms after it), so the one 200 ms ping in that window was lost every time (the
+        // request: it reached the stopped source's TAP). Now the source's TAP drops its carrier at the stop, the
+        // bridge floods, and the request waits in the destination's TAP until its device runs (answered ~70 ms late).
+        if (_backend != "dpdk")
+        {
+            Assert.True(lost == 0, $"migration {leg}: {lost} pings lost (icmp_seq {string.Join(',', lostHere)}); downtime {r.Info.DowntimeMs} ms, STOP to RESUME {r.OutageMs} ms\n{pings.Describe()}\n{rig.Describe()}");
+        }
+        if (queues > 1 && src.Backend is ServeTapBackend or DaemonVhostTapBackend)
+        {
+            // the guest really used the second queue pair: its TX ring (3) had moved when the source handed it over
+            string log = src.Backend is ServeTapBackend s ? s.Log : ((DaemonVhostTapBackend)src.Backend).Log;
+            var handed = System.Text.RegularExpressions.Regex.Matches(log, @"ring 3(?:: base| stopped at) (\d+)");
+            Assert.True(handed.Count > 0 && int.Parse(handed[^1].Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture) > 0,
+                $"migration {leg}: the second queue pair's TX ring carried nothing on the source\n{src.Backend.Describe()}");
+        }
         // Outside the switch-over nothing may be lost. Within it the guest runs nowhere for QEMU's downtime D
         // (source side: from stopping the source to the end of the stream), ceil(D / 200 ms) probes; plus one for
         // the destination's resume, which D does not include (vhost-user device start over the socket: ~200-300 ms

@@ -252,6 +252,66 @@ public sealed class LiveMigrationTests : IDisposable
         Assert.True(h.Logged("RARP sent for 52:54:00:12:34:56"), h.LogText);
     }
 
+    /// <summary>A TAP in a namespace the test creates; returns its carrier as /sys shows it ("0"/"1").</summary>
+    private static string Carrier(string ns, string tap)
+    {
+        using var p = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("ip", ["netns", "exec", ns, "cat", $"/sys/class/net/{tap}/carrier"]) { RedirectStandardOutput = true, RedirectStandardError = true })!;
+        string o = p.StandardOutput.ReadToEnd().Trim() + p.StandardError.ReadToEnd().Trim();
+        p.WaitForExit();
+        return o;
+    }
+
+    private static void Ip(params string[] args)
+    {
+        using var p = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("ip", args) { RedirectStandardError = true })!;
+        string err = p.StandardError.ReadToEnd();
+        p.WaitForExit();
+        Assert.True(p.ExitCode == 0, $"ip {string.Join(' ', args)}: {err}");
+    }
+
+    /// <summary>
+    /// The switch-over (every ring stopped while QEMU logs) takes the software VF's TAP off the wire (carrier off:
+    /// a bridge then floods the guest's frames to the destination's port); the front-end leaving puts it back. A
+    /// stop without logging (a reboot, a plain shutdown) leaves the carrier alone.
+    /// </summary>
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void TheSwitchOverTakesTheTapOffTheWireUntilTheFrontEndLeaves(bool logging)
+    {
+        string tap = $"lmw{Environment.ProcessId % 100000}{(logging ? 1 : 0)}";
+        string ns = $"lmwns{Environment.ProcessId}{(logging ? 1 : 0)}";
+        Ip("netns", "add", ns);
+        try
+        {
+            using var f = new MigrationFixture(backend: NetBackend.Tap(tap));
+            Ip("link", "set", tap, "netns", ns);
+            Ip("-n", ns, "link", "set", tap, "up");
+            f.Net.Start(protocol: Proto);
+            Assert.Equal("1", Carrier(ns, tap));
+            using var log = LogFile(NeededLog, 0);
+            if (logging)
+            {
+                Assert.Equal(0UL, f.SetLogBase(log, NeededLog, 0));
+                Assert.Equal(0UL, f.Fe.SetU64(VhostUserRequest.SET_FEATURES, VirtioNetFrontEnd.Features | LogAll));
+            }
+            f.Fe.GetVringBase(0);
+            Assert.Equal("1", Carrier(ns, tap)); // a ring still runs: not the switch-over yet
+            f.Fe.GetVringBase(1);
+            Assert.Equal(logging ? "0" : "1", Carrier(ns, tap));
+            Assert.Equal(logging, f.H.Logged("carrier of its wire off"));
+
+            f.Fe.Dispose(); // the front-end leaves (QEMU quits after the migration)
+            Assert.True(f.H.WaitEnded(), f.H.LogText);
+            Assert.Equal("1", Carrier(ns, tap));
+            Assert.Equal(logging, f.H.Logged("carrier of its wire on again"));
+        }
+        finally
+        {
+            Ip("netns", "del", ns);
+        }
+    }
+
     [Fact]
     public void WithoutADirtyLogTheBackEndStillOffersLoggingButNoRarp()
     {

@@ -1,3 +1,4 @@
+using IfcVdpa.IfcvfModel.Backends;
 using System.Buffers.Binary;
 using IfcVdpa.Interop.Primitives;
 using IfcVdpa.Virtio;
@@ -28,9 +29,9 @@ public sealed class MigrationFixture : IDisposable
 
     public TestFrontEnd Fe => H.Fe;
 
-    public MigrationFixture(bool dirtyLog = true)
+    public MigrationFixture(bool dirtyLog = true, NetBackend? backend = null)
     {
-        Dev = new RealDevice(dirtyLog: dirtyLog);
+        Dev = new RealDevice(dirtyLog: dirtyLog, backend: backend);
         H = new SessionHarness(Dev.Adapter);
         Net = new VirtioNetFrontEnd(H.Fe, Mem);
     }

@@ -24,6 +24,14 @@ internal interface INetPort
 
     /// <summary>A file descriptor that becomes readable when frames arrive (-1: none).</summary>
     int WakeFd { get; }
+
+    /// <summary>
+    /// True: while the VF receives nothing (its first RX queue stopped) frames wait in the port (the kernel's
+    /// TAP queue, bounded by its txqueuelen), as QEMU's tap netdev and vhost-net leave them, and reach the
+    /// guest when the queue starts again (a migrated guest resumes with what arrived during the switch-over).
+    /// False: the port is read anyway and what nobody receives is dropped and counted.
+    /// </summary>
+    bool HoldsWhileStopped { get; }
 }
 
 /// <summary>Where a port hands received frames: the VF's RX queues.</summary>

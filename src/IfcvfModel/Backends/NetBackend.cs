@@ -77,6 +77,12 @@ public abstract class NetBackend : IDisposable
         return host;
     }
 
+    /// <summary>
+    /// Sets the carrier of the backend's own network side (a TAP: TUNSETCARRIER), for a migrated guest's old
+    /// port to leave the bridge at the switch-over. False when the backend has no carrier to set.
+    /// </summary>
+    internal virtual bool SetCarrier(bool up) => false;
+
     /// <summary>Calls <paramref name="user"/> with this backend's port (its concrete struct type).</summary>
     private protected abstract TResult OpenPort<TResult>(INetPortUser<TResult> user);
 
@@ -109,6 +115,8 @@ internal sealed class LoopbackBackend(bool filterDestinationMac) : NetBackend
     private readonly struct Port(bool filter) : INetPort
     {
         public int WakeFd => -1;
+
+        public bool HoldsWhileStopped => false;
 
         public bool Transmit<TSink>(ReadOnlySpan<byte> frame, int pair, ref TSink local) where TSink : IFrameSink, allows ref struct
         {

@@ -33,6 +33,8 @@ internal sealed class PairBackend : NetBackend
     {
         public int WakeFd => -1;
 
+        public bool HoldsWhileStopped => false;
+
         public bool Transmit<TSink>(ReadOnlySpan<byte> frame, int pair, ref TSink local) where TSink : IFrameSink, allows ref struct =>
             self._peer?.Host is not null && self._outbound.TryPush(frame, pair);
 

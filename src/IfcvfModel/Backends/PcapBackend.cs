@@ -17,6 +17,8 @@ internal sealed class PcapBackend(string path) : NetBackend
     {
         public int WakeFd => -1;
 
+        public bool HoldsWhileStopped => false;
+
         public bool Transmit<TSink>(ReadOnlySpan<byte> frame, int pair, ref TSink local) where TSink : IFrameSink, allows ref struct
         {
             writer.Write(frame[VirtioNetHeader.Size..]);

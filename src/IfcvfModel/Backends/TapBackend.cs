@@ -21,6 +21,22 @@ internal sealed class TapBackend(string name) : NetBackend
 
     private protected override void Close() => _tap.Dispose();
 
+    /// <summary>The TAP's carrier (TUNSETCARRIER); a failure is logged and reported false.</summary>
+    internal override bool SetCarrier(bool up)
+    {
+        if (_dead || Disposed)
+        {
+            return false;
+        }
+        int r = _tap.SetCarrier(up);
+        if (r < 0)
+        {
+            Host?.Log($"TAP {_tap.Name}: carrier {(up ? "on" : "off")} failed (errno {-r})");
+            return false;
+        }
+        return true;
+    }
+
     /// <summary>
     /// The TAP interface went away (ip link del) or broke: its fd now polls readable forever with an error.
     /// Stop reading and polling it (else the worker spins), report link down, log once. Frames sent to it are
@@ -40,6 +56,8 @@ internal sealed class TapBackend(string name) : NetBackend
     private readonly struct Port(TapBackend self) : INetPort
     {
         public int WakeFd => self._dead ? -1 : self._tap.Fd;
+
+        public bool HoldsWhileStopped => true;
 
         public bool Transmit<TSink>(ReadOnlySpan<byte> frame, int pair, ref TSink local) where TSink : IFrameSink, allows ref struct =>
             self._tap.Write(frame);

@@ -36,7 +36,7 @@ internal ref struct QueueBurst
         {
             if (Q.UsedMark != _old)
             {
-                UsedRing.Publish(engine.Device, Q, ref View, _old);
+                UsedRing.Publish(engine, Q, ref View, _old);
             }
         }
         finally

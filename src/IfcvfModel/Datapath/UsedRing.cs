@@ -42,8 +42,9 @@ internal static class UsedRing
     }
 
     /// <summary>Publishes what completed since <paramref name="old"/> and interrupts if the driver asked.</summary>
-    public static void Publish(IVirtqueueDevice dev, Virtqueue q, scoped ref RingView v, UsedMark old)
+    public static void Publish(VirtqueueEngine engine, Virtqueue q, scoped ref RingView v, UsedMark old)
     {
+        var dev = engine.Device;
         if (q.Packed)
         {
             PublishPacked(dev, q, ref v, old);
@@ -63,13 +64,33 @@ internal static class UsedRing
             return;
         }
         Interlocked.MemoryBarrier(); // used idx store before reading the driver's suppression fields
+        ushort flags = SharedIndex.Load16(v.Avail, SplitRing.AvailFlags); // with EVENT_IDX read for the §2.7.7.1 check only
         bool notify = q.EventIdx
             ? SplitRing.NeedEvent(SharedIndex.Load16(v.Avail, SplitRing.UsedEventOffset(q.Size)), q.LastUsed, old.Index)
-            : (SharedIndex.Load16(v.Avail, SplitRing.AvailFlags) & SplitRing.VIRTQ_AVAIL_F_NO_INTERRUPT) == 0;
+            : (flags & SplitRing.VIRTQ_AVAIL_F_NO_INTERRUPT) == 0;
         if (notify)
         {
             q.Interrupts++;
             dev.RaiseQueueInterrupt(q.Index);
+        }
+        if (flags > (q.EventIdx ? 0 : SplitRing.VIRTQ_AVAIL_F_NO_INTERRUPT))
+        {
+            AvailFlagsViolation(engine, q, flags);
+        }
+    }
+
+    /// <summary>
+    /// VIRTIO 1.2 §2.7.7.1 broken (checked once per published burst, where the device reads the flags anyway):
+    /// counted and logged once; in strict mode the queue stops and the device needs a reset. Tolerant: bit 0
+    /// is honoured without EVENT_IDX, the flags are ignored with it.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void AvailFlagsViolation(VirtqueueEngine engine, Virtqueue q, ushort flags)
+    {
+        string detail = $"avail ring flags 0x{flags:x4} with VIRTIO_F_EVENT_IDX {(q.EventIdx ? "negotiated (MUST be 0)" : "not negotiated (MUST be 0 or 1)")}";
+        if (engine.Device.ReportViolation(SpecRule.AvailFlags, $"vq {q.Index}: {detail}"))
+        {
+            engine.Fail(q, detail);
         }
     }
 

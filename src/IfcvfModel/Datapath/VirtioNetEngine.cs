@@ -75,6 +75,9 @@ public sealed class VirtioNetEngine : IVirtqueueEngine, IQueueStatsSource, IDisp
     /// </summary>
     public bool InjectFrame(ReadOnlySpan<byte> frame) => _net.Inject(frame);
 
+    /// <summary>The carrier of the backend's network side (a TAP); false when it has none. Any thread.</summary>
+    public bool SetWireCarrier(bool up) => _net.SetCarrier(up);
+
     /// <summary>Wakes a sleeping event-mode worker.</summary>
     public void Wake() => _core.Wake();
 

@@ -75,6 +75,9 @@ internal sealed class VirtqueueEngine : IVirtqueueEngine, IQueueStatsSource, IDi
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public Virtqueue? Queue(int index) => _queues[index];
 
+    /// <summary>Queues of the attached device (0 before the first queue starts).</summary>
+    public int QueueCount => _queues.Length;
+
     /// <summary>Whether the caller is the thread running the queues, inside a round (<see cref="PollOnce"/>).</summary>
     public bool OnWorker => _polling && Environment.CurrentManagedThreadId == Volatile.Read(ref _workerThreadId);
 

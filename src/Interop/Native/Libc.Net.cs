@@ -13,6 +13,7 @@ internal static partial class Libc
     public const uint TUNSETIFF = 0x400454ca;
     public const uint TUNSETVNETHDRSZ = 0x400454d8;
     public const uint TUNSETOFFLOAD = 0x400454d0;
+    public const uint TUNSETCARRIER = 0x400454e2; // _IOW('T', 226, int), Linux 4.19+
     public const short IFF_TAP = 0x0002;
     public const short IFF_NO_PI = 0x1000;
     public const short IFF_VNET_HDR = 0x4000;

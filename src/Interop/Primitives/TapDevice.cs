@@ -97,6 +97,16 @@ public sealed unsafe class TapDevice : IDisposable
         }
     }
 
+    /// <summary>
+    /// Sets the interface's carrier (TUNSETCARRIER): off, a bridge disables the port and forgets the MACs it
+    /// learned there, so it floods frames for them to its other ports. Returns 0 or -errno.
+    /// </summary>
+    public int SetCarrier(bool up)
+    {
+        int on = up ? 1 : 0;
+        return Libc.ioctl(_fd.Fd, Libc.TUNSETCARRIER, &on) == 0 ? 0 : -Errno.Last;
+    }
+
     /// <summary>Waits until a frame is readable or the timeout passes.</summary>
     public bool WaitReadable(int timeoutMs) => Poll.WaitReadable(_fd.Fd, timeoutMs);
 

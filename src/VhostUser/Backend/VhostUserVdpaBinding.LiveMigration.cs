@@ -258,6 +258,50 @@ public sealed partial class VhostUserVdpaBinding
         }
     }
 
+    // ---- the wire at the switch-over ----
+
+    /// <summary>
+    /// The device stops while QEMU logs: the migration's switch-over (QEMU stops the source's devices, then
+    /// sends the rest of RAM and the device state). The device's wire (the software VF's TAP) drops its carrier,
+    /// so a bridge forgets the guest's MAC on this port and floods the guest's frames to its other ports, where
+    /// the destination's TAP holds them until its device runs (a ping sent in the stop is answered late, not
+    /// lost); without it the bridge keeps sending them here, into a device that never runs them again, until the
+    /// guest announces itself from the destination. On again when the device runs again (a migration that
+    /// failed after the stop) or the front-end leaves.
+    /// </summary>
+    private void WireOffAtSwitchOver()
+    {
+        if (_inject is null || !LoggingRequested || _wireOff)
+        {
+            return;
+        }
+        Teardown("carrier off", () =>
+        {
+            if (_inject.SetWireCarrier(false))
+            {
+                _wireOff = true;
+                _log($"device {_device.Name} stopped while logging (migration switch-over): carrier of its wire off, the guest's frames go to the other ports");
+            }
+        });
+    }
+
+    /// <summary>The carrier back on after <see cref="WireOffAtSwitchOver"/> (device running again, or the front-end gone).</summary>
+    private void WireOn()
+    {
+        if (!_wireOff || _inject is null)
+        {
+            return;
+        }
+        _wireOff = false;
+        Teardown("carrier on", () =>
+        {
+            if (_inject.SetWireCarrier(true))
+            {
+                _log($"device {_device.Name}: carrier of its wire on again");
+            }
+        });
+    }
+
     // ---- SEND_RARP ----
 
     /// <summary>SEND_RARP: the device sends a RARP for <paramref name="mac"/> on the guest's behalf.</summary>

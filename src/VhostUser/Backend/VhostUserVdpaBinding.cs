@@ -59,6 +59,7 @@ public sealed partial class VhostUserVdpaBinding : IDisposable
     private SafeFd? _logFd;
     private VringRelay? _vringRelay; // the software relay's thread and mediated rings (device without a dirty log)
     private bool _relayOn;           // rings start relayed (logging requested on a device without a log)
+    private bool _wireOff;           // the device's wire carrier is off since a stop while logging (switch-over)
 
     public VhostUserVdpaBinding(IVdpaDevice device, VhostUserBackendChannel channel, VhostUserSessionOptions options, Action<string> log)
     {
@@ -188,6 +189,10 @@ public sealed partial class VhostUserVdpaBinding : IDisposable
         _status = status;
         if (status == 0 || (status & VirtioStatus.DRIVER_OK) == 0)
         {
+            if (_configured)
+            {
+                WireOffAtSwitchOver(); // QEMU 7.2 stops a logging device this way at the switch-over
+            }
             Deconfigure();
         }
         Reevaluate();
@@ -201,6 +206,7 @@ public sealed partial class VhostUserVdpaBinding : IDisposable
     public void Reset()
     {
         Deconfigure();
+        WireOn();
         CloseRings();
         _dirtyLog?.Dispose();
         _dirtyLog = null;
@@ -368,6 +374,10 @@ public sealed partial class VhostUserVdpaBinding : IDisposable
         if (wasRunning)
         {
             StopQueue(q);
+            if (_rings.All(x => !x.Running))
+            {
+                WireOffAtSwitchOver(); // the last ring stopped by GET_VRING_BASE while logging: the switch-over
+            }
         }
         r.Addr = null;
         r.Kick?.Dispose();
@@ -463,6 +473,7 @@ public sealed partial class VhostUserVdpaBinding : IDisposable
             _relay ??= new KickRelay(_device, _options.Name, _log);
             UpdateRelay();
             _log($"device {_device.Name} running: {started} rings, features 0x{toDevice:x}");
+            WireOn();
         }
         catch
         {
@@ -483,6 +494,7 @@ public sealed partial class VhostUserVdpaBinding : IDisposable
         if (_relayOn)
         {
             StartRelayedQueue(q, gpa);
+            WireOn();
             return;
         }
         _device.SetVqAddress(q, gpa.Desc, gpa.Avail, gpa.Used);
@@ -491,6 +503,7 @@ public sealed partial class VhostUserVdpaBinding : IDisposable
         _device.SetVqReady(q, true);
         r.Running = true;
         _notifiers.Offer(q, _protocol);
+        WireOn();
     }
 
     /// <summary>Where ring <paramref name="q"/> resumes: its base, for a split ring reconciled with used->idx.</summary>
@@ -664,6 +677,7 @@ public sealed partial class VhostUserVdpaBinding : IDisposable
         }
         _disposed = true;
         Deconfigure();
+        WireOn();
         _channel.Flush(askAcks: false); // nobody reads acks any more
         _relay?.Dispose();
         _relay = null;

@@ -44,7 +44,7 @@
 
 enum op {
 	OP_BAR = 1, OP_INIT, OP_FEATURES, OP_CONFIG, OP_VRING, OP_START, OP_NOTIFY, OP_STOP,
-	OP_LOG, OP_UNLOG, OP_ENABLE_VRING, OP_DISABLE_VRING, OP_NOTIFY_OFF, OP_EXIT,
+	OP_LOG, OP_UNLOG, OP_ENABLE_VRING, OP_DISABLE_VRING, OP_NOTIFY_OFF, OP_EXIT, OP_PROBE, OP_DRAIN,
 };
 
 struct cmd {
@@ -385,6 +385,81 @@ static void report_vring(int dev, struct ifcvf_hw *hw, int q)
 	emit('S', dev, q, (u64)hw->vring[q].last_avail_idx | ((u64)hw->vring[q].last_used_idx << 16));
 }
 
+/*
+ * What the probe of DPDK's ifc vDPA driver (ifcvf_vdpa.c, not built here) learns from a function
+ * besides ifcvf_init_hw, written for this harness from its documented behaviour: the PCI IDs, matched
+ * against the IDs ifcvf.h defines (modern or transitional, net or block, the IFC subsystem), and for a
+ * block function the virtio-blk config read through hw->blk_cfg with plain dereferences (the capacity
+ * one byte at a time, as that driver does), so they reach the model trapped, as the compiler emitted them.
+ * Reports 'I' records: 10 vendor, 11 device, 12 subsystem vendor, 13 subsystem device, 14 the type the
+ * IDs match (IFCVF_NET, IFCVF_BLK, or -1), then for a block function 20 capacity, 21 size_max,
+ * 22 seg_max, 23 cylinders, 24 heads, 25 sectors, 26 blk_size, 27 num_queues.
+ */
+static int64_t probe(int dev, struct device *d)
+{
+	u16 ids[2], sub[2];
+	if (PCI_READ_CONFIG_RANGE(&d->pci, ids, 4, 0) < 0 || PCI_READ_CONFIG_RANGE(&d->pci, sub, 4, 0x2c) < 0)
+		return -1;
+	int type = -1;
+	if (ids[0] == IFCVF_VENDOR_ID && sub[0] == IFCVF_SUBSYS_VENDOR_ID) {
+		if ((ids[1] == IFCVF_NET_MODERN_DEVICE_ID && sub[1] == IFCVF_SUBSYS_DEVICE_ID) ||
+		    (ids[1] == IFCVF_NET_TRANSITIONAL_DEVICE_ID && sub[1] == IFCVF_SUBSYS_NET_DEVICE_ID))
+			type = IFCVF_NET;
+		else if ((ids[1] == IFCVF_BLK_MODERN_DEVICE_ID || ids[1] == IFCVF_BLK_TRANSITIONAL_DEVICE_ID) &&
+			 sub[1] == IFCVF_SUBSYS_BLK_DEVICE_ID)
+			type = IFCVF_BLK;
+	}
+	emit('I', dev, 10, ids[0]);
+	emit('I', dev, 11, ids[1]);
+	emit('I', dev, 12, sub[0]);
+	emit('I', dev, 13, sub[1]);
+	emit('I', dev, 14, (u64)(int64_t)type);
+	if (type != IFCVF_BLK)
+		return type;
+	struct virtio_blk_config *cfg = d->hw.blk_cfg;
+	if (cfg == NULL)
+		return -1;
+	u64 capacity = 0;
+	for (size_t i = 0; i < sizeof(cfg->capacity); i++)
+		capacity |= (u64)((u8 *)&cfg->capacity)[i] << (i * 8);
+	emit('I', dev, 20, capacity);
+	emit('I', dev, 21, cfg->size_max);
+	emit('I', dev, 22, cfg->seg_max);
+	emit('I', dev, 23, cfg->geometry.cylinders);
+	emit('I', dev, 24, cfg->geometry.heads);
+	emit('I', dev, 25, cfg->geometry.sectors);
+	emit('I', dev, 26, cfg->blk_size);
+	emit('I', dev, 27, cfg->num_queues);
+	return type;
+}
+
+/*
+ * The block drain that DPDK's ifc vDPA driver runs before ifcvf_stop_hw (so that no request is lost):
+ * per vring, read the live LM ring state (block layout: last_avail in bits 0-15, last_used in 16-31)
+ * and ring the doorbell until the two are equal. Written for this harness; bounded (`tries` reads per
+ * vring) where DPDK's loop is not. Returns the doorbells rung, or -1 - q when vring q did not drain.
+ */
+static int64_t drain(struct ifcvf_hw *hw, int tries)
+{
+	int64_t rung = 0;
+	for (int q = 0; q < hw->nr_vring; q++) {
+		int left = tries;
+		for (;;) {
+			u32 state = *(u32 *)(hw->lm_cfg + IFCVF_LM_RING_STATE_OFFSET + q * IFCVF_LM_CFG_SIZE);
+			hw->vring[q].last_avail_idx = (u16)(state & IFCVF_16_BIT_MASK);
+			hw->vring[q].last_used_idx = (u16)(state >> 16);
+			if (hw->vring[q].last_avail_idx == hw->vring[q].last_used_idx)
+				break;
+			if (left-- == 0)
+				return -1 - q;
+			ifcvf_notify_queue(hw, (u16)q);
+			rung++;
+			harness_delay_ms(1);
+		}
+	}
+	return rung;
+}
+
 static int64_t run(const struct cmd *c)
 {
 	struct device *d = device(c->dev);
@@ -467,6 +542,13 @@ static int64_t run(const struct cmd *c)
 		if (c->a >= hw->nr_vring || hw->notify_addr[c->a] == NULL)
 			return -1;
 		return (int64_t)ifcvf_get_queue_notify_off(hw, (int)c->a);
+	case OP_PROBE:
+		d->pci.index = dev;
+		return probe(dev, d);
+	case OP_DRAIN:
+		if (hw->lm_cfg == NULL)
+			return -1000;
+		return drain(hw, (int)c->a);
 	default:
 		fail("unknown command");
 		return -1;

@@ -195,6 +195,9 @@ public sealed class DaemonVhostTapBackend : IMigrationBackend
 
     public string Kind => "daemon";
 
+    /// <summary>The daemon's log (stderr and stdout) so far.</summary>
+    public string Log => _process.Transcript;
+
     public string SocketPath { get; }
 
     public string TapName { get; }

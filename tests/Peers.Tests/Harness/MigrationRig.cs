@@ -75,6 +75,8 @@ public sealed class MigrationRig : IDisposable
     private readonly List<MigrationQemu> _qemus = [];
     private readonly List<Transfer> _transfers = [];
     private readonly int[] _idleThreads = new int[2];
+    private readonly string? _captureDir = Environment.GetEnvironmentVariable("IFCVF_MIGRATION_CAPTURE");
+    private readonly PeerProcess? _capture;
     private int _vmCounter;
 
     public NetNamespace Namespace { get; }
@@ -119,6 +121,13 @@ public sealed class MigrationRig : IDisposable
                     PeerEnvironment.RunChecked("ip", "netns", "exec", ns, "bridge", "link", "set", "dev", tap, "learning", "off", "flood", "on");
                 }
                 _idleThreads[i] = MigrationBackends.Threads(Backends[i].Pid);
+            }
+            if (!string.IsNullOrEmpty(_captureDir))
+            {
+                // IFCVF_MIGRATION_CAPTURE=DIR (investigation): every ICMP/ARP/RARP frame on the bridge and its
+                // ports with its time, written with the rig's transcripts into DIR when the rig is disposed
+                Directory.CreateDirectory(_captureDir);
+                _capture = Namespace.Start("tcpdump", o.Lifetime, "tcpdump", "-i", "any", "-n", "-l", "-tt", "-e", "icmp or arp or rarp");
             }
         }
         catch
@@ -298,6 +307,7 @@ public sealed class MigrationRig : IDisposable
         var stopped = src.Qmp.LastEventAt("STOP");
         var resumed = dst.Qmp.LastEventAt("RESUME");
         long outage = stopped is { } s0 && resumed is { } r0 && r0 >= s0 ? (long)(r0 - s0).TotalMilliseconds : -1;
+        _log(string.Create(CultureInfo.InvariantCulture, $"{src.Name} STOP at {stopped?.ToUnixTimeMilliseconds() / 1000.0:0.000}, {dst.Name} RESUME at {resumed?.ToUnixTimeMilliseconds() / 1000.0:0.000} (unix s)"));
         return new MigrationResult(src.Name, dst.Name, info, wall, null) { OutageMs = outage };
     }
 
@@ -367,8 +377,31 @@ public sealed class MigrationRig : IDisposable
         return string.Join('\n', parts) + "\n--- namespace links:\n" + Namespace.Links();
     }
 
+    /// <summary>IFCVF_MIGRATION_CAPTURE: the capture and every process's transcript into the directory.</summary>
+    private void SaveCapture()
+    {
+        if (_capture is null || _captureDir is null)
+        {
+            return;
+        }
+        _capture.Signal("INT", TimeSpan.FromSeconds(3));
+        string stamp = DateTime.UtcNow.ToString("HHmmss", CultureInfo.InvariantCulture);
+        File.WriteAllText(Path.Combine(_captureDir, $"{stamp}-tcpdump.txt"), _capture.Transcript);
+        File.WriteAllText(Path.Combine(_captureDir, $"{stamp}-ping.txt"), Pings?.Describe(int.MaxValue) ?? "");
+        foreach (var q in _qemus)
+        {
+            File.WriteAllText(Path.Combine(_captureDir, $"{stamp}-qemu-{q.Name}.txt"), q.Process.Describe(int.MaxValue));
+        }
+        for (int i = 0; i < Backends.Length; i++)
+        {
+            File.WriteAllText(Path.Combine(_captureDir, $"{stamp}-backend{i}.txt"), Backends[i] switch { ServeTapBackend s => s.Log, DaemonVhostTapBackend d => d.Log, var b => b?.Describe() ?? "" });
+        }
+        _capture.Dispose();
+    }
+
     public void Dispose()
     {
+        SaveCapture();
         Pings?.Dispose();
         foreach (var t in _transfers)
         {

@@ -237,6 +237,49 @@ public sealed class PeerProcess : IDisposable
         }
     }
 
+    /// <summary>Sends <paramref name="signal"/> (kill -s, by PID: STOP, CONT, ...) and returns without waiting for its effect.</summary>
+    public void Post(string signal)
+    {
+        using var kill = Process.Start(new ProcessStartInfo("kill", ["-s", signal, Pid.ToString(System.Globalization.CultureInfo.InvariantCulture)]) { UseShellExecute = false });
+        if (kill is null || !kill.WaitForExit(5000) || kill.ExitCode != 0)
+        {
+            throw new InvalidOperationException($"kill -s {signal} {Pid} failed");
+        }
+    }
+
+    /// <summary>Whether every thread of the process is stopped (a SIGSTOP took effect: state T in /proc/PID/task/*/stat).</summary>
+    public bool IsStopped()
+    {
+        foreach (string task in Directory.GetDirectories($"/proc/{Pid}/task"))
+        {
+            string stat;
+            try
+            {
+                stat = File.ReadAllText(Path.Combine(task, "stat"));
+            }
+            catch (IOException)
+            {
+                continue; // the thread has gone
+            }
+            int close = stat.LastIndexOf(')');
+            if (close < 0 || close + 2 >= stat.Length || stat[close + 2] is not ('T' or 't'))
+            {
+                return false;
+            }
+        }
+        return true;
+    }
+
+    /// <summary>SIGKILL to this process alone, at once (no walk of its descendants first); waits for it to exit.</summary>
+    public void Kill()
+    {
+        _process.Kill(entireProcessTree: false);
+        if (!_process.WaitForExit(10000))
+        {
+            throw new InvalidOperationException($"{Name} (pid {Pid}) did not exit after SIGKILL");
+        }
+    }
+
     /// <summary>Sends SIGINT/SIGTERM (by PID) and waits; kills the tree if it does not exit in time.</summary>
     public bool Signal(string signal, TimeSpan wait)
     {

@@ -28,7 +28,8 @@ public sealed partial class PingMonitor : IDisposable
     public PingMonitor(NetNamespace ns, string target, TimeSpan lifetime)
     {
         // -n: no reverse lookups; -W 1: wait for late replies up to a second (a reply in that time counts)
-        _process = ns.Start("ping", lifetime, "ping", "-n", "-i", IntervalSeconds.ToString("0.0", CultureInfo.InvariantCulture), "-W", "1", target);
+        // -D: each line with its time (for comparing with a capture and QEMU's events)
+        _process = ns.Start("ping", lifetime, "ping", "-D", "-n", "-i", IntervalSeconds.ToString("0.0", CultureInfo.InvariantCulture), "-W", "1", target);
     }
 
     [GeneratedRegex(@"icmp_seq=(\d+) ttl=", RegexOptions.CultureInvariant)]
@@ -65,7 +66,7 @@ public sealed partial class PingMonitor : IDisposable
         return new PingTally(a.Max - a.Min + 1, a.Count, lost);
     }
 
-    public string Describe() => _process.Describe(3000);
+    public string Describe(int tail = 3000) => _process.Describe(tail);
 
     public void Dispose()
     {

@@ -77,10 +77,12 @@ public sealed class QemuGuest : IDisposable
     /// A guest whose only disk is a vhost-user-blk device on <paramref name="socket"/> with <paramref name="queues"/>
     /// request queues (and as many CPUs), no NIC; run with <c>Mode = "blk"</c> (scripts/guest/init).
     /// </summary>
-    public static QemuGuest OnVhostUserBlk(string socket, GuestOptions o, int queues) =>
+    /// <remarks>With <paramref name="reconnect"/>, QEMU reconnects to the socket every second when the back-end goes away
+    /// (<c>reconnect=1</c>), keeping the guest's disk.</remarks>
+    public static QemuGuest OnVhostUserBlk(string socket, GuestOptions o, int queues, bool reconnect = false) =>
         new(o with { Queues = queues },
         [
-            "-nic", "none", "-chardev", $"socket,id=c0,path={socket}",
+            "-nic", "none", "-chardev", $"socket,id=c0,path={socket}{(reconnect ? ",reconnect=1" : "")}",
             "-device", string.Create(CultureInfo.InvariantCulture, $"vhost-user-blk-pci,chardev=c0,num-queues={queues},vectors=0"),
         ]);
 

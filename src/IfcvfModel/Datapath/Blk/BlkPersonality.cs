@@ -139,7 +139,15 @@ internal sealed class BlkPersonality<TStore>(VirtqueueEngine engine, BlkBackend 
         if (r.NeedsRecovery)
         {
             r.NeedsRecovery = false;
+            bool restarted = VhostInflight.IsInitialised(track);
             Recover(r, q, ref view, track);
+            if (restarted)
+            {
+                // A back-end ran on this region before (a restart): it may have published used entries and died
+                // before their interrupt, and the driver would wait for it forever. One spurious interrupt is harmless.
+                q.Interrupts++;
+                engine.Device.RaiseQueueInterrupt(q.Index);
+            }
         }
         return track;
     }
@@ -147,6 +155,11 @@ internal sealed class BlkPersonality<TStore>(VirtqueueEngine engine, BlkBackend 
     private void Recover(QueueRunner r, Virtqueue q, scoped ref RingView view, Span<byte> track)
     {
         ushort used = SharedIndex.Load16(view.Used, SplitRing.UsedIdx);
+        int completed = VhostInflight.IsInitialised(track) ? (ushort)(used - VhostInflight.UsedIdx(track)) : 0;
+        if (completed > 0 && completed <= q.Size)
+        {
+            engine.Log($"{_device?.Address} vq {r.Index}: {completed} request(s) of the last batch completed before the back-end stopped (the used ring holds them): not executed again");
+        }
         var heads = new ushort[q.Size]; // once per device start
         int n = VhostInflight.Recover(track, q.Size, used, heads, out ulong next, out string? problem);
         r.Counter = next;
@@ -371,7 +384,7 @@ internal sealed class BlkPersonality<TStore>(VirtqueueEngine engine, BlkBackend 
                     {
                         VhostInflight.LinkBatch(track, r.Batch.AsSpan(0, batched));
                     }
-                    UsedRing.Publish(dev, q, ref view, old);
+                    UsedRing.Publish(engine, q, ref view, old);
                     if (!track.IsEmpty)
                     {
                         VhostInflight.CommitBatch(track, r.Batch.AsSpan(0, batched), q.LastUsed);

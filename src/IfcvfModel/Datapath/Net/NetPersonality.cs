@@ -106,6 +106,12 @@ internal abstract class NetPersonality : IDevicePersonality, INetBackendHost
 
     public void CountInboundDrop() => Interlocked.Increment(ref _inboundDrops);
 
+    /// <summary>Whether the first RX queue runs (frames from outside have somewhere to go).</summary>
+    protected bool Receiving => Engine.QueueCount > 0 && Engine.IsRunning(Engine.Queue(0));
+
+    /// <summary>The carrier of the backend's network side (see <see cref="NetBackend.SetCarrier"/>); any thread.</summary>
+    public bool SetCarrier(bool up) => _backend.SetCarrier(up);
+
     /// <summary>
     /// Control path (any thread): queues an Ethernet frame that the worker transmits on queue pair 0 as if
     /// the driver had sent it (a RARP announce after a migration), then wakes the worker. False when the
@@ -187,7 +193,8 @@ internal sealed class NetPersonality<TPort>(VirtqueueEngine engine, NetBackend b
     private readonly byte[] _stage = new byte[Hdr + MaxFrame];
     private readonly TPort _port = port;
 
-    public override int WakeFd => _port.WakeFd;
+    // a port that holds frames while nothing receives is not polled then (its fd would wake the worker for nothing)
+    public override int WakeFd => _port.HoldsWhileStopped && !Receiving ? -1 : _port.WakeFd;
 
     public override int Poll()
     {
@@ -197,14 +204,17 @@ internal sealed class NetPersonality<TPort>(VirtqueueEngine engine, NetBackend b
         {
             work += Transmit(Engine.Queue((2 * p) + 1));
         }
-        var inbound = new InboundSink(this);
-        try
+        if (!_port.HoldsWhileStopped || Receiving)
         {
-            work += _port.Receive(ref inbound, Engine.Burst);
-        }
-        finally
-        {
-            inbound.Close();
+            var inbound = new InboundSink(this);
+            try
+            {
+                work += _port.Receive(ref inbound, Engine.Burst);
+            }
+            finally
+            {
+                inbound.Close();
+            }
         }
         return work + PollControl();
     }

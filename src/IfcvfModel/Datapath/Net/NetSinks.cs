@@ -66,7 +66,7 @@ internal ref struct LocalSink(NetPersonality net, Virtqueue tx) : IFrameSink
         {
             if (rx.UsedMark != _old)
             {
-                UsedRing.Publish(net.Engine.Device, rx, ref _view, _old);
+                UsedRing.Publish(net.Engine, rx, ref _view, _old);
             }
         }
         finally
