@@ -20,6 +20,8 @@ packages=(dpdk-dev librte-net-virtio23 librte-net-vhost23 librte-mempool-ring23
           libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients) # libvirt-managed guests (LibvirtGuestTests.cs)
 # gcc + dpkg-source: the DPDK base-code harness (tests/Fidelity.Tests, scripts/dpdk-ifc)
 packages+=(build-essential dpkg-dev)
+# qemu-storage-daemon (qemu-system-common, with qemu-system-x86) and fio (in the bench guest): bench/blk.sh
+packages+=(qemu-system-common fio)
 
 log() { echo "install-peers: $*"; }
 
@@ -51,7 +53,7 @@ if [[ ${#missing[@]} -gt 0 ]]; then
   log "apt-get install ${missing[*]}"
   "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-for tool in dpdk-testpmd qemu-system-x86_64 cpio promtool systemd-analyze gcc dpkg-source libvirtd virtlogd virsh; do
+for tool in dpdk-testpmd qemu-system-x86_64 qemu-storage-daemon fio cpio promtool systemd-analyze gcc dpkg-source libvirtd virtlogd virsh; do
   command -v "$tool" >/dev/null || { log "missing $tool after install"; exit 1; }
 done
 [[ -x /bin/busybox ]] || { log "missing /bin/busybox after install"; exit 1; }
