@@ -3,6 +3,7 @@
 #   initramfs_busybox STAGE            static /bin/busybox and a link per applet
 #   initramfs_libs STAGE FILE...       the shared libraries ldd lists for FILEs, at the loader's paths
 #   initramfs_testpmd STAGE            DPDK testpmd, its net_virtio and mempool_ring plugins, their libraries
+#   initramfs_e2fsprogs STAGE          e2fsprogs' mke2fs (mkfs.ext4), e2fsck (fsck.ext4), debugfs in /usr/sbin, libraries
 #   initramfs_module STAGE MODDIR NAME kernel module NAME from MODDIR, decompressed, as lib/modules/NAME.ko
 #   initramfs_pack STAGE VMLINUZ OUT   OUT/initrd.gz and OUT/vmlinuz, each replaced atomically
 
@@ -47,6 +48,21 @@ initramfs_testpmd() {
   [[ -n "$libgcc" ]] || { echo "initramfs: libgcc_s.so.1 not found" >&2; return 1; }
   mkdir -p "$stage$(dirname "$libgcc")"
   cp -L "$libgcc" "$stage$libgcc"
+}
+
+initramfs_e2fsprogs() {
+  local stage="$1" p f bins=()
+  mkdir -p "$stage/usr/sbin" "$stage/etc"
+  for p in mke2fs e2fsck debugfs; do
+    f="$(PATH=/usr/sbin:/sbin:$PATH command -v "$p" || true)"
+    [[ -n "$f" ]] || { echo "initramfs: $p missing (apt-get install e2fsprogs)" >&2; return 1; }
+    cp -L "$f" "$stage/usr/sbin/$p"   # /usr/sbin: busybox's own mke2fs (ext2 only) stays in /bin
+    bins+=("$f")
+  done
+  ln -sf mke2fs "$stage/usr/sbin/mkfs.ext4"
+  ln -sf e2fsck "$stage/usr/sbin/fsck.ext4"
+  [[ -f /etc/mke2fs.conf ]] && cp /etc/mke2fs.conf "$stage/etc/mke2fs.conf"
+  initramfs_libs "$stage" "${bins[@]}"
 }
 
 initramfs_module() {

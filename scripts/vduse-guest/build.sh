@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Builds the VDUSE proof guest: Debian's generic 6.12 kernel (fetch-kernel.sh), an initramfs with static
 # busybox, the kernel modules the proof needs (vduse, virtio_vdpa, vhost_vdpa, virtio_net, tun and their
-# dependencies, read from each module's own depends= line, decompressed), iproute2's `vdpa` tool with its
-# shared libraries, DPDK testpmd with its virtio-user plugin, the project's NativeAOT `ifcvf` (scripts/publish.sh) and scripts/vduse-guest/init.
+# dependencies, read from each module's own depends= line, decompressed; virtio_blk and ext4 for the block
+# scenario), iproute2's `vdpa` tool with its shared libraries, DPDK testpmd with its virtio-user plugin,
+# e2fsprogs (mke2fs, e2fsck, debugfs), the project's NativeAOT `ifcvf` (scripts/publish.sh),
+# scripts/vduse-guest/init and blk.sh (the block scenario).
 # Usage: build.sh [OUT_DIR]   (default .peers/vduse-guest)
 # Writes OUT_DIR/vmlinuz, OUT_DIR/initrd.gz and OUT_DIR/inputs.sha256; does nothing when the digest of the
-# inputs (init, this script, kernel, busybox, vdpa, ifcvf) is unchanged.
+# inputs (init, blk.sh, this script, kernel, busybox, vdpa, e2fsprogs, ifcvf) is unchanged.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -25,8 +27,8 @@ bin="$("$root/scripts/publish.sh" "$root/artifacts/publish/linux-x64" | tail -n1
 vdpa="$(command -v vdpa || true)"
 [[ -n "$vdpa" ]] || { log "iproute2's vdpa tool is missing (apt-get install iproute2)"; exit 1; }
 
-digest() { cat "$here/init" "${BASH_SOURCE[0]}" "$root/scripts/lib/initramfs.sh" | sha256sum | cut -d' ' -f1; }
-inputs="$(digest) $kver $(stat -c %s "$vmlinuz" /bin/busybox "$vdpa" "$(command -v dpdk-testpmd || echo /)" | tr '\n' ' ')$(sha256sum "$bin" | cut -c1-16)"
+digest() { cat "$here/init" "$here/blk.sh" "${BASH_SOURCE[0]}" "$root/scripts/lib/initramfs.sh" | sha256sum | cut -d' ' -f1; }
+inputs="$(digest) $kver $(stat -c %s "$vmlinuz" /bin/busybox "$vdpa" "$(command -v dpdk-testpmd || echo /)" "$(command -v e2fsck || echo /sbin/e2fsck)" | tr '\n' ' ')$(sha256sum "$bin" | cut -c1-16)"
 if [[ -f "$out/initrd.gz" && -f "$out/vmlinuz" && "$(cat "$out/inputs.sha256" 2>/dev/null)" == "$inputs" ]]; then
   exit 0
 fi
@@ -42,6 +44,8 @@ cp "$vdpa" "$stage/bin/vdpa"
 initramfs_libs "$stage" "$bin" "$vdpa"
 # DPDK testpmd with its virtio-user plugin (a userspace front-end on /dev/vhost-vdpa-0), as the VFIO guest has it
 initramfs_testpmd "$stage"
+# e2fsprogs for the block scenario (mkfs.ext4, fsck, debugfs on the image)
+initramfs_e2fsprogs "$stage"
 
 # modules with their dependencies, in load order (dependencies first): lib/modules/order
 declare -A seen=()
@@ -55,9 +59,11 @@ add_module() {
   for d in ${deps//,/ }; do add_module "$d"; done
   order+=("$m")
 }
-for m in vduse virtio_vdpa virtio_net tun vhost_vdpa; do add_module "$m"; done
+# crc32c_generic first: jbd2 and ext4 want crc32c through the crypto API (a soft dependency, not in depends=)
+for m in vduse virtio_vdpa virtio_net tun crc32c_generic virtio_blk ext4 vhost_vdpa; do add_module "$m"; done
 printf '%s\n' "${order[@]}" >"$stage/lib/modules/order"
 install -m 0755 "$here/init" "$stage/init"
+install -m 0644 "$here/blk.sh" "$stage/blk.sh"
 initramfs_pack "$stage" "$vmlinuz" "$out"
 echo "$inputs" >"$out/inputs.sha256"
 log "$out/initrd.gz ($kver, modules: ${order[*]}, $(stat -c %s "$out/initrd.gz") bytes)"

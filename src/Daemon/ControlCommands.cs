@@ -514,6 +514,13 @@ public static class ControlCommands
     public static string QueueType(int qid, int numVqs) =>
         numVqs % 2 == 1 && qid == numVqs - 1 ? "control_vq" : qid % 2 == 0 ? "rx" : "tx";
 
+    /// <summary>The queue's type as `dev vstats` and the metrics name it: `req` for every block queue, else rx/tx/control_vq.</summary>
+    public static string QueueType(IVdpaDevice d, int qid)
+    {
+        ArgumentNullException.ThrowIfNull(d);
+        return d.GetDeviceId() == VirtioBlk.DeviceId ? "req" : QueueType(qid, d.NumVqs);
+    }
+
     private static void DevVstatsShow(DeviceRegistry registry, ControlArgs a, Utf8JsonWriter w)
     {
         string name = a.RequiredString("name", 32);
@@ -559,7 +566,7 @@ public static class ControlCommands
     {
         var s = d.GetVqStats(q);
         w.WriteNumber("queue_index", q);
-        w.WriteString("queue_type", d.GetDeviceId() == VirtioBlk.DeviceId ? "req" : QueueType(q, d.NumVqs));
+        w.WriteString("queue_type", QueueType(d, q));
         WriteCounters(w, s);
         return s;
     }

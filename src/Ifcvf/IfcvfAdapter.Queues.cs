@@ -85,6 +85,7 @@ public sealed partial class IfcvfAdapter
                 {
                     throw new IfcvfDeviceException($"{Name}: queue {qid} did not enable (size {_hw.GetVqNum(qid)} refused?)");
                 }
+                RingDeferredKick(qid);
             }
             else if (!_useLm)
             {
@@ -96,6 +97,10 @@ public sealed partial class IfcvfAdapter
             else if (_hw.GetVqReady(qid))
             {
                 _hw.DisableVqAndWait(qid);
+            }
+            if (!ready)
+            {
+                Volatile.Write(ref _deferredKick[qid], 0); // a kick for a queue the front-end stops is moot
             }
         }
     }
@@ -164,7 +169,27 @@ public sealed partial class IfcvfAdapter
             ThrowBadQueue(qid);
         }
         Interlocked.Increment(ref _kicks[qid]);
+        if (Volatile.Read(ref _suspended[qid]))
+        {
+            // Suspend disabled the queue: a doorbell now would be a notification for a queue that is not
+            // enabled (VIRTIO 1.2 §4.1.5.2). Resume rings it once the queue runs again.
+            Volatile.Write(ref _deferredKick[qid], 1);
+            if (Volatile.Read(ref _suspended[qid]) || Interlocked.Exchange(ref _deferredKick[qid], 0) == 0)
+            {
+                return;
+            }
+            // Resume re-enabled the queue meanwhile and may have looked before this kick was recorded.
+        }
         _hw.NotifyQueue(qid);
+    }
+
+    /// <summary>Rings the doorbell a kick deferred while the queue was suspended (control lock held, queue enabled).</summary>
+    private void RingDeferredKick(int qid)
+    {
+        if (Interlocked.Exchange(ref _deferredKick[qid], 0) != 0)
+        {
+            _hw.NotifyQueue(qid);
+        }
     }
 
     /// <summary>

@@ -45,6 +45,7 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IVdpaDeviceDiagnostics, 
     private readonly bool[] _softStopped; // plain virtio: queue "stopped" until the next reset (no queue_enable=0)
     private readonly long[] _interrupts;
     private readonly bool[] _suspended; // queues Suspend disabled and Resume re-enables
+    private readonly int[] _deferredKick; // 1: a kick arrived while the queue was suspended (rung at resume)
     private bool _dirtyLogOn;
     private readonly Dictionary<(ulong Iova, ulong Size), bool> _dmaMaps = [];
     private bool _removed;
@@ -89,6 +90,7 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IVdpaDeviceDiagnostics, 
         _softStopped = new bool[NumVqs];
         _interrupts = new long[NumVqs];
         _suspended = new bool[NumVqs];
+        _deferredKick = new int[NumVqs];
         _vqCallbacks = new VdpaCallback?[NumVqs];
         HardwareFeatures = hw.GetDeviceFeatures();
         DeviceFeatures = HardwareFeatures;
@@ -393,6 +395,7 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IVdpaDeviceDiagnostics, 
         _hw.Reset();
         Array.Clear(_softStopped);
         Array.Clear(_suspended);
+        Array.Clear(_deferredKick);
         _dirtyLogOn = false;
     }
 
@@ -420,8 +423,8 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IVdpaDeviceDiagnostics, 
             {
                 if (!_suspended[q] && _hw.GetVqReady(q))
                 {
+                    Volatile.Write(ref _suspended[q], true); // first: kicks from now on wait for Resume (KickVq)
                     _hw.DisableVqAndWait(q);
-                    _suspended[q] = true;
                 }
             }
         }
@@ -440,12 +443,13 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IVdpaDeviceDiagnostics, 
                 {
                     continue;
                 }
-                _suspended[q] = false;
                 _hw.SetVqReady(q, true);
                 if (!_hw.GetVqReady(q))
                 {
                     throw new IfcvfDeviceException($"{Name}: queue {q} did not enable again on resume");
                 }
+                Volatile.Write(ref _suspended[q], false); // after the enable: KickVq rings the doorbell again
+                RingDeferredKick(q);
             }
         }
     }

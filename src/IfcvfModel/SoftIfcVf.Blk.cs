@@ -70,6 +70,13 @@ public sealed partial class SoftIfcVf : IBlkDevice
         }
     }
 
+    /// <summary>
+    /// Queues the common config offers (num_queues; a higher queue_select reads as absent, size 0): a block
+    /// VF provisioned with fewer queues offers only those, as its config's num_queues says, while the BARs
+    /// keep the built shape (<see cref="NumQueues"/> doorbells). Caller holds the register lock.
+    /// </summary>
+    private int OfferedQueues => _provisionedBlock is { } p ? Math.Min(p.NumQueues, NumQueues) : NumQueues;
+
     private void FillDeviceConfig(Span<byte> cfg)
     {
         if ((_provisionedBlock ?? _options.Block) is { } b)

@@ -127,7 +127,7 @@ public sealed partial class SoftIfcVf
             case MsixConfig when size == 2:
                 return _msixConfig;
             case VirtioPci.NumQueues when size == 2:
-                return (uint)NumQueues;
+                return (uint)OfferedQueues;
             case DeviceStatus when size == 1:
                 return ReadStatusRegister();
             case VirtioPci.ConfigGeneration when size == 1:
@@ -162,7 +162,7 @@ public sealed partial class SoftIfcVf
         return 0;
     }
 
-    private Queue? SelectedQueue => _queueSelect < _queues.Length ? _queues[_queueSelect] : null;
+    private Queue? SelectedQueue => _queueSelect < OfferedQueues ? _queues[_queueSelect] : null;
 
     private void WriteCommon(int off, int size, uint value)
     {

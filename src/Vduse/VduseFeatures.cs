@@ -76,9 +76,40 @@ public static class VduseFeatures
 
     /// <summary>
     /// Virtqueues the VDUSE device declares: for net one RX/TX pair (no MQ, no control queue without
-    /// CTRL_VQ); for any other class every queue the device has.
+    /// CTRL_VQ); for block the request queues its config offers (<c>num_queues</c> with MQ, else one), which is
+    /// what the kernel's virtio_blk asks virtio_vdpa for; for any other class every queue the device has.
+    /// <paramref name="features"/> are the ones offered (after <see cref="Filter"/>), <paramref name="config"/>
+    /// the device's config space. Throws <see cref="ArgumentException"/> when a block config does not fit
+    /// the device (no room for num_queues, 0 queues, or more than the device has).
     /// </summary>
-    public static int QueueCount(uint deviceId, int deviceQueues) => deviceId == DeviceIdNet ? Math.Min(2, deviceQueues) : deviceQueues;
+    public static int QueueCount(uint deviceId, int deviceQueues, ulong features, ReadOnlySpan<byte> config)
+    {
+        if (deviceId == DeviceIdNet)
+        {
+            return Math.Min(2, deviceQueues);
+        }
+        if (deviceId != DeviceIdBlock)
+        {
+            return deviceQueues;
+        }
+        if ((features & (1UL << VirtioBlk.F_MQ)) == 0)
+        {
+            return Math.Min(1, deviceQueues);
+        }
+        if (config.Length < VirtioBlkConfig.NumQueuesOff + 2)
+        {
+            throw new ArgumentException($"block device offers MQ but its {config.Length}-byte config space has no num_queues (offset {VirtioBlkConfig.NumQueuesOff})");
+        }
+        int n = config[VirtioBlkConfig.NumQueuesOff] | (config[VirtioBlkConfig.NumQueuesOff + 1] << 8);
+        if (n < 1 || n > deviceQueues)
+        {
+            throw new ArgumentException($"block config num_queues {n} does not fit the device's {deviceQueues} queues (1-{deviceQueues})");
+        }
+        return n;
+    }
+
+    /// <summary>Bytes of block config the kernel's virtio_blk always reads: capacity.</summary>
+    public const int BlkCapacityBytes = 8;
 
     private static string Names(ulong bits) => string.Join(' ', VirtioFeature.Names(bits));
 }

@@ -300,6 +300,7 @@ public sealed partial class BlkTests : IDisposable
             vf.ProvisionBlock(built with { Capacity = 4096, BlkSize = 4096, NumQueues = 1 }, readOnly: true);
         });
         ulong f = d.Adapter.GetDeviceFeatures();
+        Assert.Equal(1, d.Adapter.NumVqs); // common config num_queues: the provisioned count, not the built 2
         Assert.True(VirtioFeature.Has(f, VirtioBlk.F_RO));
         Assert.False(VirtioFeature.Has(f, VirtioBlk.F_MQ));
         Span<byte> raw = stackalloc byte[VirtioBlkConfig.Size];

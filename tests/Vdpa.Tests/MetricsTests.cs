@@ -80,6 +80,21 @@ public class MeterTests
         Assert.Equal(1, Collect()[("ifcvf.device.needs_reset", "device=vdpa0")]);
     }
 
+    /// <summary>A block VF's queues are request queues: the metrics say `req`, as `dev vstats show` does, never rx/tx.</summary>
+    [Fact]
+    public void BlockQueuesAreLabelledReqLikeVstats()
+    {
+        using var vf = IfcVdpa.IfcvfModel.SoftVf.CreateBlock(IfcVdpa.IfcvfModel.Backends.Blk.BlkBackend.Memory(1 << 20), 2, readOnly: false, 512, "sim:00:01.0",
+            new IfcVdpa.IfcvfModel.Datapath.EngineOptions());
+        using var a = IfcVdpa.Ifcvf.IfcvfAdapter.Probe(vf.Function, new IfcVdpa.Ifcvf.IfcvfAdapterOptions { Name = "blk0" });
+        using var meter = new IfcvfMeter(new MetricsSources { Devices = () => [a], VhostConnections = () => (0, 0) });
+        var seen = Collect();
+        Assert.Equal(0, seen[("ifcvf.queue.kicks", "device=blk0,queue=0,queue_type=req")]);
+        Assert.Equal(0, seen[("ifcvf.queue.kicks", "device=blk0,queue=1,queue_type=req")]);
+        Assert.DoesNotContain(seen.Keys, k => k.Item2.Contains("device=blk0", StringComparison.Ordinal) && !k.Item2.Contains("queue_type=req", StringComparison.Ordinal) && k.Item2.Contains("queue=", StringComparison.Ordinal));
+        Assert.Equal("req", IfcVdpa.Daemon.ControlCommands.QueueType(a, 1));
+    }
+
     private static Dictionary<(string, string), long> Collect()
     {
         var seen = new Dictionary<(string, string), long>();

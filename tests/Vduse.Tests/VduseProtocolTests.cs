@@ -87,7 +87,7 @@ public class VduseProtocolTests
         Assert.Equal(2, dropped.Count);
         Assert.Contains(dropped, d => d.Contains("CTRL_VQ", StringComparison.Ordinal) && d.Contains("MQ", StringComparison.Ordinal));
         Assert.Contains(dropped, d => d.Contains("NOTIFICATION_DATA", StringComparison.Ordinal));
-        Assert.Equal(2, VduseFeatures.QueueCount(VduseFeatures.DeviceIdNet, 3));
+        Assert.Equal(2, VduseFeatures.QueueCount(VduseFeatures.DeviceIdNet, 3, f, new byte[12]));
     }
 
     [Fact]
@@ -98,12 +98,11 @@ public class VduseProtocolTests
     }
 
     [Fact]
-    public void BlockFeaturesLoseWritableConfigAndKeepEveryQueue()
+    public void BlockFeaturesLoseWritableConfig()
     {
         ulong f = VduseFeatures.Filter(VduseFeatures.DeviceIdBlock, Bit(F_VERSION_1) | (1UL << 11) | (1UL << 9), out var dropped);
         Assert.Equal(Bit(F_VERSION_1) | Bit(F_ACCESS_PLATFORM) | (1UL << 9), f);
         Assert.Single(dropped);
-        Assert.Equal(4, VduseFeatures.QueueCount(VduseFeatures.DeviceIdBlock, 4));
     }
 
     [Fact]

@@ -5,6 +5,7 @@ using IfcVdpa.IfcvfModel.Backends;
 using IfcVdpa.IfcvfModel.Datapath;
 using IfcVdpa.Interop.Primitives;
 using IfcVdpa.Vdpa;
+using IfcVdpa.Virtio;
 
 namespace IfcVdpa.VhostUser.Tests;
 
@@ -70,7 +71,10 @@ public sealed class RealDevice : IDisposable
 {
     public RealDevice(int pairs = 1, EngineMode mode = EngineMode.Event, NetBackend? backend = null, string address = "sim:07.0", Action<string>? log = null, ulong extraFeatures = 0, IReadOnlySet<int>? refuseQueueEnable = null, bool dirtyLog = true)
     {
-        Vf = new SoftIfcVf(new SoftIfcVfOptions { Address = address, QueuePairs = pairs, DeviceFeatures = SoftIfcVfOptions.DefaultFeatures | extraFeatures, RefuseQueueEnable = refuseQueueEnable, DirtyLog = dirtyLog });
+        // Strict (issue 17 part 3): a register rule the project's driver broke while serving the front-end would
+        // set NEEDS_RESET; Dispose checks that nothing but the front-end's own ring faults and the IFC VF
+        // extensions was reported.
+        Vf = new SoftIfcVf(new SoftIfcVfOptions { Address = address, QueuePairs = pairs, DeviceFeatures = SoftIfcVfOptions.DefaultFeatures | extraFeatures, RefuseQueueEnable = refuseQueueEnable, DirtyLog = dirtyLog, Strict = true, Log = SpecLogs.Enqueue });
         Engine = new VirtioNetEngine(backend ?? NetBackend.Loopback(), new EngineOptions { Mode = mode, Log = log ?? (_ => { }) });
         Vf.AttachEngine(Engine);
         Adapter = IfcvfAdapter.Probe(Vf, new IfcvfAdapterOptions { Name = "vdpa-vu" });
@@ -82,8 +86,24 @@ public sealed class RealDevice : IDisposable
 
     public IfcvfAdapter Adapter { get; }
 
+    /// <summary>What the strict VF reported (the first violation of each rule).</summary>
+    public ConcurrentQueue<string> SpecLogs { get; } = new();
+
+    /// <summary>
+    /// The project's driver broke no rule: the only violations are IFC VF extensions (queue_enable = 0 on a
+    /// ring stop) and ring rules, which only the front-end's rings can break (a hostile front-end test).
+    /// </summary>
+    public void AssertDriverKeptTheRules()
+    {
+        foreach (var (rule, count) in Vf.Violations)
+        {
+            Assert.True(rule.Extension || rule.Rule >= SpecRule.AvailAhead, $"the project's driver broke {rule.Counter} x{count}: {string.Join(" | ", SpecLogs)}");
+        }
+    }
+
     public void Dispose()
     {
+        AssertDriverKeptTheRules();
         Adapter.Dispose();
         Vf.AttachEngine(null);
         Engine.Dispose();

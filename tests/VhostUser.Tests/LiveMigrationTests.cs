@@ -343,14 +343,17 @@ public sealed class LiveMigrationTests : IDisposable
         Assert.Equal(VdpaVqState.Split(3, 3), _f.Dev.Adapter.GetVqState(1));
 
         long doorbells = _f.Dev.Vf.DoorbellCount(1);
+        long kicks = _f.Dev.Adapter.GetKickCount(1);
         _f.Net.Send(1, VirtioNetFrontEnd.Frame(64, 4)); // kicked while suspended: not processed
-        Assert.True(SpinWait.SpinUntil(() => _f.Dev.Vf.DoorbellCount(1) > doorbells, 2000)); // the kick reached the device
-        Assert.False(_f.Dev.Vf.IsQueueRunning(1)); // ... whose queue is stopped: nothing can process it
+        Assert.True(SpinWait.SpinUntil(() => _f.Dev.Adapter.GetKickCount(1) > kicks, 2000)); // the kick reached the driver ...
+        Assert.Equal(doorbells, _f.Dev.Vf.DoorbellCount(1)); // ... which holds it: the queue is disabled (VIRTIO 1.2 §4.1.5.2)
+        Assert.False(_f.Dev.Vf.IsQueueRunning(1));
         Assert.Equal(3, _f.Mem.UsedIdx(1));
         Assert.Equal(3, _f.Mem.UsedIdx(0));
 
         _f.Dev.Adapter.Resume();
         Assert.False(_f.Dev.Adapter.Suspended);
+        Assert.Equal(doorbells + 1, _f.Dev.Vf.DoorbellCount(1)); // rung once the queue runs again
         Assert.Equal(VirtioNetFrontEnd.Frame(64, 4), _f.Net.Receive(0, 4));
         Assert.Equal(4, _f.Mem.UsedIdx(1));
         Assert.Equal(4u, Fe.GetVringBase(1));

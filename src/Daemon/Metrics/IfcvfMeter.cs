@@ -110,7 +110,7 @@ public sealed class IfcvfMeter : IDisposable
                 list.Add(new Measurement<long>(pick(s),
                     new KeyValuePair<string, object?>("device", d.Name),
                     new KeyValuePair<string, object?>("queue", QueueLabel(q)),
-                    new KeyValuePair<string, object?>("queue_type", ControlCommands.QueueType(q, n))));
+                    new KeyValuePair<string, object?>("queue_type", ControlCommands.QueueType(d, q))));
             }
         }
         return list;

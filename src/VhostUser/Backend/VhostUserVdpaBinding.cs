@@ -439,6 +439,7 @@ public sealed partial class VhostUserVdpaBinding : IDisposable
 
     private void Configure()
     {
+        long t0 = System.Diagnostics.Stopwatch.GetTimestamp(); // the start's share of a migrated guest's outage
         try
         {
             _device.Reset();
@@ -472,7 +473,7 @@ public sealed partial class VhostUserVdpaBinding : IDisposable
             _device.SetStatus(VirtioStatus.ACKNOWLEDGE | VirtioStatus.DRIVER | VirtioStatus.FEATURES_OK | VirtioStatus.DRIVER_OK);
             _relay ??= new KickRelay(_device, _options.Name, _log);
             UpdateRelay();
-            _log($"device {_device.Name} running: {started} rings, features 0x{toDevice:x}");
+            _log($"device {_device.Name} running: {started} rings, features 0x{toDevice:x} (started in {System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalMilliseconds:0.0} ms)");
             WireOn();
         }
         catch
@@ -598,6 +599,7 @@ public sealed partial class VhostUserVdpaBinding : IDisposable
             return;
         }
         _configured = false;
+        long t0 = System.Diagnostics.Stopwatch.GetTimestamp(); // at a switch-over: the back-end's share of QEMU's downtime
         _relay?.Update([]);
         for (int q = 0; q < _rings.Length; q++)
         {
@@ -622,7 +624,7 @@ public sealed partial class VhostUserVdpaBinding : IDisposable
         StopDeviceLog();
         ResetDevice();
         ReleaseRelay();
-        _log($"device {_device.Name} stopped");
+        _log($"device {_device.Name} stopped (in {System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalMilliseconds:0.0} ms)");
     }
 
     private void ResetDevice()
