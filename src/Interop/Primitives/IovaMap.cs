@@ -119,24 +119,15 @@ public sealed unsafe class IovaMap
             span = new Span<byte>((byte*)cache.Host, (int)length);
             return true;
         }
-        for (int i = 0; i < entries.Length; i++)
+        if (!Find(entries, iova, length, write, out nint host))
         {
-            ref readonly var e = ref entries[i];
-            ulong off = iova - e.Iova;
-            if (iova >= e.Iova && off < e.Size && length <= e.Size - off)
-            {
-                if (write && !e.Writable)
-                {
-                    break;
-                }
-                cache = new TranslationCache(entries, iova, length, write, e.Host + (nint)off);
-                span = new Span<byte>((byte*)cache.Host, (int)length);
-                return true;
-            }
+            cache = default;
+            span = default;
+            return false;
         }
-        cache = default;
-        span = default;
-        return false;
+        cache = new TranslationCache(entries, iova, length, write, host);
+        span = new Span<byte>((byte*)host, (int)length);
+        return true;
     }
 
     /// <summary>
@@ -145,7 +136,19 @@ public sealed unsafe class IovaMap
     /// </summary>
     public bool TryTranslate(ulong iova, uint length, bool write, out Span<byte> span)
     {
-        var entries = Volatile.Read(ref _entries);
+        if (Find(Volatile.Read(ref _entries), iova, length, write, out nint host))
+        {
+            span = new Span<byte>((byte*)host, (int)length);
+            return true;
+        }
+        span = default;
+        return false;
+    }
+
+    /// <summary>The host address of [iova, iova+length) if it lies wholly inside one entry that allows the access.</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+    private static bool Find(Entry[] entries, ulong iova, uint length, bool write, out nint host)
+    {
         // Few ranges in practice (guest RAM is 1-8 regions): a linear scan beats a binary search here.
         for (int i = 0; i < entries.Length; i++)
         {
@@ -157,11 +160,11 @@ public sealed unsafe class IovaMap
                 {
                     break;
                 }
-                span = new Span<byte>((byte*)e.Host + off, (int)length);
+                host = e.Host + (nint)off;
                 return true;
             }
         }
-        span = default;
+        host = 0;
         return false;
     }
 }
