@@ -219,7 +219,8 @@ public sealed class DpdkIfcvfBaseTests(ITestOutputHelper output)
         Assert.Equal(VirtioStatus.ACKNOWLEDGE | VirtioStatus.DRIVER | VirtioStatus.FEATURES_OK | VirtioStatus.DRIVER_OK, vfB.Status);
     }
 
-    private static SortedSet<ulong> SetBits(ReadOnlySpan<byte> log)
+    /// <summary>The page numbers whose bits are set in a dirty-log bitmap (shared with the block VF tests).</summary>
+    internal static SortedSet<ulong> SetBits(ReadOnlySpan<byte> log)
     {
         var pages = new SortedSet<ulong>();
         for (int i = 0; i < log.Length; i++)

@@ -206,13 +206,13 @@ public sealed class DpdkIfcvfBlkTests(ITestOutputHelper output)
                 }
             }
         }
-        Assert.Equal(expected, SetBits(log.Span(0, (int)logBytes)));
+        Assert.Equal(expected, DpdkIfcvfBaseTests.SetBits(log.Span(0, (int)logBytes)));
 
         rig.Harness.DisableLogging(DpdkBlkVf.Dev);
         Assert.False(vf.DirtyLog.Enabled);
         log.Span(0, (int)logBytes).Clear();
         Assert.Equal(VirtioBlk.S_OK, rig.Run(0, BlkReq.Read(0, 4096))[0].Status);
-        Assert.Empty(SetBits(log.Span(0, (int)logBytes)));
+        Assert.Empty(DpdkIfcvfBaseTests.SetBits(log.Span(0, (int)logBytes)));
         Assert.Equal(0, vf.ViolationTotal);
         Assert.Empty(rig.Harness.Warnings);
     }
@@ -289,21 +289,5 @@ public sealed class DpdkIfcvfBlkTests(ITestOutputHelper output)
         Assert.Equal(DpdkBlkVf.ExpectedSerial(), rig.Memory.Span(id, VirtioBlk.IdBytes).ToArray());
         Assert.Equal(((ushort)(done + 1), (ushort)(done + 1)), rig.Harness.StopHw(DpdkBlkVf.Dev)[0]);
         Assert.Empty(rig.Harness.Warnings);
-    }
-
-    private static SortedSet<ulong> SetBits(ReadOnlySpan<byte> log)
-    {
-        var pages = new SortedSet<ulong>();
-        for (int i = 0; i < log.Length; i++)
-        {
-            for (int bit = 0; bit < 8; bit++)
-            {
-                if ((log[i] & (1 << bit)) != 0)
-                {
-                    pages.Add(((ulong)i * 8) + (ulong)bit);
-                }
-            }
-        }
-        return pages;
     }
 }
