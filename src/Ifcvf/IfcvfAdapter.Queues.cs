@@ -169,18 +169,32 @@ public sealed partial class IfcvfAdapter
             ThrowBadQueue(qid);
         }
         Interlocked.Increment(ref _kicks[qid]);
-        if (Volatile.Read(ref _suspended[qid]))
+        Interlocked.Increment(ref _kicksInFlight);
+        try
         {
-            // Suspend disabled the queue: a doorbell now would be a notification for a queue that is not
-            // enabled (VIRTIO 1.2 §4.1.5.2). Resume rings it once the queue runs again.
-            Volatile.Write(ref _deferredKick[qid], 1);
-            if (Volatile.Read(ref _suspended[qid]) || Interlocked.Exchange(ref _deferredKick[qid], 0) == 0)
+            if (Volatile.Read(ref _kickGate) == 0)
             {
+                // No DRIVER_OK (before the start, or a reset/stop under way): DRIVER_OK rings it (OpenKickGate).
+                Volatile.Write(ref _deferredKick[qid], 1);
                 return;
             }
-            // Resume re-enabled the queue meanwhile and may have looked before this kick was recorded.
+            if (Volatile.Read(ref _suspended[qid]))
+            {
+                // Suspend disabled the queue: a doorbell now would be a notification for a queue that is not
+                // enabled (VIRTIO 1.2 §4.1.5.2). Resume rings it once the queue runs again.
+                Volatile.Write(ref _deferredKick[qid], 1);
+                if (Volatile.Read(ref _suspended[qid]) || Interlocked.Exchange(ref _deferredKick[qid], 0) == 0)
+                {
+                    return;
+                }
+                // Resume re-enabled the queue meanwhile and may have looked before this kick was recorded.
+            }
+            _hw.NotifyQueue(qid);
         }
-        _hw.NotifyQueue(qid);
+        finally
+        {
+            Interlocked.Decrement(ref _kicksInFlight);
+        }
     }
 
     /// <summary>Rings the doorbell a kick deferred while the queue was suspended (control lock held, queue enabled).</summary>

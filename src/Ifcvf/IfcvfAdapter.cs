@@ -45,7 +45,9 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IVdpaDeviceDiagnostics, 
     private readonly bool[] _softStopped; // plain virtio: queue "stopped" until the next reset (no queue_enable=0)
     private readonly long[] _interrupts;
     private readonly bool[] _suspended; // queues Suspend disabled and Resume re-enables
-    private readonly int[] _deferredKick; // 1: a kick arrived while the queue was suspended (rung at resume)
+    private readonly int[] _deferredKick; // 1: a kick arrived while the queue was suspended or the device not running (rung later)
+    private int _kickGate;                // 1 while DRIVER_OK is set: kicks go to the doorbell; 0: they wait (KickVq)
+    private int _kicksInFlight;           // KickVq calls past the gate check (CloseKickGate waits for them)
     private bool _dirtyLogOn;
     private readonly Dictionary<(ulong Iova, ulong Size), bool> _dmaMaps = [];
     private bool _removed;
@@ -365,9 +367,46 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IVdpaDeviceDiagnostics, 
             }
             else if (!wantOk && hadOk)
             {
+                CloseKickGate();
                 QuiesceIrqs();
             }
             _hw.SetStatus(status);
+            if (wantOk && !hadOk)
+            {
+                OpenKickGate();
+            }
+        }
+    }
+
+    /// <summary>
+    /// Kicks reach the doorbell only while DRIVER_OK is set (VIRTIO 1.2 §3.1.1: no notification before it).
+    /// Closing waits for kicks already past the check, so none lands on a device being reset or stopped.
+    /// </summary>
+    private void CloseKickGate()
+    {
+        Interlocked.Exchange(ref _kickGate, 0);
+        var spin = default(SpinWait);
+        while (Volatile.Read(ref _kicksInFlight) != 0)
+        {
+            spin.SpinOnce(sleep1Threshold: -1);
+        }
+    }
+
+    /// <summary>Opens the gate at DRIVER_OK and rings, once, what was kicked while it was closed (queues enabled only).</summary>
+    private void OpenKickGate()
+    {
+        Interlocked.Exchange(ref _kickGate, 1);
+        var spin = default(SpinWait);
+        while (Volatile.Read(ref _kicksInFlight) != 0)
+        {
+            spin.SpinOnce(sleep1Threshold: -1); // a kick that saw the gate closed records itself before it leaves
+        }
+        for (int q = 0; q < NumVqs; q++)
+        {
+            if (!Volatile.Read(ref _suspended[q]) && _hw.GetVqReady(q))
+            {
+                RingDeferredKick(q);
+            }
         }
     }
 
@@ -386,6 +425,7 @@ public sealed partial class IfcvfAdapter : IVdpaDevice, IVdpaDeviceDiagnostics, 
 
     private void ResetLocked()
     {
+        CloseKickGate();
         QuiesceIrqs();
         for (int q = 0; q < NumVqs; q++)
         {

@@ -43,6 +43,58 @@ public class IfcvfHwTests
     }
 
     [Fact]
+    public void KicksWaitForDriverOkAndNoneReachesADeviceBeingReset()
+    {
+        using var vf = new SoftIfcVf(new SoftIfcVfOptions { Strict = true });
+        using var a = IfcvfAdapter.Probe(vf);
+        using var mem = MappedMemory.Allocate(0x10_0000);
+        a.DmaMap(Ring(0), mem.All, writable: true);
+        a.Reset();
+        a.SetStatus(VirtioStatus.ACKNOWLEDGE | VirtioStatus.DRIVER);
+        a.SetDriverFeatures(NetFeatures);
+        a.SetStatus(VirtioStatus.ACKNOWLEDGE | VirtioStatus.DRIVER | VirtioStatus.FEATURES_OK);
+        foreach (int q in new[] { 0, 1 })
+        {
+            a.SetVqNum(q, 256);
+            a.SetVqAddress(q, Ring(q), Ring(q) + 0x4000, Ring(q) + 0x8000);
+            a.SetVqState(q, VdpaVqState.Split(0, 0));
+            a.SetVqReady(q, true);
+        }
+        a.KickVq(1); // a front-end's kick before DRIVER_OK (vhost-user sends them): it must wait
+        Assert.Equal(0, vf.ViolationCount(SpecRule.NotifyBeforeDriverOk));
+        Assert.Equal(0, a.GetVqStats(1).Kicks);
+        a.SetStatus(VirtioStatus.ACKNOWLEDGE | VirtioStatus.DRIVER | VirtioStatus.FEATURES_OK | VirtioStatus.DRIVER_OK);
+        Assert.Equal(1, a.GetVqStats(1).Kicks); // rung once, at DRIVER_OK
+        Assert.Equal(0, a.GetVqStats(0).Kicks);
+
+        // Kicks racing a reset (a relay thread against the control path): none may reach the device without DRIVER_OK.
+        using var stop = new CancellationTokenSource();
+        var kicker = Task.Run(() =>
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                a.KickVq(1);
+            }
+        });
+        for (int i = 0; i < 200; i++)
+        {
+            a.Reset();
+            a.SetStatus(VirtioStatus.ACKNOWLEDGE | VirtioStatus.DRIVER);
+            a.SetDriverFeatures(NetFeatures);
+            a.SetStatus(VirtioStatus.ACKNOWLEDGE | VirtioStatus.DRIVER | VirtioStatus.FEATURES_OK);
+            a.SetVqNum(1, 256);
+            a.SetVqAddress(1, Ring(1), Ring(1) + 0x4000, Ring(1) + 0x8000);
+            a.SetVqReady(1, true);
+            a.SetStatus(VirtioStatus.ACKNOWLEDGE | VirtioStatus.DRIVER | VirtioStatus.FEATURES_OK | VirtioStatus.DRIVER_OK);
+        }
+        stop.Cancel();
+        kicker.Wait();
+        Assert.Equal(0, vf.ViolationCount(SpecRule.NotifyBeforeDriverOk));
+        Assert.Equal(0, vf.ViolationCount(SpecRule.NotifyDisabledQueue));
+        Assert.Equal(0, vf.Status & VirtioStatus.NEEDS_RESET);
+    }
+
+    [Fact]
     public void InitFindsCapabilitiesQueuesAndLmBlock()
     {
         using var vf = new SoftIfcVf(new SoftIfcVfOptions { QueuePairs = 2 });
