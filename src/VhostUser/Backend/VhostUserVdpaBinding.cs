@@ -373,11 +373,10 @@ public sealed partial class VhostUserVdpaBinding : IDisposable
         bool wasRunning = r.Running;
         if (wasRunning)
         {
+            // The first ring QEMU stops while logging is the switch-over: the wire goes off before the ring
+            // stops, so no frame reaches this port in the window while the other rings are still stopped.
+            WireOffAtSwitchOver();
             StopQueue(q);
-            if (_rings.All(x => !x.Running))
-            {
-                WireOffAtSwitchOver(); // the last ring stopped by GET_VRING_BASE while logging: the switch-over
-            }
         }
         r.Addr = null;
         r.Kick?.Dispose();
