@@ -15,14 +15,21 @@ public sealed partial class BlkTests
 
     private static TestNic ManualDisk(string image) => Disk(image); // Manual engine, its log in TestNic.Logs
 
+    /// <summary>A one-queue disk on <paramref name="image"/> with <paramref name="region"/> as its inflight buffer, started.</summary>
+    private static TestNic StartWithInflight(string image, MappedMemory region)
+    {
+        var d = ManualDisk(image);
+        d.Blk.SetInflight(0, region.All);
+        d.Start(Features, size: QSize, queues: 1);
+        return d;
+    }
+
     [Fact]
     public void DeviceMarksRequestsInFlightAndClearsThemWhenUsed()
     {
         string img = NewImage();
         using var region = MappedMemory.Allocate(VhostInflight.QueueRegionSize(QSize));
-        using var d = ManualDisk(img);
-        d.Blk.SetInflight(0, region.All);
-        d.Start(Features, size: QSize, queues: 1);
+        using var d = StartWithInflight(img, region);
         var a = Add(d, 0, VirtioBlk.T_OUT, 0, outData: Pattern(4096, 1));
         var b = Add(d, 0, VirtioBlk.T_OUT, 8, outData: Pattern(4096, 2));
         var span = region.Span(0, (int)region.Length);
@@ -47,9 +54,7 @@ public sealed partial class BlkTests
         string img = NewImage();
         using var region = MappedMemory.Allocate(VhostInflight.QueueRegionSize(QSize));
         var span = region.Span(0, (int)region.Length);
-        using var d = ManualDisk(img);
-        d.Blk.SetInflight(0, region.All);
-        d.Start(Features, size: QSize, queues: 1);
+        using var d = StartWithInflight(img, region);
         Assert.Equal(VirtioBlk.S_OK, Complete(d, 0, Add(d, 0, VirtioBlk.T_OUT, 0, outData: Pattern(4096, 1))).Status);
         Assert.Equal(VirtioBlk.S_OK, Complete(d, 0, Add(d, 0, VirtioBlk.T_OUT, 8, outData: Pattern(4096, 2))).Status);
         d.Adapter.Reset(); // the back-end is gone
@@ -80,9 +85,7 @@ public sealed partial class BlkTests
     {
         string img = NewImage();
         using var region = MappedMemory.Allocate(VhostInflight.QueueRegionSize(QSize));
-        using var d = ManualDisk(img);
-        d.Blk.SetInflight(0, region.All);
-        d.Start(Features, size: QSize, queues: 1);
+        using var d = StartWithInflight(img, region);
         d.Blk.PollOnce();
         Assert.Equal(0, d.Blk.GetQueueCounters(0).Interrupts);
         Assert.Equal(VirtioBlk.S_OK, Complete(d, 0, Add(d, 0, VirtioBlk.T_OUT, 0, outData: Pattern(4096, 1))).Status);
