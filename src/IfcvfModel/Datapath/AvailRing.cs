@@ -36,7 +36,7 @@ internal static class AvailRing
         }
         ushort ai = SharedIndex.Load16(v.Avail, SplitRing.AvailIdx);
         ushort pending = (ushort)(ai - q.LastAvail);
-        if ((ushort)(ai - q.LastUsed) > q.Size)
+        if (RunsAhead(q, ai))
         {
             // More chains outstanding than the ring has entries (each takes a descriptor), or idx went back.
             fault = AheadFault(q, ai);
@@ -45,6 +45,10 @@ internal static class AvailRing
         q.AvailIdxCache = ai;
         return pending != 0;
     }
+
+    /// <summary>Split: an avail idx more entries ahead of the used idx than the ring has (or one that went back).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static bool RunsAhead(Virtqueue q, ushort availIdx) => (ushort)(availIdx - q.LastUsed) > q.Size;
 
     [MethodImpl(MethodImplOptions.NoInlining)]
     private static string AheadFault(Virtqueue q, ushort ai) =>
@@ -107,7 +111,7 @@ internal static class AvailRing
         }
         ushort ai = SharedIndex.Load16(v.Avail, SplitRing.AvailIdx);
         int pending = (ushort)(ai - q.LastAvail);
-        if ((ushort)(ai - q.LastUsed) > q.Size)
+        if (RunsAhead(q, ai))
         {
             return 0; // HasChain reports it
         }
