@@ -275,12 +275,15 @@ public sealed partial class VhostUserVdpaBinding
         {
             return;
         }
+        long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
         Teardown("carrier off", () =>
         {
             if (_inject.SetWireCarrier(false))
             {
                 _wireOff = true;
-                _log($"device {_device.Name} stopped while logging (migration switch-over): carrier of its wire off, the guest's frames go to the other ports");
+                double ms = System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
+                _log(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                    $"device {_device.Name} stopped while logging (migration switch-over): carrier of its wire off (in {ms:0.00} ms), the guest's frames go to the other ports"));
             }
         });
     }

@@ -1,3 +1,4 @@
+using System.Globalization;
 using IfcVdpa.Interop.Primitives;
 using IfcVdpa.Vdpa;
 using IfcVdpa.Virtio;
@@ -620,10 +621,15 @@ public sealed partial class VhostUserVdpaBinding : IDisposable
                 MarkUsedRing(q);
             }
         }
+        long tRings = System.Diagnostics.Stopwatch.GetTimestamp();
         StopDeviceLog();
+        long tLog = System.Diagnostics.Stopwatch.GetTimestamp();
         ResetDevice();
+        long tReset = System.Diagnostics.Stopwatch.GetTimestamp();
         ReleaseRelay();
-        _log($"device {_device.Name} stopped (in {System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalMilliseconds:0.0} ms)");
+        static double Ms(long from, long to) => System.Diagnostics.Stopwatch.GetElapsedTime(from, to).TotalMilliseconds;
+        _log(string.Create(CultureInfo.InvariantCulture,
+            $"device {_device.Name} stopped (in {Ms(t0, System.Diagnostics.Stopwatch.GetTimestamp()):0.0} ms: rings {Ms(t0, tRings):0.0}, dirty log {Ms(tRings, tLog):0.0}, reset {Ms(tLog, tReset):0.0})"));
     }
 
     private void ResetDevice()
