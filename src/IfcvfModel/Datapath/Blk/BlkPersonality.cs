@@ -28,6 +28,9 @@ internal abstract class BlkPersonality : IDevicePersonality
 
     public abstract bool OnKick(int queue);
 
+    /// <summary>Requests a queue runner found only when its sleep timed out (no wake-up came for them).</summary>
+    public abstract long MissedDoorbells { get; }
+
     public abstract void Dispose();
 }
 
@@ -58,6 +61,7 @@ internal sealed class BlkPersonality<TStore>(VirtqueueEngine engine, BlkBackend 
     private QueueRunner[] _runners = [];
     private volatile BlkContext? _ctx;
     private volatile bool _stopping;
+    private long _missedDoorbells;
     private readonly MemorySlice?[] _inflight = new MemorySlice?[64]; // per queue; changed only while the queue is stopped
 
     public override void Attach(IVirtqueueDevice device)
@@ -213,13 +217,11 @@ internal sealed class BlkPersonality<TStore>(VirtqueueEngine engine, BlkBackend 
             {
                 continue;
             }
-            long kicks = Interlocked.Read(ref q.Kicks);
             bool running = engine.IsRunning(q);
-            if ((kicks != r.SeenKicks && Volatile.Read(ref r.Sleeping) != 0) || (running && !r.SeenRunning))
+            if (running && !r.SeenRunning)
             {
-                r.Wake.Signal(); // a safety net for doorbells (OnKick wakes the runner itself) and a queue start
+                r.Wake.Signal(); // a queue start (doorbells wake the runner themselves: OnKick)
             }
-            r.SeenKicks = kicks;
             r.SeenRunning = running;
         }
         return work;
@@ -231,6 +233,8 @@ internal sealed class BlkPersonality<TStore>(VirtqueueEngine engine, BlkBackend 
     /// core counted the doorbell with a full fence before this read; so either the runner sees the new request
     /// or this sees it sleeping. Manual and Poll mode: nothing to wake here (the worker or the runner's spin).
     /// </summary>
+    public override long MissedDoorbells => Interlocked.Read(ref _missedDoorbells);
+
     public override bool OnKick(int queue)
     {
         if (engine.Mode != EngineMode.Event || (uint)queue >= (uint)_runners.Length)
@@ -293,6 +297,11 @@ internal sealed class BlkPersonality<TStore>(VirtqueueEngine engine, BlkBackend 
             }
             if (done > 0)
             {
+                if (r.TimedOut)
+                {
+                    Interlocked.Increment(ref _missedDoorbells); // the safety net found what no doorbell woke us for
+                }
+                r.TimedOut = false;
                 if (r.Sleeping != 0)
                 {
                     Volatile.Write(ref r.Sleeping, 0);
@@ -307,12 +316,14 @@ internal sealed class BlkPersonality<TStore>(VirtqueueEngine engine, BlkBackend 
             if (r.Sleeping == 0)
             {
                 // Announce the sleep, then look at the ring once more: a doorbell after that look wakes us (OnKick).
+                r.TimedOut = false;
                 Volatile.Write(ref r.Sleeping, 1);
                 Interlocked.MemoryBarrier();
                 continue;
             }
             // Sleep until a doorbell (OnKick) or the worker (a queue start) wakes us; the timeout is a safety net.
-            if (r.Wake.WaitReadable(200))
+            r.TimedOut = !r.Wake.WaitReadable(200);
+            if (!r.TimedOut)
             {
                 r.Wake.TryConsume(out _);
             }
@@ -498,11 +509,13 @@ internal sealed class BlkPersonality<TStore>(VirtqueueEngine engine, BlkBackend 
 
         /// <summary>The virtio rule behind <see cref="PendingFault"/> (written before it).</summary>
         public SpecRule PendingRule;
-        public long SeenKicks;
         public bool SeenRunning;
 
         /// <summary>1 while the runner is about to sleep or sleeps (doorbells must wake it), 0 while it runs.</summary>
         public int Sleeping;
+
+        /// <summary>The last sleep ended by its timeout, not by a wake-up.</summary>
+        public bool TimedOut;
         public bool LoggedBad;
         public bool LoggedIo;
         public ushort[] Batch = [];

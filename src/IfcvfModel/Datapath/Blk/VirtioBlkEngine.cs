@@ -45,6 +45,12 @@ public sealed class VirtioBlkEngine : IVirtqueueEngine, IQueueStatsSource, IDisp
 
     public BlkBackend Backend { get; }
 
+    /// <summary>
+    /// Times a queue runner (Event mode) found requests only when its sleep timed out, 200 ms later: a doorbell
+    /// that did not wake it. 0 while the wake-up protocol holds; a diagnostic for tests and metrics.
+    /// </summary>
+    public long MissedDoorbells => _factory.Created?.MissedDoorbells ?? 0;
+
     public EngineMode Mode => _core.Mode;
 
     public void StartQueue(IVirtqueueDevice device, in QueueStart start) => _core.StartQueue(device, start);
