@@ -15,7 +15,8 @@ namespace IfcVdpa.IfcvfModel.Datapath.Blk;
 //
 // Queues: request queues 0..N-1 (VIRTIO_BLK_F_MQ when N > 1). Each queue has its own I/O thread
 // that takes requests in avail order, does the I/O synchronously into guest memory and completes it
-// before it takes the next; the core's worker only passes doorbells on and turns ring errors into
+// before it takes the next; a doorbell wakes its queue's thread directly (BlkPersonality.OnKick), the
+// core's worker only wakes a thread whose queue starts and turns ring errors into
 // NEEDS_RESET. Split and packed rings, EVENT_IDX, indirect descriptors come from the core.
 // ================================================================================================
 
