@@ -335,6 +335,8 @@ public sealed class VirtioNetDriver : IDisposable
             ushort numBuffers = mrg ? BinaryPrimitives.ReadUInt16LittleEndian(buf[VirtioNetHeader.NumBuffers..]) : (ushort)1;
             if (numBuffers <= 1)
             {
+                // Counted before delivery: whoever has seen the frame in the handler sees it counted.
+                Interlocked.Increment(ref _rxFrames);
                 _onFrame?.Invoke(buf.Slice(VirtioNetHeader.Size, frameLen));
                 q.Post(id, q.BufferSize, true);
             }
@@ -356,15 +358,14 @@ public sealed class VirtioNetDriver : IDisposable
                 }
                 if (ok)
                 {
+                    Interlocked.Increment(ref _rxFrames);
                     _onFrame?.Invoke(_assembly.AsSpan(0, total));
                 }
                 else
                 {
                     Interlocked.Increment(ref _rxErrors);
-                    continue;
                 }
             }
-            Interlocked.Increment(ref _rxFrames);
         }
         if (any && q.Publish())
         {
