@@ -213,7 +213,7 @@ public sealed class FrontendDirtyLogTests : IDisposable
         // every frame exactly once, in order
         Assert.Equal(Enumerable.Range(0, 170), got);
         Assert.Equal((170, 170, 0), (drv.Counters.RxFrames, drv.Counters.TxFrames, drv.Counters.TxDrops));
-        Assert.Equal(0, received.Count);
+        Assert.Empty(received);
     }
 
     [Fact]
