@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using System.Diagnostics;
 using IfcVdpa.IfcvfModel.Backends;
 using IfcVdpa.IfcvfModel.Datapath;
+using IfcVdpa.Interop.Primitives;
 
 namespace IfcVdpa.Datapath.Tests;
 
@@ -252,6 +253,28 @@ public class BackendTests
         finally
         {
             Run("ip", $"netns del {ns}");
+        }
+    }
+
+    /// <summary>
+    /// TUNSETCARRIER alone leaves the change to the kernel's link watcher, which applies a carrier-off (not
+    /// urgent) up to a second after its previous run; meanwhile a bridge keeps sending the guest's frames to
+    /// the port (a ping lost in a migration's switch-over). <see cref="TapDevice.SetCarrier"/> applies the
+    /// change before it returns: right after the watcher ran for a carrier-on, the carrier-off shows at once.
+    /// </summary>
+    [Fact]
+    public void TapCarrierOffTakesEffectBeforeSetCarrierReturns()
+    {
+        string name = $"dpc{Environment.ProcessId % 100000}";
+        using var tap = TapDevice.Open(name, vnetHeader: true);
+        Run("ip", $"link set {name} up");
+        string Oper() => File.ReadAllText($"/sys/class/net/{name}/operstate").Trim();
+        for (int round = 0; round < 3; round++)
+        {
+            Assert.Equal(0, tap.SetCarrier(true));
+            Assert.NotEqual("down", Oper()); // "up", or "unknown" before any carrier change
+            Assert.Equal(0, tap.SetCarrier(false));
+            Assert.Equal("down", Oper());
         }
     }
 

@@ -2,7 +2,7 @@ using System.Runtime.InteropServices;
 
 namespace IfcVdpa.Interop.Native;
 
-/// <summary>TUN/TAP (linux/if_tun.h), open(2), ioctl(2), sched_setaffinity(2) and sched_getaffinity(2).</summary>
+/// <summary>TUN/TAP (linux/if_tun.h), ETHTOOL_GLINK, open(2), ioctl(2), sched_setaffinity(2) and sched_getaffinity(2).</summary>
 internal static partial class Libc
 {
     public const int O_RDWR = 0x2;
@@ -19,12 +19,32 @@ internal static partial class Libc
     public const short IFF_VNET_HDR = 0x4000;
     public const int IFNAMSIZ = 16;
 
+    // linux/sockios.h, linux/ethtool.h
+    public const uint SIOCETHTOOL = 0x8946;
+    public const uint ETHTOOL_GLINK = 0x0000000a;
+
     /// <summary>struct ifreq as TUNSETIFF reads it: the name, then ifr_flags; 40 bytes in all.</summary>
     [StructLayout(LayoutKind.Sequential, Size = 40)]
     public unsafe struct IfReq
     {
         public fixed byte Name[IFNAMSIZ];
         public short Flags;
+    }
+
+    /// <summary>struct ifreq with ifr_data (a pointer to the request), as SIOCETHTOOL reads it; 40 bytes.</summary>
+    [StructLayout(LayoutKind.Sequential, Size = 40)]
+    public unsafe struct IfReqData
+    {
+        public fixed byte Name[IFNAMSIZ];
+        public void* Data;
+    }
+
+    /// <summary>struct ethtool_value: a command and its one 32-bit value.</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    public struct EthtoolValue
+    {
+        public uint Cmd;
+        public uint Data;
     }
 
     [LibraryImport(Lib, EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]

@@ -4,7 +4,7 @@ namespace IfcVdpa.Interop.Native;
 
 /// <summary>
 /// AF_UNIX socket calls and the SCM_RIGHTS ancillary-data layout (x86-64 / arm64 Linux, LP64).
-/// Used only by <see cref="Primitives.UnixSocket"/>. Kept apart from <c>Libc</c> so constants never clash
+/// Used by <see cref="Primitives.UnixSocket"/> (and <see cref="Primitives.TapDevice"/> for an ioctl socket). Kept apart from <c>Libc</c> so constants never clash
 /// with other engineers' additions there.
 /// </summary>
 internal static partial class LibcSocket
@@ -13,6 +13,7 @@ internal static partial class LibcSocket
 
     public const int AF_UNIX = 1;
     public const int SOCK_STREAM = 1;
+    public const int SOCK_DGRAM = 2;
     public const int SOCK_NONBLOCK = 0x800;
     public const int SOCK_CLOEXEC = 0x80000;
     public const int SOL_SOCKET = 1;

@@ -100,11 +100,44 @@ public sealed unsafe class TapDevice : IDisposable
     /// <summary>
     /// Sets the interface's carrier (TUNSETCARRIER): off, a bridge disables the port and forgets the MACs it
     /// learned there, so it floods frames for them to its other ports. Returns 0 or -errno.
+    /// The kernel applies a carrier change through its link watcher, which runs a change that is not urgent
+    /// (carrier off is not) up to a second after the previous run; until then a bridge still sends to this
+    /// port. So the change is applied at once here (<see cref="SyncLinkState"/>) before returning.
     /// </summary>
     public int SetCarrier(bool up)
     {
         int on = up ? 1 : 0;
-        return Libc.ioctl(_fd.Fd, Libc.TUNSETCARRIER, &on) == 0 ? 0 : -Errno.Last;
+        if (Libc.ioctl(_fd.Fd, Libc.TUNSETCARRIER, &on) != 0)
+        {
+            return -Errno.Last;
+        }
+        SyncLinkState();
+        return 0;
+    }
+
+    /// <summary>
+    /// ETHTOOL_GLINK on the interface: besides reading the link, the kernel (5.12+) first runs the link
+    /// watcher's pending event for the device, so operstate and the bridge port follow the carrier now.
+    /// Best effort: false if the interface is not found in this process's network namespace or is down
+    /// (then the kernel applies the change on its own, later).
+    /// </summary>
+    public bool SyncLinkState()
+    {
+        int s = LibcSocket.socket(LibcSocket.AF_UNIX, LibcSocket.SOCK_DGRAM | LibcSocket.SOCK_CLOEXEC, 0);
+        if (s < 0)
+        {
+            return false;
+        }
+        using var sock = new SafeFd(s);
+        var value = new Libc.EthtoolValue { Cmd = Libc.ETHTOOL_GLINK };
+        var req = default(Libc.IfReqData);
+        byte[] name = Encoding.ASCII.GetBytes(Name);
+        for (int i = 0; i < name.Length && i < Libc.IFNAMSIZ - 1; i++)
+        {
+            req.Name[i] = name[i];
+        }
+        req.Data = &value;
+        return Libc.ioctl(s, Libc.SIOCETHTOOL, &req) == 0;
     }
 
     /// <summary>Waits until a frame is readable or the timeout passes.</summary>
