@@ -9,7 +9,7 @@
 #   RUNS (or env RUNS, default 5) guest boots per back-end, interleaved (serve, qsd, qsd, serve, ...);
 #   SECONDS (or env SECS, default 5) measured per fio job, after RAMP=1 s of ramp-up.
 # Environment: QD=16 (fio iodepth), SIZE=256m (disk region the jobs use), BACKENDS="serve qsd",
-#   BACKEND_CPU=1, GUEST_CPU=0, ACCEL=tcg|kvm (default tcg: the same for every machine), SERVE_ARGS="" (extra
+#   JOBS="write:1m read:1m randwrite:4k randread:4k" (the fio jobs, rw:bs, in this order), BACKEND_CPU=1, GUEST_CPU=0, ACCEL=tcg|kvm (default tcg: the same for every machine), SERVE_ARGS="" (extra
 #   serve options, e.g. --poll).
 # Output: one table (stdout): per job the median [min..max] of each back-end and serve/qsd; per-run samples on
 # stderr. A run that yields no number fails loudly (logs kept) and the script exits 1. Details: bench/README.md.
@@ -23,7 +23,7 @@ size="${SIZE:-256m}"
 backends="${BACKENDS:-serve qsd}"
 be_cpu="${BACKEND_CPU:-1}"
 guest_cpu="${GUEST_CPU:-0}"
-jobs="write:1m read:1m randwrite:4k randread:4k"
+jobs="${JOBS:-write:1m read:1m randwrite:4k randread:4k}"
 work="$(mktemp -d /tmp/ifcvf-bench-blk.XXXXXX)"
 sock="$work/blk.sock"
 img="$work/disk.img"

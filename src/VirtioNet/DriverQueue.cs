@@ -57,6 +57,9 @@ internal sealed class DriverQueue
     public ulong AvailIova { get; }
     public ulong UsedIova { get; }
 
+    /// <summary>IOVA of buffer 0; the buffers follow each other (<see cref="BufferSize"/> bytes each).</summary>
+    public ulong BufferIova => UsedIova - _usedOff + _bufOff;
+
     /// <summary>First byte after this queue's memory (relative to the region).</summary>
     public ulong End { get; }
 

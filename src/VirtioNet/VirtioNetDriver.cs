@@ -181,6 +181,20 @@ public sealed class VirtioNetDriver : IDisposable
     /// <summary>Sets the handler for received frames (on the worker thread).</summary>
     public void SetFrameHandler(FrameHandler? handler) => _onFrame = handler;
 
+    /// <summary>
+    /// Where data queue <paramref name="qid"/> lives in the device's IOVA space: its used ring and its buffers
+    /// (what a device writes on RX; a dirty log must mark these pages).
+    /// </summary>
+    public (ulong UsedIova, ulong BufferIova, ulong BufferBytes) QueueArea(int qid)
+    {
+        if (qid < 0 || qid / 2 >= _rx.Length)
+        {
+            throw new ArgumentOutOfRangeException(nameof(qid), $"data queue {qid} does not exist ({_rx.Length} pairs)");
+        }
+        var q = (qid % 2 == 0 ? _rx : _tx)[qid / 2];
+        return (q.UsedIova, q.BufferIova, (ulong)q.Size * (ulong)q.BufferSize);
+    }
+
     private IEnumerable<DriverQueue> AllQueues()
     {
         for (int i = 0; i < _rx.Length; i++)

@@ -25,4 +25,11 @@ internal interface IDevicePersonality : IDisposable
 
     /// <summary>A file descriptor that should wake an event-mode worker besides doorbells, or -1.</summary>
     int WakeFd { get; }
+
+    /// <summary>
+    /// A doorbell on <paramref name="queue"/> (any thread, after the core counted it). Returns true when the
+    /// personality has woken what serves that queue itself, so the core leaves its worker asleep; false (the
+    /// default answer) and the core wakes the worker, which passes the doorbell on in its next round.
+    /// </summary>
+    bool OnKick(int queue);
 }

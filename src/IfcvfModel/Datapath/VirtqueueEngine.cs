@@ -167,7 +167,11 @@ internal sealed class VirtqueueEngine : IVirtqueueEngine, IQueueStatsSource, IDi
         var q = (uint)queue < (uint)_queues.Length ? _queues[queue] : null;
         if (q is not null)
         {
-            Interlocked.Increment(ref q.Kicks);
+            Interlocked.Increment(ref q.Kicks); // a full fence: the personality's OnKick reads its sleep flags after it
+            if (_personality.OnKick(queue))
+            {
+                return;
+            }
         }
         Wake();
     }

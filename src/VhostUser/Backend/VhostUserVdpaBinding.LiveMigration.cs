@@ -166,6 +166,11 @@ public sealed partial class VhostUserVdpaBinding
             throw new VhostUserRequestException($"guest memory reaches 0x{MemoryEnd(_memory):x}, where the relay's rings would be mapped for the device (0x{VringRelay.IovaBase:x})");
         }
         int[] running = [.. Enumerable.Range(0, _rings.Length).Where(q => _rings[q].Running)];
+        if (running.Length > 0 && PlainRings)
+        {
+            SwitchPlainDevice(want, running.Length);
+            return;
+        }
         foreach (int q in running)
         {
             StopQueue(q);
@@ -191,16 +196,63 @@ public sealed partial class VhostUserVdpaBinding
             : $"software relay off: {running.Length} ring(s) back on the guest's rings ({RelayedEntries} used entries relayed)");
     }
 
+    /// <summary>
+    /// True for a device that can neither stop one ring nor start a ring anywhere but position 0 (a plain
+    /// virtio function through VFIO: no ring state to read or write, queue_enable cannot be cleared).
+    /// </summary>
+    private bool PlainRings
+    {
+        get
+        {
+            if (_plainRings is null)
+            {
+                try
+                {
+                    _device.GetVqState(0);
+                    _plainRings = false;
+                }
+                catch (VdpaNotSupportedException)
+                {
+                    _plainRings = true;
+                }
+            }
+            return _plainRings.Value;
+        }
+    }
+
+    private bool? _plainRings;
+
+    /// <summary>
+    /// The relay switch on a plain virtio function. On: the whole device restarts (reset, then every ring
+    /// starts relayed at the device's position 0, the relay translating to the guest's positions; the
+    /// guest's outstanding buffers are offered again). Off: the rings stay on the relay, which stops marking,
+    /// because the device cannot start a ring at the guest's position; direct mode returns at the next
+    /// device start (a new front-end, or rings set up afresh).
+    /// </summary>
+    private void SwitchPlainDevice(bool on, int running)
+    {
+        if (!on)
+        {
+            _vringRelay?.SetLog(null);
+            _log($"software relay stops marking: {running} ring(s) stay on the relay (device {_device.Name} is a plain virtio function, which cannot start a ring at the guest's position; direct mode at its next start)");
+            return;
+        }
+        _log($"device {_device.Name} keeps no dirty log and cannot restart one ring (plain virtio function): resetting it to start its {running} ring(s) on the software relay");
+        Deconfigure();
+        Configure(); // UpdateDirtyLog -> UpdateRelayMode with no ring running: the rings then start relayed
+    }
+
     /// <summary>Starts ring <paramref name="q"/> (size already set) on the relay's mediated areas.</summary>
     private void StartRelayedQueue(int q, (ulong Desc, ulong Avail, ulong Used) gpa)
     {
         var r = _rings[q];
         var relay = _vringRelay!;
-        var (availIova, usedIova, interrupt) = relay.Prepare(q, r, gpa, Acked(VirtioFeature.F_RING_EVENT_IDX));
+        bool fromZero = PlainRings; // a plain function starts every ring at 0 after its reset
+        var (availIova, usedIova, interrupt) = relay.Prepare(q, r, gpa, Acked(VirtioFeature.F_RING_EVENT_IDX), fromZero);
         try
         {
             _device.SetVqAddress(q, gpa.Desc, availIova, usedIova);
-            _device.SetVqState(q, ResumeState(q, gpa.Used));
+            _device.SetVqState(q, fromZero ? default : ResumeState(q, gpa.Used));
             _device.SetVqCallback(q, VdpaCallback.ForEventFd(interrupt));
             _device.SetVqReady(q, true);
         }

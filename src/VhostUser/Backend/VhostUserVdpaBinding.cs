@@ -107,7 +107,7 @@ public sealed partial class VhostUserVdpaBinding : IDisposable
     public bool LoggingRequested => Acked(VirtioFeature.F_LOG_ALL) && _dirtyLog is not null;
 
     /// <summary>Whether every page the device writes is logged right now (its LM block programmed with our log, or the relay running).</summary>
-    public bool DeviceLogging => _deviceLog is not null || Relaying;
+    public bool DeviceLogging => _deviceLog is not null || (Relaying && LoggingRequested);
 
     /// <summary>Used-ring pages marked here (at ring stops), in the current log.</summary>
     public long UsedRingPagesMarked => _dirtyLog?.PagesMarked ?? 0;

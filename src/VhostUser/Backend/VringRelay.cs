@@ -59,8 +59,8 @@ internal sealed class VringRelay : IDisposable
 
     public bool IsRelayed(int q) => _rings[q] is not null;
 
-    /// <summary>The log marks go to from now on (returns once the relay thread uses it: the old one may then go).</summary>
-    public void SetLog(DirtyLogRegion log)
+    /// <summary>The log marks go to from now on, or none (returns once the relay thread uses it: the old one may then go).</summary>
+    public void SetLog(DirtyLogRegion? log)
     {
         _dirtyLog = log;
         UpdateSet();
@@ -74,7 +74,13 @@ internal sealed class VringRelay : IDisposable
     /// from the guest's (avail entries and idx, used idx) and DMA-mapped. Returns the device-side addresses
     /// and the eventfd the device's interrupt must signal. <see cref="Attach"/> then starts relaying.
     /// </summary>
-    public (ulong AvailIova, ulong UsedIova, EventFd Interrupt) Prepare(int q, Vring ring, (ulong Desc, ulong Avail, ulong Used) gpa, bool eventIdx)
+    /// <remarks>
+    /// <paramref name="fromZero"/>: the device starts the ring at position 0 (a plain virtio function after a
+    /// reset, which cannot start a ring anywhere else): the mediated ring then runs <c>guest used idx</c>
+    /// positions behind the guest's (<see cref="MediatedRing.Offset"/>), and the guest's outstanding avail
+    /// entries are offered again from there. Otherwise both sides share positions.
+    /// </remarks>
+    public (ulong AvailIova, ulong UsedIova, EventFd Interrupt) Prepare(int q, Vring ring, (ulong Desc, ulong Avail, ulong Used) gpa, bool eventIdx, bool fromZero = false)
     {
         if (_rings[q] is not null)
         {
@@ -89,12 +95,18 @@ internal sealed class VringRelay : IDisposable
                 throw new VhostUserRequestException($"ring {q}: rings outside guest memory, cannot relay");
             }
             var mAvail = m.Memory.Span(0, m.AvailBytes);
-            gAvail.Slice(SplitRing.AvailRing, 2 * (int)m.Num).CopyTo(mAvail[SplitRing.AvailRing..]);
             ushort availIdx = SharedIndex.Load16(gAvail, SplitRing.AvailIdx);
             ushort usedIdx = SharedIndex.Load16(gUsed, SplitRing.UsedIdx);
-            SharedIndex.Store16(mAvail, SplitRing.UsedEventOffset((int)m.Num), usedIdx);
-            SharedIndex.Store16(mAvail, SplitRing.AvailIdx, availIdx);
-            SharedIndex.Store16(m.Memory.Span(m.UsedOffset, m.UsedBytes), SplitRing.UsedIdx, usedIdx);
+            m.Offset = fromZero ? usedIdx : (ushort)0;
+            int n = Math.Min((ushort)(availIdx - usedIdx), (int)m.Num);
+            for (int i = 0; i < n; i++)
+            {
+                ushort at = (ushort)(usedIdx + i);
+                BinaryPrimitives.WriteUInt16LittleEndian(mAvail[m.MediatedAvailSlot(at)..], BinaryPrimitives.ReadUInt16LittleEndian(gAvail[GuestSlot(at, m.Num)..]));
+            }
+            SharedIndex.Store16(mAvail, SplitRing.UsedEventOffset((int)m.Num), (ushort)(usedIdx - m.Offset));
+            SharedIndex.Store16(mAvail, SplitRing.AvailIdx, (ushort)(availIdx - m.Offset));
+            SharedIndex.Store16(m.Memory.Span(m.UsedOffset, m.UsedBytes), SplitRing.UsedIdx, (ushort)(usedIdx - m.Offset));
             m.AvailSynced = availIdx;
             m.UsedDrained = usedIdx;
             // The guest must kick for every buffer from now on: no NO_NOTIFY the device left, avail_event current.
@@ -124,6 +136,10 @@ internal sealed class VringRelay : IDisposable
         m.Attached = true;
         UpdateSet();
         m.Interrupt.Signal(); // a round at once: the guest may have added buffers since Prepare
+        if (m.AvailSynced != m.UsedDrained)
+        {
+            _device.KickVq(q); // buffers outstanding at Prepare (offered again after a reset): the device looks now
+        }
     }
 
     /// <summary>Stops relaying ring <paramref name="q"/> (returns once the relay thread no longer touches it).</summary>
@@ -220,10 +236,10 @@ internal sealed class VringRelay : IDisposable
                 // More than a ring's worth is the guest's error: the device sees the same idx and flags it.
                 for (int i = Math.Max(0, n - num); i < n; i++)
                 {
-                    int at = SplitRing.AvailRing + (2 * ((m.AvailSynced + i) % num));
-                    BinaryPrimitives.WriteUInt16LittleEndian(mAvail[at..], BinaryPrimitives.ReadUInt16LittleEndian(gAvail[at..]));
+                    ushort at = (ushort)(m.AvailSynced + i);
+                    BinaryPrimitives.WriteUInt16LittleEndian(mAvail[m.MediatedAvailSlot(at)..], BinaryPrimitives.ReadUInt16LittleEndian(gAvail[GuestSlot(at, m.Num)..]));
                 }
-                SharedIndex.Store16(mAvail, SplitRing.AvailIdx, idx);
+                SharedIndex.Store16(mAvail, SplitRing.AvailIdx, (ushort)(idx - m.Offset));
                 m.AvailSynced = idx;
                 any = true;
             }
@@ -258,7 +274,7 @@ internal sealed class VringRelay : IDisposable
         ushort old = m.UsedDrained;
         while (true)
         {
-            ushort idx = SharedIndex.Load16(mUsed, SplitRing.UsedIdx);
+            ushort idx = (ushort)(SharedIndex.Load16(mUsed, SplitRing.UsedIdx) + m.Offset); // in the guest's positions
             int n = (ushort)(idx - m.UsedDrained);
             if (n > num)
             {
@@ -268,7 +284,7 @@ internal sealed class VringRelay : IDisposable
             for (int i = 0; i < n; i++)
             {
                 int at = SplitRing.UsedRing + (SplitRing.UsedElemSize * ((m.UsedDrained + i) % num));
-                var e = mUsed.Slice(at, SplitRing.UsedElemSize);
+                var e = mUsed.Slice(SplitRing.UsedRing + (SplitRing.UsedElemSize * ((ushort)(m.UsedDrained + i - m.Offset) % num)), SplitRing.UsedElemSize);
                 MarkBuffer(m, regions, log, BinaryPrimitives.ReadUInt32LittleEndian(e), BinaryPrimitives.ReadUInt32LittleEndian(e[4..]));
                 e.CopyTo(gUsed[at..]);
                 log?.Mark(m.Gpa.Used + (ulong)at, SplitRing.UsedElemSize);
@@ -280,9 +296,9 @@ internal sealed class VringRelay : IDisposable
                 m.UsedDrained = idx;
                 Interlocked.Add(ref _relayed, n);
             }
-            SharedIndex.Store16(mAvail, SplitRing.UsedEventOffset(num), idx); // an interrupt at the device's next entry
+            SharedIndex.Store16(mAvail, SplitRing.UsedEventOffset(num), (ushort)(idx - m.Offset)); // an interrupt at the device's next entry
             Interlocked.MemoryBarrier();
-            if (SharedIndex.Load16(mUsed, SplitRing.UsedIdx) == idx)
+            if ((ushort)(SharedIndex.Load16(mUsed, SplitRing.UsedIdx) + m.Offset) == idx)
             {
                 break;
             }
@@ -377,6 +393,9 @@ internal sealed class VringRelay : IDisposable
         }
     }
 
+    /// <summary>Byte offset of guest ring position <paramref name="pos"/>'s avail entry.</summary>
+    private static int GuestSlot(ushort pos, uint num) => SplitRing.AvailRing + (2 * (int)(pos % num));
+
     private void LogBad(string message)
     {
         if (Interlocked.Increment(ref _badEntriesLogged) <= 8)
@@ -450,8 +469,14 @@ internal sealed class VringRelay : IDisposable
         /// <summary>Guest avail idx copied to the mediated ring so far.</summary>
         public ushort AvailSynced { get; set; }
 
-        /// <summary>Mediated used idx copied to the guest so far (= the guest's used idx).</summary>
+        /// <summary>Mediated used entries copied to the guest so far, in the guest's positions (= the guest's used idx).</summary>
         public ushort UsedDrained { get; set; }
+
+        /// <summary>Guest ring position minus the device's (0, or the guest's used idx when the device started the ring at 0).</summary>
+        public ushort Offset { get; set; }
+
+        /// <summary>Byte offset, in the mediated avail area, of the entry for guest ring position <paramref name="pos"/>.</summary>
+        public int MediatedAvailSlot(ushort pos) => SplitRing.AvailRing + (2 * (int)((ushort)(pos - Offset) % Num));
 
         public void Dispose()
         {

@@ -29,6 +29,9 @@ internal sealed class FrontendMemory : IDisposable
 
     public int Count => _regions.Count;
 
+    /// <summary>First IOVA above every mapping (0 without any): what a dirty log must cover.</summary>
+    public ulong End => _regions.Count == 0 ? 0 : _regions.Max(r => r.Iova + r.Size);
+
     private string Name => _client.Name;
 
     private bool MemSlots => _client.HasProtocol(VhostUserProtocolFeature.CONFIGURE_MEM_SLOTS);

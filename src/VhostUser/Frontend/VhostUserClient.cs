@@ -144,12 +144,32 @@ internal sealed class VhostUserClient : IDisposable
         Request(r, st);
     }
 
-    /// <summary>SET_VRING_ADDR with addresses in this process's address space.</summary>
-    public void SetVringAddr(int q, ulong desc, ulong used, ulong avail)
+    /// <summary>
+    /// SET_VRING_ADDR with addresses in this process's address space; with <paramref name="logUsedAt"/> the
+    /// ring's used writes are logged (VHOST_VRING_F_LOG, log_guest_addr = the used ring's guest-physical address).
+    /// </summary>
+    public void SetVringAddr(int q, ulong desc, ulong used, ulong avail, ulong? logUsedAt = null)
     {
         Span<byte> addr = stackalloc byte[VhostUserWire.VringAddrSize];
-        new VringAddr((uint)q, 0, desc, used, avail, 0).Write(addr);
+        new VringAddr((uint)q, logUsedAt is null ? 0 : VhostUserWire.VringFlagLog, desc, used, avail, logUsedAt ?? 0).Write(addr);
         Request(VhostUserRequest.SET_VRING_ADDR, addr);
+    }
+
+    /// <summary>
+    /// SET_LOG_BASE with the log's memfd (LOG_SHMFD): u64 mmap_size, u64 mmap_offset. The back-end answers
+    /// once it maps the log (sent without NEED_REPLY: the reply is the request's own); non-zero is a refusal.
+    /// </summary>
+    public void SetLogBase(ulong size, ulong offset, SafeFd fd)
+    {
+        Span<byte> p = stackalloc byte[VhostUserWire.LogSize];
+        BinaryPrimitives.WriteUInt64LittleEndian(p, size);
+        BinaryPrimitives.WriteUInt64LittleEndian(p[8..], offset);
+        Send(VhostUserRequest.SET_LOG_BASE, VhostUserWire.FlagVersion, p, [fd.Fd]);
+        ulong v = BinaryPrimitives.ReadUInt64LittleEndian(ReadReply(VhostUserRequest.SET_LOG_BASE, VhostUserWire.U64Size));
+        if (v != 0)
+        {
+            throw new InvalidOperationException($"{Name}: the vhost-user back-end refused SET_LOG_BASE of 0x{size:x} bytes (reply {v})");
+        }
     }
 
     /// <summary>SET_VRING_KICK or SET_VRING_CALL with an eventfd.</summary>

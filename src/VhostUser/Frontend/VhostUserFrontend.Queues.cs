@@ -232,27 +232,28 @@ public sealed partial class VhostUserFrontend
         {
             throw new InvalidOperationException($"{Name}: queue {q} has no size (SetVqNum first)");
         }
-        bool eventIdx = Has(_driverFeatures, F_RING_EVENT_IDX);
-        ulong num = v.Num;
-        ulong desc, avail, used;
-        if (Packed)
-        {
-            desc = _memory.Translate(q, v.Desc, 16 * num, "descriptor ring");
-            avail = _memory.Translate(q, v.Avail, 4, "driver event suppression area");
-            used = _memory.Translate(q, v.Used, 4, "device event suppression area");
-        }
-        else
-        {
-            desc = _memory.Translate(q, v.Desc, 16 * num, "descriptor table");
-            avail = _memory.Translate(q, v.Avail, 4 + (2 * num) + (eventIdx ? 2UL : 0), "avail ring");
-            used = _memory.Translate(q, v.Used, 4 + (8 * num) + (eventIdx ? 2UL : 0), "used ring");
-        }
+        var (desc, avail, used) = TranslateRing(q);
         _client.SetVringState(VhostUserRequest.SET_VRING_NUM, q, v.Num);
         _client.SetVringState(VhostUserRequest.SET_VRING_BASE, q, VringBase.ToWire(v.State, Packed));
-        _client.SetVringAddr(q, desc, used, avail);
+        _client.SetVringAddr(q, desc, used, avail, UsedLogAddress(q));
         v.Started = true;
         SendCall(q);
         _client.SetVringFd(VhostUserRequest.SET_VRING_KICK, q, v.Kick);
+    }
+
+    /// <summary>Ring <paramref name="q"/>'s areas as this process's addresses (what SET_VRING_ADDR carries).</summary>
+    private (ulong Desc, ulong Avail, ulong Used) TranslateRing(int q)
+    {
+        var v = _vqs[q];
+        bool eventIdx = Has(_driverFeatures, F_RING_EVENT_IDX);
+        ulong num = v.Num;
+        return Packed
+            ? (_memory.Translate(q, v.Desc, 16 * num, "descriptor ring"),
+               _memory.Translate(q, v.Avail, 4, "driver event suppression area"),
+               _memory.Translate(q, v.Used, 4, "device event suppression area"))
+            : (_memory.Translate(q, v.Desc, 16 * num, "descriptor table"),
+               _memory.Translate(q, v.Avail, 4 + (2 * num) + (eventIdx ? 2UL : 0), "avail ring"),
+               _memory.Translate(q, v.Used, 4 + (8 * num) + (eventIdx ? 2UL : 0), "used ring"));
     }
 
     private void SendCall(int q)

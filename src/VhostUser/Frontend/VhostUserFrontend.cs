@@ -27,6 +27,7 @@ namespace IfcVdpa.VhostUser.Frontend;
 /// (VRING_HOST_NOTIFIER_MSG: the doorbell of the real device), otherwise a write to the kick eventfd.</item>
 /// <item>interrupts: one thread polls every queue's call eventfd and runs the driver's handler; an eventfd
 /// callback is handed to the back-end directly.</item>
+/// <item>dirty logging (LOG_ALL, LOG_SHMFD) as a migrating front-end does it: see <see cref="StartDirtyLog"/>.</item>
 /// </list>
 /// Everything the back-end sends is validated (reply codes, flags, sizes, descriptors, host-notifier areas);
 /// a reply that is late, malformed or missing breaks the connection with an <see cref="IOException"/>
@@ -34,9 +35,8 @@ namespace IfcVdpa.VhostUser.Frontend;
 /// Teardown (<see cref="Reset"/>, <see cref="DmaUnmap"/>, <see cref="Dispose"/>) never throws because of
 /// the back-end: it logs and cleans up locally.
 ///
-/// Not supported: the control queue (CTRL_VQ and MQ, so one queue pair), dirty logging (LOG_ALL,
-/// LOG_SHMFD), IOTLB (ACCESS_PLATFORM towards the back-end), inflight tracking, in-band notifications,
-/// postcopy, reconnecting after the back-end leaves. Packed rings are passed through (ring state encoded
+/// Not supported: the control queue (CTRL_VQ and MQ, so one queue pair), IOTLB (ACCESS_PLATFORM towards
+/// the back-end), inflight tracking, in-band notifications, postcopy, reconnecting after the back-end leaves. Packed rings are passed through (ring state encoded
 /// as the spec says) but <c>VirtioNetDriver</c> only uses split rings.
 ///
 /// Threading: control operations are serialised; <see cref="KickVq"/> takes no lock and may be called
@@ -51,7 +51,8 @@ public sealed partial class VhostUserFrontend : IVdpaDevice, IDisposable
         (1UL << VhostUserProtocolFeature.MTU) | (1UL << VhostUserProtocolFeature.BACKEND_REQ) |
         (1UL << VhostUserProtocolFeature.BACKEND_SEND_FD) | (1UL << VhostUserProtocolFeature.HOST_NOTIFIER) |
         (1UL << VhostUserProtocolFeature.CONFIG) | (1UL << VhostUserProtocolFeature.RESET_DEVICE) |
-        (1UL << VhostUserProtocolFeature.CONFIGURE_MEM_SLOTS) | (1UL << VhostUserProtocolFeature.STATUS);
+        (1UL << VhostUserProtocolFeature.CONFIGURE_MEM_SLOTS) | (1UL << VhostUserProtocolFeature.STATUS) |
+        (1UL << VhostUserProtocolFeature.LOG_SHMFD);
 
     /// <summary>virtio-net config bytes exposed: mac (6), status (2), max_virtqueue_pairs (2), mtu (2).</summary>
     public const int ConfigBytes = FrontendConfigSpace.Size;
@@ -275,7 +276,7 @@ public sealed partial class VhostUserFrontend : IVdpaDevice, IDisposable
     /// <summary>What SET_FEATURES carries: the driver's choice the back-end offered, never ACCESS_PLATFORM, plus bit 30.</summary>
     private ulong BackendAck =>
         (_driverFeatures & _client.BackendFeatures & ~Bit(F_ACCESS_PLATFORM) & ~Bit(F_LOG_ALL)) |
-        (_client.BackendFeatures & Bit(F_PROTOCOL_FEATURES));
+        (_client.BackendFeatures & Bit(F_PROTOCOL_FEATURES)) | LogAllBit;
 
     private bool Packed => Has(_driverFeatures, F_RING_PACKED);
 
@@ -434,6 +435,7 @@ public sealed partial class VhostUserFrontend : IVdpaDevice, IDisposable
         _status = 0;
         _driverFeatures = 0;
         _suspended = false;
+        _logging = false; // the back-end forgot the features with LOG_ALL; the log itself stays until the next start
         foreach (var v in _vqs)
         {
             v.Num = 0;
@@ -555,6 +557,10 @@ public sealed partial class VhostUserFrontend : IVdpaDevice, IDisposable
         {
             ThrowIfDisposed();
             _memory.Map(iova, memory);
+            if (_logging)
+            {
+                EnsureLogCovers(); // pages of the new mapping must have bits before the device writes them
+            }
         }
     }
 
@@ -597,6 +603,7 @@ public sealed partial class VhostUserFrontend : IVdpaDevice, IDisposable
         lock (_ctl)
         {
             _memory.Dispose();
+            _dirtyLog?.Dispose();
         }
     }
 }

@@ -26,15 +26,22 @@ internal abstract class BlkPersonality : IDevicePersonality
 
     public int WakeFd => -1;
 
+    public abstract bool OnKick(int queue);
+
+    /// <summary>Requests a queue runner found only when its sleep timed out (no wake-up came for them).</summary>
+    public abstract long MissedDoorbells { get; }
+
     public abstract void Dispose();
 }
 
 /// <summary>
 /// The virtio-blk personality: N request queues, each served by its own I/O thread (a "queue runner") that
 /// takes request chains with the core's ring walks, does the I/O synchronously on the store straight into
-/// guest memory, writes the status byte and publishes the used ring once per burst. The engine's worker
-/// only watches doorbells (wakes the runner of a kicked queue) and turns a runner's ring error into
-/// NEEDS_RESET (the core's error path must run on the worker). So a slow request blocks its own queue only,
+/// guest memory, writes the status byte and publishes the used ring once per burst. A doorbell wakes the
+/// runner of its queue directly (<see cref="OnKick"/>, on the thread that rang it: one thread hop per request,
+/// not two through the worker; a busy runner is not woken at all, it looks at its ring again before it
+/// sleeps). The engine's worker turns a runner's ring error into NEEDS_RESET (the core's error path must run
+/// on the worker) and wakes the runner of a queue that starts. So a slow request blocks its own queue only,
 /// never another queue nor the worker; and because a runner holds its queue Busy while it does I/O into
 /// guest buffers, stopping a queue (and unmapping its memory) waits for the request in flight, as DPDK's
 /// block VF driver drains avail == used before it stops. In Manual mode there are no threads: the caller's
@@ -54,6 +61,7 @@ internal sealed class BlkPersonality<TStore>(VirtqueueEngine engine, BlkBackend 
     private QueueRunner[] _runners = [];
     private volatile BlkContext? _ctx;
     private volatile bool _stopping;
+    private long _missedDoorbells;
     private readonly MemorySlice?[] _inflight = new MemorySlice?[64]; // per queue; changed only while the queue is stopped
 
     public override void Attach(IVirtqueueDevice device)
@@ -209,16 +217,36 @@ internal sealed class BlkPersonality<TStore>(VirtqueueEngine engine, BlkBackend 
             {
                 continue;
             }
-            long kicks = Interlocked.Read(ref q.Kicks);
             bool running = engine.IsRunning(q);
-            if (kicks != r.SeenKicks || (running && !r.SeenRunning))
+            if (running && !r.SeenRunning)
             {
-                r.SeenKicks = kicks;
-                r.Wake.Signal();
+                r.Wake.Signal(); // a queue start (doorbells wake the runner themselves: OnKick)
             }
             r.SeenRunning = running;
         }
         return work;
+    }
+
+    /// <summary>
+    /// A doorbell (the kick relay's thread, or whoever rang it): wakes the queue's runner if it sleeps or is about
+    /// to. The runner announces its sleep, then looks at its ring once more (a full fence between the two); the
+    /// core counted the doorbell with a full fence before this read; so either the runner sees the new request
+    /// or this sees it sleeping. Manual and Poll mode: nothing to wake here (the worker or the runner's spin).
+    /// </summary>
+    public override long MissedDoorbells => Interlocked.Read(ref _missedDoorbells);
+
+    public override bool OnKick(int queue)
+    {
+        if (engine.Mode != EngineMode.Event || (uint)queue >= (uint)_runners.Length)
+        {
+            return false;
+        }
+        var r = _runners[queue];
+        if (Volatile.Read(ref r.Sleeping) != 0)
+        {
+            r.Wake.Signal();
+        }
+        return true;
     }
 
     /// <summary>Worker: a runner's ring error becomes the core's ring error (stop, count, log once, NEEDS_RESET).</summary>
@@ -263,11 +291,21 @@ internal sealed class BlkPersonality<TStore>(VirtqueueEngine engine, BlkBackend 
 #pragma warning restore CA1031
             {
                 engine.Log($"{_device?.Address} vq {r.Index}: block queue error: {ex}");
+                Volatile.Write(ref r.Sleeping, 0);
                 r.Wake.WaitReadable(100);
                 continue;
             }
             if (done > 0)
             {
+                if (r.TimedOut)
+                {
+                    Interlocked.Increment(ref _missedDoorbells); // the safety net found what no doorbell woke us for
+                }
+                r.TimedOut = false;
+                if (r.Sleeping != 0)
+                {
+                    Volatile.Write(ref r.Sleeping, 0);
+                }
                 continue;
             }
             if (poll && _ctx is not null && engine.IsRunning(engine.Queue(r.Index)))
@@ -275,11 +313,21 @@ internal sealed class BlkPersonality<TStore>(VirtqueueEngine engine, BlkBackend 
                 Thread.Yield();
                 continue;
             }
-            // Sleep until the worker passes on a doorbell (or a queue start); the timeout is a safety net.
-            if (r.Wake.WaitReadable(200))
+            if (r.Sleeping == 0)
+            {
+                // Announce the sleep, then look at the ring once more: a doorbell after that look wakes us (OnKick).
+                r.TimedOut = false;
+                Volatile.Write(ref r.Sleeping, 1);
+                Interlocked.MemoryBarrier();
+                continue;
+            }
+            // Sleep until a doorbell (OnKick) or the worker (a queue start) wakes us; the timeout is a safety net.
+            r.TimedOut = !r.Wake.WaitReadable(200);
+            if (!r.TimedOut)
             {
                 r.Wake.TryConsume(out _);
             }
+            Volatile.Write(ref r.Sleeping, 0);
         }
     }
 
@@ -461,8 +509,13 @@ internal sealed class BlkPersonality<TStore>(VirtqueueEngine engine, BlkBackend 
 
         /// <summary>The virtio rule behind <see cref="PendingFault"/> (written before it).</summary>
         public SpecRule PendingRule;
-        public long SeenKicks;
         public bool SeenRunning;
+
+        /// <summary>1 while the runner is about to sleep or sleeps (doorbells must wake it), 0 while it runs.</summary>
+        public int Sleeping;
+
+        /// <summary>The last sleep ended by its timeout, not by a wake-up.</summary>
+        public bool TimedOut;
         public bool LoggedBad;
         public bool LoggedIo;
         public ushort[] Batch = [];

@@ -15,7 +15,8 @@ namespace IfcVdpa.IfcvfModel.Datapath.Blk;
 //
 // Queues: request queues 0..N-1 (VIRTIO_BLK_F_MQ when N > 1). Each queue has its own I/O thread
 // that takes requests in avail order, does the I/O synchronously into guest memory and completes it
-// before it takes the next; the core's worker only passes doorbells on and turns ring errors into
+// before it takes the next; a doorbell wakes its queue's thread directly (BlkPersonality.OnKick), the
+// core's worker only wakes a thread whose queue starts and turns ring errors into
 // NEEDS_RESET. Split and packed rings, EVENT_IDX, indirect descriptors come from the core.
 // ================================================================================================
 
@@ -44,6 +45,12 @@ public sealed class VirtioBlkEngine : IVirtqueueEngine, IQueueStatsSource, IDisp
         (_factory.Created ?? throw new InvalidOperationException("no block device attached")).SetInflight(queue, region);
 
     public BlkBackend Backend { get; }
+
+    /// <summary>
+    /// Times a queue runner (Event mode) found requests only when its sleep timed out, 200 ms later: a doorbell
+    /// that did not wake it. 0 while the wake-up protocol holds; a diagnostic for tests and metrics.
+    /// </summary>
+    public long MissedDoorbells => _factory.Created?.MissedDoorbells ?? 0;
 
     public EngineMode Mode => _core.Mode;
 

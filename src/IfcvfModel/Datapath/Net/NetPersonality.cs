@@ -94,6 +94,9 @@ internal abstract class NetPersonality : IDevicePersonality, INetBackendHost
 
     public abstract void OnIdle();
 
+    /// <summary>Net queues run on the worker: it takes every doorbell.</summary>
+    public bool OnKick(int queue) => false;
+
     /// <summary>The control queue, if the device has one.</summary>
     protected int PollControl() => CtrlIndex >= 0 ? _ctrlQueue.Process(Engine.Queue(CtrlIndex)) : 0;
 

@@ -95,25 +95,17 @@ internal sealed class NetRx(VirtqueueEngine engine)
         return Scatter(rx, ref rv, frame, chains);
     }
 
-    /// <summary>Writes the header (rewritten) and the frame into the collected chains and completes them.</summary>
+    /// <summary>
+    /// Writes the frame into the collected chains, with the header the driver may see (offload fields only
+    /// when it negotiated them, num_buffers always), and completes them. The usual first buffer holds the
+    /// whole header: the frame is copied in one piece and the header fields are rewritten where they landed.
+    /// A header split over buffers is built in a side buffer first.
+    /// </summary>
     private bool Scatter(Virtqueue rx, scoped ref RingView rv, ReadOnlySpan<byte> frame, int chains)
     {
         int total = frame.Length;
-        // The header the driver sees: offload fields only when it negotiated them, num_buffers always.
-        var hdr = _hdr.AsSpan();
-        frame[..VirtioNetHeader.Size].CopyTo(hdr);
-        if (!_guestCsum)
-        {
-            hdr[VirtioNetHeader.Flags] = 0;
-            BinaryPrimitives.WriteUInt32LittleEndian(hdr[VirtioNetHeader.CsumStart..], 0);
-        }
-        if (!_guestTso)
-        {
-            hdr[VirtioNetHeader.GsoType] = VirtioNetHeader.GSO_NONE;
-            BinaryPrimitives.WriteUInt32LittleEndian(hdr[VirtioNetHeader.HdrLen..], 0);
-        }
-        BinaryPrimitives.WriteUInt16LittleEndian(hdr[VirtioNetHeader.NumBuffers..], (ushort)chains);
         var dma = engine.Dma;
+        bool hdrBuilt = false;
         int off = 0;
         int seg = 0;
         for (int ch = 0; ch < chains; ch++)
@@ -128,15 +120,27 @@ internal sealed class NetRx(VirtqueueEngine engine)
                     engine.Fail(rx, "RX buffer unmapped while in use");
                     return false;
                 }
-                if (off < VirtioNetHeader.Size)
+                if (off >= VirtioNetHeader.Size)
                 {
-                    int h = Math.Min(VirtioNetHeader.Size - off, take);
-                    hdr.Slice(off, h).CopyTo(dst);
-                    frame.Slice(off + h, take - h).CopyTo(dst[h..]);
+                    frame.Slice(off, take).CopyTo(dst);
+                }
+                else if (off == 0 && take >= VirtioNetHeader.Size)
+                {
+                    frame[..take].CopyTo(dst);
+                    RewriteHeader(dst, chains);
                 }
                 else
                 {
-                    frame.Slice(off, take).CopyTo(dst);
+                    var hdr = _hdr.AsSpan();
+                    if (!hdrBuilt)
+                    {
+                        frame[..VirtioNetHeader.Size].CopyTo(hdr);
+                        RewriteHeader(hdr, chains);
+                        hdrBuilt = true;
+                    }
+                    int h = Math.Min(VirtioNetHeader.Size - off, take);
+                    hdr.Slice(off, h).CopyTo(dst);
+                    frame.Slice(off + h, take - h).CopyTo(dst[h..]);
                 }
                 if (_logging)
                 {
@@ -151,5 +155,21 @@ internal sealed class NetRx(VirtqueueEngine engine)
         rx.Packets++;
         rx.Bytes += total - VirtioNetHeader.Size;
         return true;
+    }
+
+    /// <summary>The header as the driver sees it, in place: offload fields cleared unless negotiated, num_buffers set.</summary>
+    private void RewriteHeader(Span<byte> hdr, int chains)
+    {
+        if (!_guestCsum)
+        {
+            hdr[VirtioNetHeader.Flags] = 0;
+            BinaryPrimitives.WriteUInt32LittleEndian(hdr[VirtioNetHeader.CsumStart..], 0);
+        }
+        if (!_guestTso)
+        {
+            hdr[VirtioNetHeader.GsoType] = VirtioNetHeader.GSO_NONE;
+            BinaryPrimitives.WriteUInt32LittleEndian(hdr[VirtioNetHeader.HdrLen..], 0);
+        }
+        BinaryPrimitives.WriteUInt16LittleEndian(hdr[VirtioNetHeader.NumBuffers..], (ushort)chains);
     }
 }
